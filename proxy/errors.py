@@ -1,0 +1,138 @@
+"""The proxy's errors. Each carries its HTTP status, a stable code and a public message.
+
+    ProxyError
+    ├── BadRequestError            400  the URL or body is malformed
+    ├── UnauthorizedError          401  admin token missing or wrong
+    ├── ForbiddenError             403  signature missing, wrong or expired
+    ├── NotFoundError              404  unknown image (or route)
+    ├── PayloadTooLargeError       413  upload over the size limit
+    ├── UnsupportedMediaError      415  upload of a type we cannot use
+    ├── TooManyRequestsError       429  a budget or rate limit is spent (Retry-After)
+    ├── ServiceUnavailableError    503  busy: coalescing wait ran out, upstream rate-limited
+    └── UpstreamError              502  the upstream failed or answered something unusable
+        └── UpstreamTimeoutError   504  the upstream did not answer in time
+
+Messages are public: they must never contain a key, a token or a stack trace.
+"""
+
+from __future__ import annotations
+
+
+class ProxyError(Exception):
+    """Base: an error the client sees as ``{"error": code, "message": text}``."""
+
+    status_code = 500
+    code = "internal_error"
+
+    def __init__(
+        self, message: str, *, code: str | None = None, retry_after: float | None = None
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+        self.retry_after = retry_after
+
+    def as_json(self) -> dict[str, str]:
+        return {"error": self.code, "message": self.message}
+
+
+class BadRequestError(ProxyError):
+    """The request is malformed; the message says what to change."""
+
+    status_code = 400
+    code = "bad_request"
+
+
+class UnauthorizedError(ProxyError):
+    """Admin credentials are missing or wrong."""
+
+    status_code = 401
+    code = "unauthorized"
+
+
+class ForbiddenError(ProxyError):
+    """The URL's signature is missing, wrong or expired."""
+
+    status_code = 403
+    code = "forbidden"
+
+
+class NotFoundError(ProxyError):
+    """No such image, route or resource."""
+
+    status_code = 404
+    code = "not_found"
+
+
+class MethodNotAllowedError(ProxyError):
+    """The route exists but not for this method."""
+
+    status_code = 405
+    code = "method_not_allowed"
+
+
+class PayloadTooLargeError(ProxyError):
+    """The body is over the size limit."""
+
+    status_code = 413
+    code = "payload_too_large"
+
+
+class UnsupportedMediaError(ProxyError):
+    """The body is of a type the proxy cannot use."""
+
+    status_code = 415
+    code = "unsupported_media_type"
+
+
+class TooManyRequestsError(ProxyError):
+    """A budget or per-client limit is spent; retry later."""
+
+    status_code = 429
+    code = "too_many_requests"
+
+
+class ServiceUnavailableError(ProxyError):
+    """The proxy cannot answer now (busy, upstream rate-limited); retry later."""
+
+    status_code = 503
+    code = "unavailable"
+
+
+class UpstreamError(ProxyError):
+    """The upstream failed or answered something the proxy cannot use."""
+
+    status_code = 502
+    code = "upstream_error"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str | None = None,
+        retry_after: float | None = None,
+        upstream_status: int | None = None,
+    ) -> None:
+        super().__init__(message, code=code, retry_after=retry_after)
+        self.upstream_status = upstream_status
+
+
+class UpstreamTimeoutError(UpstreamError):
+    """The upstream did not answer within its timeout."""
+
+    status_code = 504
+    code = "upstream_timeout"
+
+
+class UpstreamRateLimitedError(UpstreamError):
+    """The upstream said 429 and retries did not get through: the client should retry."""
+
+    status_code = 503
+    code = "upstream_rate_limited"
+
+
+class UpstreamGoneError(UpstreamError):
+    """The upstream no longer knows the image's ``unique_filename`` (expired upload)."""
+
+    code = "upstream_upload_gone"

@@ -1,0 +1,84 @@
+"""A variant: one rendering of one image (size, background, format) and how to ask for it."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from proxy.settings import MAX_PIXELS, Settings
+
+TRANSPARENT = "transparent"
+EXTENSIONS = ("jpg", "png", "webp")
+
+
+@dataclass(frozen=True, slots=True)
+class Variant:
+    """A canonical variant request: ``/img/<image_id>/<width>x<height>/<bg>.<ext>``."""
+
+    image_id: str
+    width: int
+    height: int
+    bg: str  # six lowercase hex digits, or "transparent"
+    ext: str  # jpg, png or webp
+
+    @property
+    def path(self) -> str:
+        return f"/img/{self.image_id}/{self.width}x{self.height}/{self.bg}.{self.ext}"
+
+    @property
+    def name(self) -> str:
+        """Deterministic upstream ``variant_name``: the same variant always has the same name."""
+        return f"{self.width}x{self.height}_{self.bg}_{self.ext}"
+
+    @property
+    def background_color(self) -> str | None:
+        return None if self.bg == TRANSPARENT else f"#{self.bg.upper()}"
+
+
+def profile(settings: Settings) -> str:
+    """A short digest of the settings that change the rendered output.
+
+    It is part of every cache key, so changing the quality or compression never serves
+    an output rendered under the old settings.
+    """
+    raw = f"{settings.quality}|{settings.output_compression}|{int(settings.autocrop)}"
+    return hashlib.sha256(raw.encode()).hexdigest()[:8]
+
+
+def cache_key(variant: Variant, settings: Settings) -> str:
+    return f"{profile(settings)}:{variant.path}"
+
+
+def max_resolution(variant: Variant, original: tuple[int, int] | None) -> int:
+    """Pixel budget so the output fits inside ``width`` x ``height``.
+
+    The upstream keeps the aspect ratio and never exceeds ``max_resolution`` pixels, so for a
+    known original we pick the largest budget whose output fits the box, and never more than
+    the original itself (upscaling costs the same and looks worse). Unknown original: w*h.
+    """
+    box = variant.width * variant.height
+    if original is None or original[0] < 1 or original[1] < 1:
+        return max(1, min(box, MAX_PIXELS))
+    ow, oh = original
+    scale = min(variant.width / ow, variant.height / oh, 1.0)
+    pixels = math.floor(ow * scale) * math.floor(oh * scale)
+    return max(1, min(pixels, MAX_PIXELS))
+
+
+def output_variant(
+    variant: Variant, settings: Settings, original: tuple[int, int] | None
+) -> dict[str, Any]:
+    """The upstream ``output_variants`` entry for this variant."""
+    spec: dict[str, Any] = {
+        "variant_name": variant.name,
+        "max_resolution": max_resolution(variant, original),
+        "format": variant.ext,
+        "quality": settings.quality,
+        "output_compression": settings.output_compression,
+        "autocrop": settings.autocrop,
+    }
+    if variant.background_color is not None:
+        spec["background_color"] = variant.background_color
+    return spec
