@@ -106,8 +106,7 @@ def _parse_filename(filename: str) -> tuple[str, str]:
         return TRANSPARENT, ext
     if not _HEX.fullmatch(bg):
         raise BadRequestError(
-            "background must be a hex colour (fff or ffffff) or 'transparent', "
-            f"got {bg[:20]!r}",
+            f"background must be a hex colour (fff or ffffff) or 'transparent', got {bg[:20]!r}",
             code="bad_background",
         )
     bg = bg.lower()

@@ -48,7 +48,12 @@ def profile(settings: Settings) -> str:
 
 
 def cache_key(variant: Variant, settings: Settings) -> str:
-    return f"{profile(settings)}:{variant.path}"
+    """The variant's path first, so an image's entries share the prefix ``/img/<id>/``."""
+    return f"{variant.path}#{profile(settings)}"
+
+
+def image_prefix(image_id: str) -> str:
+    return f"/img/{image_id}/"
 
 
 def max_resolution(variant: Variant, original: tuple[int, int] | None) -> int:

@@ -1,0 +1,167 @@
+"""The app factory: assembles routes, error handlers and a lifespan. It decides nothing."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+
+import anyio.to_thread
+import httpx
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Mount, Route
+from starlette.types import ASGIApp
+
+from proxy import demo, handlers, responses
+from proxy.cache import DiskTier, MemoryTier, TwoTierCache
+from proxy.coalesce import DiskLease
+from proxy.engine.app import create_engine_app
+from proxy.engine.settings import EngineSettings
+from proxy.errors import ProxyError
+from proxy.images import ImageService, probe
+from proxy.registry import DiskRegistry
+from proxy.service import VariantService
+from proxy.settings import Settings
+from proxy.state import AppState
+from proxy.upstream import UpstreamClient, UpstreamConfig
+
+log = logging.getLogger("cutproxy")
+
+EMBEDDED_BASE = "http://local-engine"
+
+
+def create_app(
+    settings: Settings,
+    *,
+    engine_settings: EngineSettings | None = None,
+    clock: Callable[[], float] = time.time,
+    upstream_transport: httpx.AsyncBaseTransport | None = None,
+) -> Starlette:
+    engine_app: ASGIApp | None = None
+    if settings.embedded_engine:
+        engine_settings = engine_settings or embedded_engine_settings(settings)
+        engine_app = create_engine_app(engine_settings)
+    state = build_state(settings, clock, engine_app, engine_settings, upstream_transport)
+
+    routes: list[Route | Mount] = [
+        Route("/img/{image_id}/{size}/{filename}", handlers.variant, methods=["GET", "HEAD"]),
+        Route("/images/{image_id}", handlers.put_image, methods=["PUT"]),
+        Route("/health", handlers.health, methods=["GET", "HEAD"]),
+    ]
+    if engine_app is not None:
+        routes.append(Mount("/_engine", app=engine_app))
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        async with contextlib.AsyncExitStack() as stack:
+            if isinstance(engine_app, Starlette):
+                await stack.enter_async_context(engine_app.router.lifespan_context(engine_app))
+            if settings.demo:
+                await register_demo(state)
+            try:
+                yield
+            finally:
+                await state.aclose()
+
+    app = Starlette(
+        routes=routes,
+        exception_handlers={
+            ProxyError: _proxy_error,
+            HTTPException: _http_error,
+            Exception: _unexpected_error,
+        },
+        lifespan=lifespan,
+    )
+    app.state.proxy = state
+    return app
+
+
+def embedded_engine_settings(settings: Settings) -> EngineSettings:
+    return EngineSettings.from_env(
+        {},
+        public_url=settings.public_url.rstrip("/") + "/_engine",
+        data_dir=settings.data_dir / "engine",
+    )
+
+
+def build_state(
+    settings: Settings,
+    clock: Callable[[], float],
+    engine_app: ASGIApp | None,
+    engine_settings: EngineSettings | None,
+    transport: httpx.AsyncBaseTransport | None,
+) -> AppState:
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    if engine_app is not None and engine_settings is not None:
+        config = UpstreamConfig.from_settings(
+            settings,
+            api_key=engine_settings.api_key,
+            token_url=f"{EMBEDDED_BASE}/api/v3/remove-bg/token/",
+            process_url=f"{EMBEDDED_BASE}/v3/remove-bg/",
+        )
+        transport = transport or httpx.ASGITransport(app=engine_app)
+    else:
+        config = UpstreamConfig.from_settings(settings)
+    upstream = UpstreamClient(config, transport=transport)
+    registry = DiskRegistry(settings.data_dir / "registry")
+    cache = TwoTierCache(
+        MemoryTier(settings.memory_cache_size, clock),
+        DiskTier(settings.data_dir / "cache", settings.disk_cache_size_mb, clock),
+    )
+    variants = VariantService(
+        settings=settings,
+        cache=cache,
+        registry=registry,
+        lease=DiskLease(settings.data_dir / "leases"),
+        upstream=upstream,
+        clock=clock,
+    )
+    images = ImageService(registry=registry, upstream=upstream, clock=clock)
+    return AppState(settings, clock, registry, upstream, variants, images)
+
+
+async def register_demo(state: AppState) -> None:
+    """Upload the generated demo photo once; later starts find it registered."""
+    if await state.registry.get(demo.DEMO_ID) is not None:
+        return
+    data = await anyio.to_thread.run_sync(demo.product_photo)
+    content_type, size = await anyio.to_thread.run_sync(probe, data)
+    await state.images.upload(demo.DEMO_ID, data, content_type, size)
+    log.info("registered the demo image as %r", demo.DEMO_ID)
+
+
+def _max_age(request: Request) -> int:
+    state: AppState = request.app.state.proxy
+    return state.settings.error_max_age
+
+
+async def _proxy_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ProxyError)
+    return responses.error(exc, _max_age(request))
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    codes = {404: "not_found", 405: "method_not_allowed"}
+    messages = {
+        404: "no such route: variants live at /img/<image_id>/<w>x<h>/<bg>.<ext>",
+        405: f"{request.method} is not allowed here",
+    }
+    body = {
+        "error": codes.get(exc.status_code, "http_error"),
+        "message": messages.get(exc.status_code, str(exc.detail)),
+    }
+    response = responses.json_error(exc.status_code, body, _max_age(request))
+    if exc.headers:
+        response.headers.update(exc.headers)
+    return response
+
+
+async def _unexpected_error(request: Request, exc: Exception) -> Response:
+    log.error("unexpected error on %s: %s", request.url.path, type(exc).__name__, exc_info=exc)
+    body = {"error": "internal_error", "message": "the proxy failed unexpectedly; see its log"}
+    return responses.json_error(500, body, 0)

@@ -1,0 +1,199 @@
+"""Variant → output URL cache: an in-process tier in front of a shared store.
+
+    TwoTierCache
+    ├── MemoryTier   cachetools TLRUCache, per-entry expiry, no I/O (the hit path)
+    └── SharedTier   protocol; DiskTier (diskcache, one host's workers) or the Redis tier
+
+Every entry carries its absolute expiry (``expires_at``, wall-clock seconds). It is derived
+once, when the upstream hands out the URL: the smaller of the configured lifetime and any
+expiry the URL carries itself, minus a safety margin. Both tiers check it against the
+injected clock on every read, so an expired entry is never served.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Protocol
+from urllib.parse import parse_qsl, urlsplit
+
+import anyio.to_thread
+import diskcache
+from cachetools import TLRUCache
+
+Clock = Callable[[], float]
+
+
+@dataclass(frozen=True, slots=True)
+class CachedOutput:
+    """A rendered variant: where it is and until when it may be served."""
+
+    url: str
+    expires_at: float
+    created_at: float
+
+    def remaining(self, now: float) -> float:
+        return self.expires_at - now
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> CachedOutput:
+        return cls(str(data["url"]), float(data["expires_at"]), float(data["created_at"]))
+
+
+_AMZ_DATE = re.compile(r"\d{8}T\d{6}Z")
+
+
+def url_expiry(url: str) -> float | None:
+    """The absolute expiry a signed URL carries in its query, if any.
+
+    Understands ``Expires=<unix>`` (CloudFront, GCS v2), ``X-Amz-Date`` + ``X-Amz-Expires``
+    (S3 SigV4), ``X-Goog-Date`` + ``X-Goog-Expires`` (GCS v4) and ``exp=<unix>``.
+    """
+    params = {k.lower(): v for k, v in parse_qsl(urlsplit(url).query)}
+    for name in ("expires", "exp"):
+        value = params.get(name, "")
+        if value.isdigit():
+            return float(value)
+    for prefix in ("x-amz", "x-goog"):
+        start, seconds = params.get(f"{prefix}-date", ""), params.get(f"{prefix}-expires", "")
+        if _AMZ_DATE.fullmatch(start) and seconds.isdigit():
+            begun = datetime.strptime(start, "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
+            return begun.timestamp() + int(seconds)
+    return None
+
+
+def output_for(url: str, now: float, lifetime: float, margin: float) -> CachedOutput:
+    """Wrap a fresh output URL with its expiry: min(lifetime, URL expiry) minus the margin."""
+    dies_at = now + lifetime
+    carried = url_expiry(url)
+    if carried is not None:
+        dies_at = min(dies_at, carried)
+    return CachedOutput(url=url, expires_at=dies_at - margin, created_at=now)
+
+
+class SharedTier(Protocol):
+    """The tier every worker (and, with Redis, every machine) sees."""
+
+    async def get(self, key: str) -> CachedOutput | None: ...
+
+    async def set(self, key: str, output: CachedOutput) -> None: ...
+
+    async def delete(self, key: str) -> None: ...
+
+    async def delete_prefix(self, prefix: str) -> int: ...
+
+    async def close(self) -> None: ...
+
+
+class MemoryTier:
+    """Bounded in-process tier; reads do no I/O and never block."""
+
+    def __init__(self, maxsize: int, clock: Clock) -> None:
+        self._clock = clock
+        self._data: TLRUCache[str, CachedOutput] = TLRUCache(
+            maxsize=maxsize, ttu=lambda _k, v, _now: v.expires_at, timer=clock
+        )
+
+    def get(self, key: str) -> CachedOutput | None:
+        output = self._data.get(key)
+        if output is not None and output.expires_at <= self._clock():
+            return None
+        return output
+
+    def set(self, key: str, output: CachedOutput) -> None:
+        if output.expires_at > self._clock():
+            self._data[key] = output
+
+    def delete(self, key: str) -> None:
+        self._data.pop(key, None)
+
+    def delete_prefix(self, prefix: str) -> None:
+        for key in [k for k in list(self._data.keys()) if k.startswith(prefix)]:
+            self._data.pop(key, None)
+
+    def clear(self) -> None:
+        self._data.clear()
+
+
+class DiskTier:
+    """diskcache under ``PROXY_DATA_DIR``: shared by one host's workers, survives restarts."""
+
+    def __init__(self, directory: Path, size_limit_mb: int, clock: Clock) -> None:
+        self._cache = diskcache.Cache(
+            str(directory),
+            size_limit=size_limit_mb * 1024 * 1024,
+            eviction_policy="least-recently-stored",
+        )
+        self._clock = clock
+
+    def _get(self, key: str) -> CachedOutput | None:
+        raw = self._cache.get(key)
+        if raw is None:
+            return None
+        output = CachedOutput.from_dict(raw)
+        return output if output.expires_at > self._clock() else None
+
+    def _set(self, key: str, output: CachedOutput) -> None:
+        # diskcache expires by its own wall clock too, so dead rows get culled.
+        expire = max(1.0, output.expires_at - time.time())
+        self._cache.set(key, output.to_dict(), expire=expire)
+
+    def _delete_prefix(self, prefix: str) -> int:
+        doomed = [k for k in self._cache.iterkeys() if isinstance(k, str) and k.startswith(prefix)]
+        return sum(1 for key in doomed if self._cache.delete(key))
+
+    async def get(self, key: str) -> CachedOutput | None:
+        return await anyio.to_thread.run_sync(self._get, key)
+
+    async def set(self, key: str, output: CachedOutput) -> None:
+        await anyio.to_thread.run_sync(self._set, key, output)
+
+    async def delete(self, key: str) -> None:
+        await anyio.to_thread.run_sync(self._cache.delete, key)
+
+    async def delete_prefix(self, prefix: str) -> int:
+        return await anyio.to_thread.run_sync(self._delete_prefix, prefix)
+
+    async def close(self) -> None:
+        await anyio.to_thread.run_sync(self._cache.close)
+
+
+class TwoTierCache:
+    """Memory in front of a shared tier. ``peek`` is the hit path: memory only, no I/O."""
+
+    def __init__(self, memory: MemoryTier, shared: SharedTier) -> None:
+        self.memory = memory
+        self.shared = shared
+
+    def peek(self, key: str) -> CachedOutput | None:
+        return self.memory.get(key)
+
+    async def get(self, key: str) -> tuple[CachedOutput | None, str]:
+        """The entry and the tier that had it: ``memory``, ``shared`` or ``miss``."""
+        output = self.memory.get(key)
+        if output is not None:
+            return output, "memory"
+        output = await self.shared.get(key)
+        if output is not None:
+            self.memory.set(key, output)
+            return output, "shared"
+        return None, "miss"
+
+    async def set(self, key: str, output: CachedOutput) -> None:
+        self.memory.set(key, output)
+        await self.shared.set(key, output)
+
+    async def delete_prefix(self, prefix: str) -> int:
+        """Drop every entry whose key starts with ``prefix`` (an image's variants)."""
+        self.memory.delete_prefix(prefix)
+        return await self.shared.delete_prefix(prefix)
+
+    async def close(self) -> None:
+        await self.shared.close()

@@ -1,0 +1,123 @@
+"""The ``cutproxy`` command: ``serve`` the proxy, run the ``engine``, and admin tools."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+import uvicorn
+from starlette.applications import Starlette
+
+from proxy.settings import Settings, SettingsError, settings_table
+
+app = typer.Typer(
+    name="cutproxy",
+    help="On-demand image proxy for background-removed product images.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _settings_epilog() -> str:
+    lines = ["Settings come from the environment (flags above win):\n\n"]
+    lines += [f"{env} (default {default}): {text}\n\n" for env, default, text in settings_table()]
+    return "".join(lines)
+
+
+@app.command(epilog=_settings_epilog())
+def serve(
+    host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to bind.")] = 8080,
+    workers: Annotated[int, typer.Option(help="Worker processes (share the data dir).")] = 1,
+    data_dir: Annotated[
+        Path | None, typer.Option(help="PROXY_DATA_DIR: disk cache, registry, originals.")
+    ] = None,
+    public_url: Annotated[
+        str | None,
+        typer.Option(help="PROXY_PUBLIC_URL (default: http://HOST:PORT)."),
+    ] = None,
+    demo: Annotated[
+        bool | None, typer.Option("--demo/--no-demo", help="PROXY_DEMO: register a demo image.")
+    ] = None,
+    log_level: Annotated[str | None, typer.Option(help="PROXY_LOG_LEVEL.")] = None,
+) -> None:
+    """Run the proxy (with the embedded local engine when PROXY_API_KEY is unset)."""
+    flags = {
+        "PROXY_DATA_DIR": str(data_dir) if data_dir else None,
+        "PROXY_PUBLIC_URL": public_url,
+        "PROXY_DEMO": None if demo is None else str(demo).lower(),
+        "PROXY_LOG_LEVEL": log_level,
+    }
+    # Flags travel to the worker processes through their environment.
+    for name, value in flags.items():
+        if value is not None:
+            os.environ[name] = value
+    if not os.environ.get("PROXY_PUBLIC_URL"):
+        shown = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+        os.environ["PROXY_PUBLIC_URL"] = f"http://{shown}:{port}"
+    settings = _load_settings()
+    if workers < 1:
+        _fail("--workers must be at least 1")
+    logging.basicConfig(level=settings.log_level.upper(), format="%(message)s")
+    mode = "the embedded local engine" if settings.embedded_engine else "BackgroundCut"
+    typer.echo(f"cutproxy on http://{host}:{port} (upstream: {mode}, data: {settings.data_dir})")
+    uvicorn.run(
+        "proxy.cli:app_from_environment",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        log_level=settings.log_level.lower(),
+        access_log=False,
+        timeout_graceful_shutdown=int(settings.token_timeout),
+    )
+
+
+def app_from_environment() -> Starlette:
+    """uvicorn's factory in every worker: settings from the environment the CLI prepared."""
+    from proxy.app import create_app
+    from proxy.engine.settings import EngineSettings
+
+    settings = _load_settings()
+    engine_settings = None
+    if settings.embedded_engine:
+        engine_settings = EngineSettings.from_env(
+            os.environ,
+            public_url=settings.public_url.rstrip("/") + "/_engine",
+            data_dir=os.environ.get("PROXY_ENGINE_DATA_DIR") or settings.data_dir / "engine",
+        )
+    return create_app(settings, engine_settings=engine_settings)
+
+
+def _load_settings() -> Settings:
+    try:
+        return Settings.from_env(os.environ)
+    except SettingsError as exc:
+        _fail(f"invalid setting: {exc}")
+        raise  # unreachable: _fail exits
+
+
+def _fail(message: str) -> None:
+    typer.echo(f"cutproxy: {message}", err=True)
+    raise typer.Exit(2)
+
+
+def _register_plugins() -> None:
+    from proxy.engine import cli as engine_cli
+
+    engine_cli.register(app)
+
+
+def main() -> None:
+    _register_plugins()
+    app(prog_name="cutproxy")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
+    sys.exit(0)

@@ -1,0 +1,36 @@
+"""What the handlers share: the services the app factory built, typed."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from proxy.grammar import Limits
+from proxy.images import ImageService
+from proxy.registry import Registry
+from proxy.service import VariantService
+from proxy.settings import Settings
+from proxy.upstream import UpstreamClient
+
+
+@dataclass
+class AppState:
+    settings: Settings
+    clock: Callable[[], float]
+    registry: Registry
+    upstream: UpstreamClient
+    variants: VariantService
+    images: ImageService
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def limits(self) -> Limits:
+        return Limits(self.settings.max_width, self.settings.max_height)
+
+    async def aclose(self) -> None:
+        await self.variants.flight.drain(timeout=self.settings.token_timeout)
+        await self.upstream.aclose()
+        await self.variants.cache.close()
+        await self.variants.lease.close()
+        await self.registry.close()

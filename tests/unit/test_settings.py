@@ -1,0 +1,70 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from proxy.settings import Settings, SettingsError, settings_table
+
+
+def test_defaults_follow_the_upstream_contract() -> None:
+    settings = Settings.from_env({})
+    assert settings.token_url == "https://backgroundcut.co/api/v3/remove-bg/token/"
+    assert settings.process_url == "https://api.backgroundcut.co/v3/remove-bg/"
+    assert settings.token_timeout == 60 and settings.process_timeout == 300
+    assert settings.output_ttl == 7200
+    assert settings.embedded_engine
+
+
+def test_environment_is_parsed_by_type() -> None:
+    settings = Settings.from_env(
+        {
+            "PROXY_API_KEY": "k",
+            "PROXY_DATA_DIR": "/tmp/x",
+            "PROXY_AUTOCROP": "yes",
+            "PROXY_TOKEN_TIMEOUT": "5",
+            "PROXY_ALLOWED_OUTPUT_HOSTS": "a.example, *.cdn.example",
+        }
+    )
+    assert settings.data_dir == Path("/tmp/x")
+    assert settings.autocrop is True
+    assert settings.token_timeout == 5.0
+    assert settings.allowed_output_hosts == ("a.example", "*.cdn.example")
+    assert not settings.embedded_engine
+
+
+def test_flags_win_over_the_environment() -> None:
+    settings = Settings.from_env({"PROXY_QUALITY": "low"}, quality="high")
+    assert settings.quality == "high"
+
+
+@pytest.mark.parametrize(
+    ("env", "named"),
+    [
+        ({"PROXY_TOKEN_TIMEOUT": "soon"}, "PROXY_TOKEN_TIMEOUT"),
+        ({"PROXY_TOKEN_TIMEOUT": "0"}, "PROXY_TOKEN_TIMEOUT"),
+        ({"PROXY_QUALITY": "ultra"}, "PROXY_QUALITY"),
+        ({"PROXY_AUTOCROP": "maybe"}, "PROXY_AUTOCROP"),
+        ({"PROXY_TOKEN_URL": "ftp://x"}, "PROXY_TOKEN_URL"),
+        ({"PROXY_OUTPUT_COMPRESSION": "101"}, "PROXY_OUTPUT_COMPRESSION"),
+        ({"PROXY_ADMIN_TOKEN": "short"}, "PROXY_ADMIN_TOKEN"),
+        ({"PROXY_TTL_MARGIN": "9000"}, "PROXY_TTL_MARGIN"),
+    ],
+)
+def test_bad_values_name_the_variable(env: dict[str, str], named: str) -> None:
+    with pytest.raises(SettingsError, match=named):
+        Settings.from_env(env)
+
+
+def test_secrets_are_masked_when_described() -> None:
+    described = Settings.from_env(
+        {"PROXY_API_KEY": "sk-live-123", "PROXY_ADMIN_TOKEN": "admin-token-0123456789"}
+    ).describe()
+    assert "sk-live-123" not in str(described)
+    assert "admin-token-0123456789" not in str(described)
+
+
+def test_every_setting_is_in_the_table() -> None:
+    names = [row[0] for row in settings_table()]
+    assert "PROXY_API_KEY" in names and len(names) == len(set(names))
+    assert all(name.startswith("PROXY_") for name in names)
