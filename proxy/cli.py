@@ -78,6 +78,29 @@ def serve(
     )
 
 
+@app.command("settings")
+def show_settings(
+    markdown: Annotated[
+        bool, typer.Option(help="Print the README's settings table (defaults, not values).")
+    ] = False,
+) -> None:
+    """Show every setting: its variable, current value (secrets masked) and meaning."""
+    if markdown:
+        typer.echo(settings_markdown())
+        return
+    current = _load_settings().describe()
+    for env, _default, text in settings_table():
+        typer.echo(f"{env}={current[env]}\n    {text}")
+
+
+def settings_markdown() -> str:
+    """The settings table as it stands in the README (a test keeps the two equal)."""
+    rows = ["| Variable | Default | Meaning |", "|---|---|---|"]
+    for env, default, text in settings_table():
+        rows.append(f"| `{env}` | `{default}` | {text.replace('|', '/')} |")
+    return "\n".join(rows)
+
+
 def app_from_environment() -> Starlette:
     """uvicorn's factory in every worker: settings from the environment the CLI prepared."""
     from proxy.app import create_app
