@@ -111,6 +111,75 @@ class Settings:
         "PROXY_COALESCE_WAIT",
         "Seconds a request waits for another worker's mint before answering 503.",
     )
+    # --- guards ---------------------------------------------------------------------------
+    signing_key: tuple[str, ...] = setting(
+        (),
+        "PROXY_SIGNING_KEY",
+        "Comma-separated hex HMAC keys. Set: only signed URLs are served (first key signs, "
+        "any verifies).",
+        secret=True,
+    )
+    signing_salt: tuple[str, ...] = setting(
+        (), "PROXY_SIGNING_SALT", "Comma-separated hex salts, one per signing key.", secret=True
+    )
+    signature_size: int = setting(
+        32, "PROXY_SIGNATURE_SIZE", "Bytes of the HMAC-SHA256 kept in a signature (1..32)."
+    )
+    ladder_widths: str = setting(
+        "160,320,480,640,768,1024,1280,1536,1920,2560",
+        "PROXY_LADDER_WIDTHS",
+        "Comma-separated widths of the size ladder, each offered in every ladder ratio "
+        "(`none`: presets only).",
+    )
+    ladder_ratios: str = setting(
+        "1:1,4:5,3:4,2:3,4:3,3:2,16:9",
+        "PROXY_LADDER_RATIOS",
+        "Comma-separated W:H aspect ratios every ladder width is offered in.",
+    )
+    ladder_presets: str = setting(
+        "none",
+        "PROXY_LADDER_PRESETS",
+        "Comma-separated extra WxH sizes offered as they are, e.g. 1200x630.",
+    )
+    ladder_policy: str = setting(
+        "off",
+        "PROXY_LADDER_POLICY",
+        "off, snap (redirect to the next ladder size up) or strict (400 off the ladder).",
+    )
+    max_pixels: int = setting(
+        MAX_PIXELS,
+        "PROXY_MAX_PIXELS",
+        "Largest width*height a URL may ask for (upstream cap 12,000,000; under 1,000,000 "
+        "a mint is billed at the low rate).",
+    )
+    budget_credits_per_hour: float | None = setting(
+        None,
+        "PROXY_BUDGET_CREDITS_PER_HOUR",
+        "Estimated credits misses may spend per UTC clock hour. Unset: unlimited.",
+    )
+    budget_credits_per_day: float | None = setting(
+        None,
+        "PROXY_BUDGET_CREDITS_PER_DAY",
+        "Estimated credits misses may spend per UTC day. Unset: unlimited.",
+    )
+    client_miss_rate: str | None = setting(
+        None,
+        "PROXY_CLIENT_MISS_RATE",
+        "Cache misses one client may cause in a moving window, e.g. `60/minute`. "
+        "Unset: no per-client limit.",
+    )
+    trusted_proxies: tuple[str, ...] = setting(
+        (),
+        "PROXY_TRUSTED_PROXIES",
+        "Comma-separated CIDRs of reverse proxies whose X-Forwarded-For/Forwarded is "
+        "believed when finding a client's address.",
+    )
+    batch_window_ms: int = setting(
+        30,
+        "PROXY_BATCH_WINDOW_MS",
+        "Milliseconds a miss waits for more misses of the same image, to mint them in one "
+        "token (each extra variant costs 0.25 credit). 0: no batching.",
+    )
     # --- serving --------------------------------------------------------------------------
     public_url: str = setting(
         "http://127.0.0.1:8080",
@@ -212,6 +281,36 @@ class Settings:
             raise bad("api_key", "must not be blank")
         if self.admin_token is not None and len(self.admin_token) < 16:
             raise bad("admin_token", "must be at least 16 characters")
+        self._validate_guards(bad)
+
+    def _validate_guards(self, bad: typing.Callable[[str, str], SettingsError]) -> None:
+        # Imported here because these modules import this one; their parsers name the variable.
+        from proxy.budget import parse_networks, parse_rate
+        from proxy.ladder import POLICIES, Ladder
+        from proxy.signing import Signer
+
+        if not 1 <= self.signature_size <= 32:
+            raise bad("signature_size", "must be between 1 and 32")
+        if self.signing_key or self.signing_salt:
+            Signer.from_hex(self.signing_key, self.signing_salt, self.signature_size)
+        if self.ladder_policy not in POLICIES:
+            raise bad("ladder_policy", f"must be {', '.join(POLICIES[:-1])} or {POLICIES[-1]}")
+        if not 1 <= self.max_pixels <= MAX_PIXELS:
+            raise bad("max_pixels", f"must be between 1 and {MAX_PIXELS}")
+        if Ladder.from_settings(self) is None and self.ladder_policy != "off":
+            raise bad(
+                "ladder_policy",
+                "needs a ladder: set PROXY_LADDER_WIDTHS and _RATIOS, or PROXY_LADDER_PRESETS",
+            )
+        for name in ("budget_credits_per_hour", "budget_credits_per_day"):
+            limit = getattr(self, name)
+            if limit is not None and not limit > 0:
+                raise bad(name, "must be greater than 0 (leave it unset for no limit)")
+        if self.client_miss_rate is not None:
+            parse_rate(self.client_miss_rate)
+        parse_networks(self.trusted_proxies)
+        if self.batch_window_ms < 0:
+            raise bad("batch_window_ms", "must not be negative")
 
     def describe(self) -> dict[str, Any]:
         """Settings as shown to operators: secrets are masked."""
