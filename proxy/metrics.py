@@ -1,0 +1,231 @@
+"""Prometheus metrics: what an operator watches (hit rates, upstream latency, credits spent).
+
+One :class:`Metrics` per app holds its own registry, so tests can build many apps in one
+process. With several worker processes (``cutproxy serve --workers N``) each worker counts
+into files under ``PROMETHEUS_MULTIPROC_DIR`` (prometheus_client's multiprocess mode, chosen
+by that variable when prometheus_client is first imported) and ``/metrics`` adds up every
+worker's files, so any worker answers a scrape with the totals of all of them.
+
+Names follow Prometheus conventions: counters end in ``_total``, durations are histograms in
+``_seconds``. Labels have small, fixed value sets (route templates, never raw paths).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import anyio.to_thread
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+from starlette.requests import Request
+from starlette.responses import Response
+
+from proxy.engine.pricing import estimate_credits
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+# Hits answer in well under a millisecond, misses take seconds: the buckets span both.
+REQUEST_BUCKETS = (
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+)
+UPSTREAM_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 30.0, 60.0, 120.0, 300.0)
+
+
+def multiprocess_dir(environ: Mapping[str, str] | None = None) -> Path | None:
+    """The directory of multiprocess mode, if this process runs in it.
+
+    prometheus_client decides from this variable alone (at import), so the proxy must agree
+    with it rather than keep a setting of its own.
+    """
+    value = (os.environ if environ is None else environ).get(MULTIPROC_ENV, "")
+    return Path(value) if value else None
+
+
+def reset_multiprocess_dir(directory: Path) -> None:
+    """Create ``directory`` empty: counts left by an earlier run must not be added in."""
+    if directory.exists():
+        for item in directory.iterdir():
+            if item.is_file() and item.suffix == ".db":
+                item.unlink()
+            elif item.is_dir():
+                shutil.rmtree(item)
+    directory.mkdir(parents=True, exist_ok=True)
+
+
+class Metrics:
+    """Every metric the proxy exports, and the hooks the services call to feed them."""
+
+    def __init__(self, *, multiprocess_path: Path | None = None, shared_tier: str = "disk") -> None:
+        self.multiprocess_path = multiprocess_path
+        # The shared tier is named by what it is (disk, redis) in labels and logs.
+        self.shared_tier = shared_tier
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "cutproxy_http_requests",
+            "HTTP requests answered, by route template, method and status.",
+            ["route", "method", "status"],
+            registry=r,
+        )
+        self.request_seconds = Histogram(
+            "cutproxy_http_request_duration_seconds",
+            "Time from a request's arrival to the end of its response, by route template.",
+            ["route"],
+            buckets=REQUEST_BUCKETS,
+            registry=r,
+        )
+        self.requests_in_flight = Gauge(
+            "cutproxy_http_requests_in_flight",
+            "Requests being answered now.",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        self.cache_results = Counter(
+            "cutproxy_cache_results",
+            "Variant lookups by where the answer came from: memory, disk (or redis: the "
+            "shared tier), miss (rendered upstream) or coalesced (waited for another "
+            "request's miss).",
+            ["tier"],
+            registry=r,
+        )
+        self.coalesced_waiters = Gauge(
+            "cutproxy_coalesced_waiters",
+            "Requests waiting now for a miss that another request started.",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        self.misses_in_flight = Gauge(
+            "cutproxy_misses_in_flight",
+            "Misses being rendered at the upstream now.",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        self.upstream_calls = Counter(
+            "cutproxy_upstream_calls",
+            "Calls to the upstream API by endpoint (token, process) and outcome (HTTP status, "
+            "timeout, unreachable); every retry attempt counts.",
+            ["endpoint", "outcome"],
+            registry=r,
+        )
+        self.upstream_seconds = Histogram(
+            "cutproxy_upstream_call_duration_seconds",
+            "Duration of one upstream call attempt, by endpoint.",
+            ["endpoint"],
+            buckets=UPSTREAM_BUCKETS,
+            registry=r,
+        )
+        self.tokens_minted = Counter(
+            "cutproxy_tokens_minted",
+            "Upstream tokens minted (credits are charged per token), by purpose: variants "
+            "(rendering) or upload (sending an original).",
+            ["purpose"],
+            registry=r,
+        )
+        self.variants_minted = Counter(
+            "cutproxy_variants_minted",
+            "Output variants ordered in minted tokens.",
+            registry=r,
+        )
+        self.credits_spent = Counter(
+            "cutproxy_estimated_credits_spent",
+            "Credits the minted tokens cost by the upstream's published price rules (an "
+            "estimate: the upstream's own bill is authoritative).",
+            registry=r,
+        )
+        self.reuploads = Counter(
+            "cutproxy_reuploads",
+            "Originals uploaded again for an image the proxy already knew (the upstream had "
+            "forgotten the earlier upload, or an operator replaced the image).",
+            registry=r,
+        )
+        for tier in ("memory", shared_tier, "miss", "coalesced"):
+            self.cache_results.labels(tier)
+        for purpose in ("variants", "upload"):
+            self.tokens_minted.labels(purpose)
+
+    def name_shared_tier(self, shared: object) -> None:
+        """Label the shared tier by its kind: ``DiskTier`` → disk, ``RedisTier`` → redis."""
+        name = type(shared).__name__.removesuffix("Tier").lower()
+        self.shared_tier = name or "shared"
+        self.cache_results.labels(self.shared_tier)
+
+    # -- hooks the services call -----------------------------------------------------------
+    def tier(self, tier: str) -> str:
+        """The label for a service tier name (``shared`` becomes the shared tier's kind)."""
+        return self.shared_tier if tier == "shared" else tier
+
+    def resolved(self, tier: str) -> None:
+        self.cache_results.labels(self.tier(tier)).inc()
+
+    def waiting(self, delta: int) -> None:
+        self.coalesced_waiters.inc(delta)
+
+    def rendering(self, delta: int) -> None:
+        self.misses_in_flight.inc(delta)
+
+    def upstream_call(self, endpoint: str, outcome: str, seconds: float) -> None:
+        self.upstream_calls.labels(endpoint, outcome).inc()
+        self.upstream_seconds.labels(endpoint).observe(seconds)
+
+    def minted(
+        self, output_variants: Sequence[Mapping[str, Any]], unique_filename: str | None
+    ) -> None:
+        """A token was minted: without a ``unique_filename`` it is for an upload."""
+        self.tokens_minted.labels("variants" if unique_filename else "upload").inc()
+        self.variants_minted.inc(len(output_variants))
+        self.credits_spent.inc(estimate_credits(output_variants))
+
+    def reuploaded(self) -> None:
+        self.reuploads.inc()
+
+    def request_done(self, route: str, method: str, status: int, seconds: float) -> None:
+        self.requests.labels(route, method, str(status)).inc()
+        self.request_seconds.labels(route).observe(seconds)
+
+    # -- exposition ------------------------------------------------------------------------
+    def exposition(self) -> bytes:
+        """The text format: this process's registry, or every worker's files added up."""
+        if self.multiprocess_path is None:
+            return generate_latest(self.registry)
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry, path=str(self.multiprocess_path))
+        return generate_latest(registry)
+
+    def process_exited(self) -> None:
+        """Forget this worker's live gauges (in-flight counts) once it stops."""
+        if self.multiprocess_path is not None:
+            multiprocess.mark_process_dead(os.getpid(), str(self.multiprocess_path))
+
+    async def endpoint(self, request: Request) -> Response:
+        """``GET /metrics`` (off the event loop: in multiprocess mode it reads files)."""
+        return Response(
+            await anyio.to_thread.run_sync(self.exposition),
+            media_type=CONTENT_TYPE_LATEST,
+            headers={"Cache-Control": "no-store"},
+        )
