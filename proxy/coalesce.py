@@ -5,23 +5,27 @@ task of its own, later ones await the same task (shielded, so a client that hang
 cancel work others wait for). Across processes (and, with Redis, machines), a lease in the
 shared store: only its holder mints; the others poll the shared cache until the result
 appears, the lease frees up (then one of them takes over), or their wait runs out (503).
-A lease expires on its own, so a crashed or stuck leader cannot block followers for ever.
+A lease expires on its own unless its holder keeps renewing it (every third of the TTL while
+it mints), so a crashed leader blocks followers for at most one TTL.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import secrets
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 import anyio.to_thread
 import diskcache
 
-from proxy.errors import ServiceUnavailableError
+from proxy.errors import ProxyError, ServiceUnavailableError
 
 T = TypeVar("T")
+log = logging.getLogger("cutproxy.coalesce")
 
 
 class Lease(Protocol):
@@ -32,6 +36,10 @@ class Lease(Protocol):
         ...
 
     async def release(self, key: str, token: str) -> None: ...
+
+    async def extend(self, key: str, token: str, ttl: float) -> bool:
+        """Push the expiry ``ttl`` seconds out if ``token`` still holds the lease."""
+        ...
 
     async def close(self) -> None: ...
 
@@ -52,11 +60,18 @@ class DiskLease:
             if self._cache.get(key) == token:
                 self._cache.delete(key)
 
+    def _extend(self, key: str, token: str, ttl: float) -> bool:
+        with self._cache.transact():
+            return self._cache.get(key) == token and bool(self._cache.touch(key, expire=ttl))
+
     async def acquire(self, key: str, ttl: float) -> str | None:
         return await anyio.to_thread.run_sync(self._acquire, key, ttl)
 
     async def release(self, key: str, token: str) -> None:
         await anyio.to_thread.run_sync(self._release, key, token)
+
+    async def extend(self, key: str, token: str, ttl: float) -> bool:
+        return await anyio.to_thread.run_sync(self._extend, key, token, ttl)
 
     async def close(self) -> None:
         await anyio.to_thread.run_sync(self._cache.close)
@@ -122,7 +137,10 @@ async def lead_or_follow(
         if token is not None:
             try:
                 found = await check()
-                return found if found is not None else await lead()
+                if found is not None:
+                    return found
+                async with _renewing(lease, f"lease:{key}", token, ttl):
+                    return await lead()
             finally:
                 await lease.release(f"lease:{key}", token)
         found = await check()
@@ -136,3 +154,30 @@ async def lead_or_follow(
             )
         await asyncio.sleep(delay)
         delay = min(delay * 1.5, 0.5)
+
+
+@contextlib.asynccontextmanager
+async def _renewing(lease: Lease, key: str, token: str, ttl: float) -> AsyncIterator[None]:
+    """Keep extending a held lease while its work runs.
+
+    So the TTL only has to outlast a heartbeat, not the slowest mint: a live leader keeps its
+    lease however long the upstream takes, a dead one loses it within ``ttl`` seconds.
+    """
+
+    async def beat() -> None:
+        while True:
+            await asyncio.sleep(ttl / 3)
+            try:
+                if not await lease.extend(key, token, ttl):
+                    log.warning("lost the lease on %s while minting; another worker may mint", key)
+                    return
+            except ProxyError as exc:  # the shared store is down: the lease will lapse
+                log.warning("could not extend the lease on %s: %s", key, exc.message)
+
+    task = asyncio.ensure_future(beat())
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

@@ -9,6 +9,7 @@
     ├── UnsupportedMediaError      415  upload of a type we cannot use
     ├── TooManyRequestsError       429  a budget or rate limit is spent (Retry-After)
     ├── ServiceUnavailableError    503  busy: coalescing wait ran out, upstream rate-limited
+    │   └── SharedStoreUnavailableError 503  the shared store (Redis) is unreachable
     └── UpstreamError              502  the upstream failed or answered something unusable
         └── UpstreamTimeoutError   504  the upstream did not answer in time
 
@@ -98,6 +99,12 @@ class ServiceUnavailableError(ProxyError):
 
     status_code = 503
     code = "unavailable"
+
+
+class SharedStoreUnavailableError(ServiceUnavailableError):
+    """The shared store (Redis) did not answer: misses cannot be coalesced, so none are minted."""
+
+    code = "shared_store_unavailable"
 
 
 class UpstreamError(ProxyError):
