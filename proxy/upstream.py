@@ -96,6 +96,7 @@ class UpstreamClient:
         transport: httpx.AsyncBaseTransport | None = None,
         sleep: Callable[[float], Any] | None = None,
         on_call: Callable[[str, str, float], None] | None = None,
+        on_mint: Callable[[list[dict[str, Any]], str | None], None] | None = None,
     ) -> None:
         self.config = config
         self._client = httpx.AsyncClient(
@@ -104,8 +105,10 @@ class UpstreamClient:
             headers={"User-Agent": "cutproxy"},
         )
         self._sleep = sleep
-        # on_call(endpoint, outcome, seconds): a hook for metrics.
+        # on_call(endpoint, outcome, seconds) and on_mint(output_variants, unique_filename):
+        # hooks for metrics and access logs.
         self._on_call = on_call
+        self._on_mint = on_mint
 
     async def aclose(self) -> None:
         await self._client.aclose()
@@ -135,7 +138,10 @@ class UpstreamClient:
                 raise UpstreamError("upstream token answer has no access_token")
             return token
 
-        return await self._retrying(attempt)
+        token: str = await self._retrying(attempt)
+        if self._on_mint is not None:
+            self._on_mint(output_variants, unique_filename)
+        return token
 
     async def process(
         self,
@@ -161,6 +167,15 @@ class UpstreamClient:
             return self._parse_process(_json(response, "process"))
 
         return await self._retrying(attempt)
+
+    async def reachable(self, url: str, timeout: float, *, need_success: bool = False) -> bool:
+        """Whether ``url`` answers a HEAD within ``timeout``: a health probe (no key, no
+        retries, no credits). Any HTTP answer counts, or only a 2xx with ``need_success``."""
+        try:
+            response = await self._client.head(url, timeout=timeout)
+        except Exception:  # every way of not answering means the same here
+            return False
+        return response.is_success or not need_success
 
     # -- plumbing --------------------------------------------------------------------------
     async def _retrying(self, attempt: Callable[[], Any]) -> Any:
