@@ -13,8 +13,9 @@ A model-based remover plugs in by implementing :class:`Cutout` and being passed 
 3. mark pixels close to that colour as background candidates, and keep as background only
    those connected to the border — so regions of the background colour *inside* the subject
    (a white label on a red box) stay opaque;
-4. drop specks of "subject" too small to be one, then soften the edge with a ramp on the
-   colour distance and a bilinear upscale back to full size.
+4. drop specks of "subject" too small to be one, scale the mask back to full size, and in
+   a band along its edge let each pixel's own colour distance set its opacity (soft edges,
+   no background-coloured halo).
 
 It cannot separate a subject from a busy or gradient background, a subject of the
 background's colour touching the border, holes through the subject (the inside of a mug
@@ -23,6 +24,7 @@ handle stays filled), nor hair; cast shadows darker than the noise are kept as s
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from typing import Protocol
@@ -73,17 +75,32 @@ class BorderCutout:
         outside = _connected_to_border(candidates)
         subject = ImageChops.invert(outside)
         subject = _drop_small(subject, max(4, int(self.min_subject_share * _area(work))))
+        return _soft_edge(rgb, subject, background, threshold)
 
-        # Soft edge: inside the subject fully opaque; along its rim, opacity follows how far
-        # the colour is from the background, so anti-aliased pixels stay partly see-through.
-        core = _erode(subject)
-        rim = _dilate(subject)
-        span = max(threshold * 2, 24)
-        ramp = distance.point(lambda v: max(0, min(255, (v - threshold) * 255 // span)))
-        alpha = ImageChops.lighter(core, ImageChops.darker(ramp, rim))
-        if alpha.size != rgb.size:
-            alpha = alpha.resize(rgb.size, Image.Resampling.BILINEAR)
-        return alpha
+
+def _soft_edge(
+    rgb: Image.Image, subject: Image.Image, background: tuple[int, ...], threshold: int
+) -> Image.Image:
+    """The full-size alpha: opaque inside, and along the rim opacity that follows colour.
+
+    The working copy's mask is smoothed and scaled up, so its edge is only known to within
+    ``reach`` pixels; in that band each pixel's own distance from the background decides, so a pixel
+    that is half background (anti-aliasing, JPEG blur) comes out half transparent.
+    """
+    scale = rgb.width / subject.width
+    if subject.size != rgb.size:
+        subject = subject.resize(rgb.size, Image.Resampling.BILINEAR)
+        subject = subject.point(lambda v: 255 if v >= 128 else 0)
+    # The 3x3 smoothing grew the working mask by a working pixel; the upscale adds another.
+    reach = math.ceil(2 * scale) + 1
+    core = _erode(subject, reach)
+    rim = _dilate(subject, reach)
+    # Unblurred, so the edge stays where it is; from twice the noise threshold, so JPEG
+    # ringing just outside the subject (lighter than the background) does not show as a halo.
+    distance = _distance(rgb, background)
+    start, span = 2 * threshold, max(3 * threshold, 48)
+    ramp = distance.point(lambda v: max(0, min(255, (v - start) * 255 // span)))
+    return ImageChops.lighter(core, ImageChops.darker(ramp, rim))
 
 
 def _area(image: Image.Image) -> int:
@@ -107,14 +124,14 @@ def _frame_mask(size: tuple[int, int], share: float) -> Image.Image:
     return frame
 
 
-# Erosion and dilation by one pixel through a 3x3 box blur: Pillow's rank filters
-# (MinFilter/MaxFilter) hold the GIL for their whole run, the box blur does not.
-def _erode(mask: Image.Image) -> Image.Image:
-    return mask.filter(ImageFilter.BoxBlur(1)).point(lambda v: 255 if v >= 250 else 0)
+# Erosion and dilation through a box blur: Pillow's rank filters (MinFilter/MaxFilter)
+# hold the GIL for their whole run, the box blur does not.
+def _erode(mask: Image.Image, radius: int) -> Image.Image:
+    return mask.filter(ImageFilter.BoxBlur(radius)).point(lambda v: 255 if v >= 254 else 0)
 
 
-def _dilate(mask: Image.Image) -> Image.Image:
-    return mask.filter(ImageFilter.BoxBlur(1)).point(lambda v: 255 if v >= 5 else 0)
+def _dilate(mask: Image.Image, radius: int) -> Image.Image:
+    return mask.filter(ImageFilter.BoxBlur(radius)).point(lambda v: 255 if v >= 1 else 0)
 
 
 def _distance(image: Image.Image, color: tuple[int, ...]) -> Image.Image:

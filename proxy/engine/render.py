@@ -51,7 +51,8 @@ def decode(data: bytes, *, max_pixels: int) -> Source:
             # The header is read, the pixels are not: refuse bombs before allocating them.
             if width * height > max_pixels:
                 raise InvalidRequestError(
-                    f"image: {width}x{height} is over the {max_pixels:,} pixel limit"
+                    f"image: {width}x{height} is over the {max_pixels:,} pixel limit "
+                    "(decompression bomb)"
                 )
             file_format = INPUT_FORMATS[str(opened.format)]
             opened.load()
@@ -59,7 +60,9 @@ def decode(data: bytes, *, max_pixels: int) -> Source:
     except UnidentifiedImageError:
         raise InvalidRequestError("image: not a PNG, JPEG or WebP file") from None
     except Image.DecompressionBombError:
-        raise InvalidRequestError("image: too many pixels (decompression bomb)") from None
+        raise InvalidRequestError(
+            f"image: over the {max_pixels:,} pixel limit (decompression bomb)"
+        ) from None
     except (OSError, ValueError, SyntaxError, EOFError) as exc:
         raise InvalidRequestError("image: the file is corrupt or truncated") from exc
     return _split_alpha(image, file_format)
