@@ -16,13 +16,14 @@ from starlette.responses import Response
 from starlette.routing import Mount, Route
 from starlette.types import ASGIApp
 
-from proxy import demo, handlers, responses
+from proxy import demo, handlers, images_api, responses
+from proxy.blobs import DirectoryBlobStore
 from proxy.cache import DiskTier, MemoryTier, TwoTierCache
 from proxy.coalesce import DiskLease
 from proxy.engine.app import create_engine_app
 from proxy.engine.settings import EngineSettings
 from proxy.errors import ProxyError
-from proxy.images import ImageService, probe
+from proxy.images import ImageService
 from proxy.registry import DiskRegistry
 from proxy.service import VariantService
 from proxy.settings import Settings
@@ -49,7 +50,12 @@ def create_app(
 
     routes: list[Route | Mount] = [
         Route("/img/{image_id}/{size}/{filename}", handlers.variant, methods=["GET", "HEAD"]),
-        Route("/images/{image_id}", handlers.put_image, methods=["PUT"]),
+        Route("/images", images_api.list_images, methods=["GET"]),
+        Route("/images", images_api.post_image, methods=["POST"]),
+        Route("/images/{image_id}", images_api.put_image, methods=["PUT"]),
+        Route("/images/{image_id}", images_api.get_image, methods=["GET"]),
+        Route("/images/{image_id}", images_api.delete_image, methods=["DELETE"]),
+        Route("/images/{image_id}/warm", images_api.warm_image, methods=["POST"]),
         Route("/health", handlers.health, methods=["GET", "HEAD"]),
     ]
     if engine_app is not None:
@@ -112,15 +118,27 @@ def build_state(
         MemoryTier(settings.memory_cache_size, clock),
         DiskTier(settings.data_dir / "cache", settings.disk_cache_size_mb, clock),
     )
+    blobs = DirectoryBlobStore(settings.originals_dir)
+    lease = DiskLease(settings.data_dir / "leases")
     variants = VariantService(
         settings=settings,
         cache=cache,
         registry=registry,
-        lease=DiskLease(settings.data_dir / "leases"),
+        lease=lease,
         upstream=upstream,
         clock=clock,
+        blobs=blobs,
     )
-    images = ImageService(registry=registry, upstream=upstream, clock=clock)
+    images = ImageService(
+        settings=settings,
+        registry=registry,
+        upstream=upstream,
+        blobs=blobs,
+        cache=cache,
+        lease=lease,
+        clock=clock,
+        on_change=variants.forget,
+    )
     return AppState(settings, clock, registry, upstream, variants, images)
 
 
@@ -129,8 +147,7 @@ async def register_demo(state: AppState) -> None:
     if await state.registry.get(demo.DEMO_ID) is not None:
         return
     data = await anyio.to_thread.run_sync(demo.product_photo)
-    content_type, size = await anyio.to_thread.run_sync(probe, data)
-    await state.images.upload(demo.DEMO_ID, data, content_type, size)
+    await state.images.store(demo.DEMO_ID, data)
     log.info("registered the demo image as %r", demo.DEMO_ID)
 
 

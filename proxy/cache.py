@@ -149,11 +149,24 @@ class DiskTier:
         doomed = [k for k in self._cache.iterkeys() if isinstance(k, str) and k.startswith(prefix)]
         return sum(1 for key in doomed if self._cache.delete(key))
 
+    def _scan(self, prefix: str) -> dict[str, CachedOutput]:
+        found = {}
+        for key in self._cache.iterkeys():
+            if isinstance(key, str) and key.startswith(prefix):
+                output = self._get(key)
+                if output is not None:
+                    found[key] = output
+        return found
+
     async def get(self, key: str) -> CachedOutput | None:
         return await anyio.to_thread.run_sync(self._get, key)
 
     async def set(self, key: str, output: CachedOutput) -> None:
         await anyio.to_thread.run_sync(self._set, key, output)
+
+    async def scan(self, prefix: str) -> dict[str, CachedOutput]:
+        """Live entries whose key starts with ``prefix`` (an image's variants), for admins."""
+        return await anyio.to_thread.run_sync(self._scan, prefix)
 
     async def delete(self, key: str) -> None:
         await anyio.to_thread.run_sync(self._cache.delete, key)

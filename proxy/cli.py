@@ -131,9 +131,11 @@ def _fail(message: str) -> None:
 
 
 def _register_plugins() -> None:
+    from proxy import images_cli
     from proxy.engine import cli as engine_cli
 
     engine_cli.register(app)
+    images_cli.register(app)
 
 
 def main() -> None:

@@ -9,7 +9,6 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from proxy import grammar, responses
-from proxy.admin import require_admin
 from proxy.errors import BadRequestError
 from proxy.registry import ImageRecord
 from proxy.state import AppState
@@ -32,20 +31,6 @@ async def variant(request: Request) -> Response:
     resolved = await state.variants.resolve(parsed)
     request.scope.setdefault("state", {})["cache_tier"] = resolved.tier
     return responses.redirect(resolved.output, state.clock())
-
-
-async def put_image(request: Request) -> Response:
-    """Register an existing upload: JSON ``{"unique_filename", "width", "height"}``."""
-    state = state_of(request)
-    require_admin(request, state.settings.admin_token)
-    image_id = grammar.check_image_id(request.path_params["image_id"])
-    body = await read_json(request)
-    record = registration(image_id, body, state.clock())
-    existing = await state.registry.get(image_id)
-    await state.registry.put(record)
-    if existing is not None and existing.unique_filename != record.unique_filename:
-        await state.variants.cache.delete_prefix(f"/img/{image_id}/")
-    return JSONResponse(record_json(record), status_code=200 if existing else 201)
 
 
 def registration(image_id: str, body: Any, now: float) -> ImageRecord:

@@ -1,7 +1,14 @@
 """The variant service: from a canonical Variant to a cached output URL, minting at most once.
 
-Order on every request: memory tier (no I/O) → in-process single flight → shared tier →
-registry → cross-process lease → mint + process → store in both tiers.
+Order on every request: image version (in-memory view of the registry) → memory tier (no
+I/O) → in-process single flight → shared tier → registry → cross-process lease → mint +
+process → store in both tiers.
+
+Cache keys carry the image's version (its content hash), so when an image is replaced every
+worker stops serving the old variants within ``PROXY_IMAGE_VIEW_TTL``, without any message
+between workers. When the upstream has forgotten an upload (it keeps files 2 hours), the kept
+original is uploaded again together with the wanted variants: one token, one processing call,
+shared by every request (and worker) that needs it.
 """
 
 from __future__ import annotations
@@ -10,13 +17,18 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
+from cachetools import TTLCache
+
+from proxy.blobs import BlobStore
 from proxy.cache import CachedOutput, TwoTierCache, output_for
 from proxy.coalesce import Lease, SingleFlight, lead_or_follow
-from proxy.errors import NotFoundError, UpstreamError
+from proxy.errors import NotFoundError, UpstreamError, UpstreamGoneError
+from proxy.images import record_version, upload_original
 from proxy.registry import ImageRecord, Registry
 from proxy.settings import Settings
-from proxy.upstream import UpstreamClient
+from proxy.upstream import ProcessResult, UpstreamClient
 from proxy.variant import Variant, cache_key, output_variant
 
 log = logging.getLogger("cutproxy.service")
@@ -39,16 +51,52 @@ class VariantService:
     upstream: UpstreamClient
     clock: Callable[[], float] = time.time
     flight: SingleFlight = field(default_factory=SingleFlight)
+    blobs: BlobStore | None = None  # the kept originals, for re-uploads
+    reuploads: SingleFlight = field(default_factory=SingleFlight)
+    # image id → version, trusted for PROXY_IMAGE_VIEW_TTL: keeps the hit path free of I/O.
+    versions: TTLCache[str, str] = field(init=False)
 
-    def key(self, variant: Variant) -> str:
-        return cache_key(variant, self.settings)
+    def __post_init__(self) -> None:
+        self.versions = TTLCache(
+            maxsize=self.settings.memory_cache_size,
+            ttl=self.settings.image_view_ttl,
+            timer=self.clock,
+        )
+
+    def key(self, variant: Variant, version: str) -> str:
+        return f"{cache_key(variant, self.settings)}~{version}"
 
     def peek(self, variant: Variant) -> CachedOutput | None:
         """The hit path: memory only, no I/O, no await."""
-        return self.cache.peek(self.key(variant))
+        version = self.versions.get(variant.image_id)
+        return None if version is None else self.cache.peek(self.key(variant, version))
+
+    def forget(self, image_id: str) -> None:
+        """This worker changed the image: stop trusting its version at once."""
+        self.versions.pop(image_id, None)
+
+    async def version(self, image_id: str) -> str:
+        """The image's current version: from the view, else the registry (404 if unknown)."""
+        version = self.versions.get(image_id)
+        if version is None:
+            record = await self.flight.run(
+                f"record:{image_id}",
+                lambda: self._record(image_id),
+                wait=self.settings.coalesce_wait,
+            )
+            version = record_version(record)
+        return version
+
+    async def _record(self, image_id: str) -> ImageRecord:
+        record = await self.registry.get(image_id)
+        if record is None:
+            raise NotFoundError(f"unknown image {image_id!r}", code="unknown_image")
+        self.versions[image_id] = record_version(record)
+        return record
 
     async def resolve(self, variant: Variant) -> Resolved:
-        key = self.key(variant)
+        version = self.versions.get(variant.image_id) or await self.version(variant.image_id)
+        key = self.key(variant, version)
         hit = self.cache.peek(key)
         if hit is not None:
             return Resolved(hit, "memory")
@@ -97,8 +145,7 @@ class VariantService:
         Callers own caching; this only spends the mint and reads the answer.
         """
         specs = [output_variant(v, self.settings, record.original_size) for v in variants]
-        token = await self.upstream.mint(specs, unique_filename=record.unique_filename)
-        result = await self.upstream.process(token)
+        result = await self._process(record, specs)
         now = self.clock()
         outputs: dict[Variant, CachedOutput] = {}
         for variant, spec in zip(variants, specs, strict=True):
@@ -110,3 +157,111 @@ class VariantService:
             )
         log.info("minted %d variant(s) of %s", len(variants), record.image_id)
         return outputs
+
+    # -- uploads the upstream forgot ---------------------------------------------------------
+    async def _process(self, record: ImageRecord, specs: list[dict[str, Any]]) -> ProcessResult:
+        """Mint and process ``specs`` for the image, uploading its original again if needed.
+
+        An upload older than ``PROXY_REUPLOAD_AFTER`` is re-uploaded before the mint (so no
+        visitor waits for the upstream's 404); a 404 from either call is healed the same way.
+        """
+        if self._expired(record):
+            record, result = await self._heal(record, specs)
+            if result is not None:
+                return result
+        try:
+            return await self._mint_and_process(record, specs)
+        except UpstreamGoneError:
+            if record.sha256 is None:
+                raise _not_kept(record) from None
+            log.info("upstream forgot the upload of %s; uploading it again", record.image_id)
+        record, result = await self._heal(record, specs)
+        return result if result is not None else await self._mint_and_process(record, specs)
+
+    async def _mint_and_process(
+        self, record: ImageRecord, specs: list[dict[str, Any]]
+    ) -> ProcessResult:
+        token = await self.upstream.mint(specs, unique_filename=record.unique_filename)
+        return await self.upstream.process(token)
+
+    def _expired(self, record: ImageRecord) -> bool:
+        return (
+            record.sha256 is not None
+            and self.blobs is not None
+            and record.uploaded_at is not None
+            and self.clock() - record.uploaded_at >= self.settings.reupload_after
+        )
+
+    async def _heal(
+        self, stale: ImageRecord, specs: list[dict[str, Any]]
+    ) -> tuple[ImageRecord, ProcessResult | None]:
+        """The image with a live upload, plus the outputs for ``specs`` if they came with it.
+
+        One re-upload per image at a time: tasks of this worker join one flight, workers meet
+        at the lease, and whoever arrives after it finished finds the fresh record instead.
+        """
+        if stale.sha256 is None or self.blobs is None:
+            raise _not_kept(stale)
+        key = f"reupload:{stale.image_id}"
+
+        async def fresher() -> tuple[ImageRecord, ProcessResult | None] | None:
+            current = await self.registry.get(stale.image_id)
+            if current is None:
+                raise NotFoundError(f"unknown image {stale.image_id!r}", code="unknown_image")
+            if current.unique_filename != stale.unique_filename:
+                return current, None
+            return None
+
+        async def shared() -> tuple[ImageRecord, ProcessResult | None]:
+            return await lead_or_follow(
+                self.lease,
+                key,
+                ttl=self.settings.lease_ttl,
+                wait=self.settings.coalesce_wait,
+                lead=lambda: self._reupload(stale, specs),
+                check=fresher,
+            )
+
+        record, result = await self.reuploads.run(key, shared, wait=self.settings.coalesce_wait)
+        wanted = {spec["variant_name"] for spec in specs}
+        if result is not None and wanted <= result.output_urls.keys():
+            return record, result
+        return record, None
+
+    async def _reupload(
+        self, stale: ImageRecord, specs: list[dict[str, Any]]
+    ) -> tuple[ImageRecord, ProcessResult]:
+        assert stale.sha256 is not None and self.blobs is not None
+        data = await self.blobs.get(stale.sha256)
+        if data is None:
+            raise UpstreamError(
+                f"the upstream forgot image {stale.image_id!r} and its kept original is "
+                "missing from the blob store (PROXY_BLOB_DIR): upload the image again",
+                code="original_missing",
+            )
+        result = await upload_original(
+            self.upstream,
+            specs,
+            data,
+            image_id=stale.image_id,
+            content_type=stale.content_type,
+        )
+        fresh = stale.evolve(unique_filename=result.unique_filename, uploaded_at=self.clock())
+        current = await self.registry.get(stale.image_id)
+        # Only the same bytes get the new upload: a replacement since then keeps its own.
+        if current is not None and current.sha256 == stale.sha256:
+            fresh = current.evolve(
+                unique_filename=result.unique_filename, uploaded_at=fresh.uploaded_at
+            )
+            await self.registry.put(fresh)
+        log.info("re-uploaded the kept original of %s", stale.image_id)
+        return fresh, result
+
+
+def _not_kept(record: ImageRecord) -> UpstreamError:
+    return UpstreamError(
+        f"the upstream no longer has image {record.image_id!r} and the proxy keeps no original "
+        "of it (it was registered by unique_filename alone): upload the image file again "
+        f"(PUT /images/{record.image_id})",
+        code="original_not_kept",
+    )

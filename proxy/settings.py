@@ -180,6 +180,33 @@ class Settings:
         "Milliseconds a miss waits for more misses of the same image, to mint them in one "
         "token (each extra variant costs 0.25 credit). 0: no batching.",
     )
+    # --- images ---------------------------------------------------------------------------
+    blob_dir: Path | None = setting(
+        None,
+        "PROXY_BLOB_DIR",
+        "Where uploaded originals are kept, by SHA-256 (default: <PROXY_DATA_DIR>/originals; "
+        "a volume shared by every replica when there are several).",
+    )
+    max_upload_mb: float = setting(
+        12.0, "PROXY_MAX_UPLOAD_MB", "Largest upload in MiB (413 above it; upstream cap: 12)."
+    )
+    max_input_pixels: int = setting(
+        50_000_000,
+        "PROXY_MAX_INPUT_PIXELS",
+        "Largest decoded upload (width*height); more is refused as a decompression bomb (400).",
+    )
+    reupload_after: float = setting(
+        float(UPSTREAM_RETENTION_SECONDS - 600),
+        "PROXY_REUPLOAD_AFTER",
+        "Seconds after which an upload is assumed gone upstream (retention: 2 h) and the kept "
+        "original is uploaded again before the next render, without waiting for a 404.",
+    )
+    image_view_ttl: float = setting(
+        2.0,
+        "PROXY_IMAGE_VIEW_TTL",
+        "Seconds a worker trusts its in-memory view of an image's version; a replaced or "
+        "deleted image stops being served by every worker within this time.",
+    )
     # --- serving --------------------------------------------------------------------------
     public_url: str = setting(
         "http://127.0.0.1:8080",
@@ -200,6 +227,15 @@ class Settings:
     def embedded_engine(self) -> bool:
         """With no API key the local engine, mounted under /_engine, is the upstream."""
         return not self.api_key
+
+    @property
+    def originals_dir(self) -> Path:
+        """The blob store of uploaded originals."""
+        return self.blob_dir or self.data_dir / "originals"
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return int(self.max_upload_mb * 1024 * 1024)
 
     @property
     def output_hosts(self) -> tuple[str, ...]:
@@ -282,6 +318,13 @@ class Settings:
         if self.admin_token is not None and len(self.admin_token) < 16:
             raise bad("admin_token", "must be at least 16 characters")
         self._validate_guards(bad)
+        if not 0 < self.max_upload_mb <= 1024:
+            raise bad("max_upload_mb", "must be greater than 0 and at most 1024")
+        if self.max_input_pixels < 1:
+            raise bad("max_input_pixels", "must be at least 1")
+        for name in ("reupload_after", "image_view_ttl"):
+            if getattr(self, name) <= 0:
+                raise bad(name, "must be greater than 0")
 
     def _validate_guards(self, bad: typing.Callable[[str, str], SettingsError]) -> None:
         # Imported here because these modules import this one; their parsers name the variable.

@@ -1,0 +1,506 @@
+"""``cutproxy import | warm | images ls/show/rm``: the image admin API from a shell.
+
+Each command talks to a running proxy over HTTP (``--url``, ``--token``), so it works the
+same against ``make serve`` on a laptop and a proxy on a server. Imports are safe to re-run:
+a file whose SHA-256 the proxy already holds under that id is not even sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import hashlib
+import mimetypes
+import re
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import httpx
+import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+)
+from rich.table import Table
+
+DEFAULT_URL = "http://127.0.0.1:8080"
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp"}
+# The proxy enforces its own limit (PROXY_MAX_UPLOAD_MB); this only keeps memory bounded.
+LOCAL_MAX_BYTES = 64 * 1024 * 1024
+_NOT_ID = re.compile(r"[^A-Za-z0-9_-]+")
+
+T = TypeVar("T")
+out = Console()
+err = Console(stderr=True)
+
+UrlOption = Annotated[
+    str,
+    typer.Option(envvar="CUTPROXY_URL", help="The proxy's base URL (env CUTPROXY_URL)."),
+]
+TokenOption = Annotated[
+    str | None,
+    typer.Option(
+        envvar="PROXY_ADMIN_TOKEN",
+        show_default=False,
+        help="Admin token (env PROXY_ADMIN_TOKEN).",
+    ),
+]
+ConcurrencyOption = Annotated[int, typer.Option(min=1, max=64, help="Requests in flight at once.")]
+
+
+class AdminError(Exception):
+    """The proxy refused a request; the message says why."""
+
+
+class FatalAdminError(AdminError):
+    """No request can succeed: the proxy is unreachable or refuses the token."""
+
+
+# --- the admin API client -----------------------------------------------------------------------
+
+
+class AdminClient:
+    def __init__(self, url: str, token: str | None) -> None:
+        if not token:
+            raise FatalAdminError("no admin token: pass --token or set PROXY_ADMIN_TOKEN")
+        self.url = url.rstrip("/")
+        self._client = httpx.AsyncClient(
+            base_url=self.url,
+            headers={"Authorization": f"Bearer {token}"},
+            # An upload waits for the upstream's processing call (up to 300 s).
+            timeout=httpx.Timeout(330.0, connect=5.0),
+        )
+
+    async def __aenter__(self) -> AdminClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._client.aclose()
+
+    async def _call(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        try:
+            response = await self._client.request(method, path, **kwargs)
+        except httpx.ConnectError:
+            raise FatalAdminError(
+                f"cannot reach the proxy at {self.url}: is `cutproxy serve` running? "
+                "(--url or CUTPROXY_URL)"
+            ) from None
+        except httpx.HTTPError as exc:
+            raise AdminError(f"{method} {path} failed: {type(exc).__name__}") from None
+        if response.status_code in (401, 403):
+            raise FatalAdminError(f"the proxy refused the admin token: {_message(response)}")
+        return response
+
+    async def get_image(self, image_id: str) -> dict[str, Any] | None:
+        response = await self._call("GET", f"/images/{image_id}")
+        if response.status_code == 404:
+            return None
+        return _ok(response)
+
+    async def put_image(self, image_id: str, data: bytes, content_type: str) -> dict[str, Any]:
+        response = await self._call(
+            "PUT",
+            f"/images/{image_id}",
+            content=data,
+            headers={"Content-Type": content_type},
+        )
+        return _ok(response)
+
+    async def delete_image(self, image_id: str) -> dict[str, Any] | None:
+        response = await self._call("DELETE", f"/images/{image_id}")
+        if response.status_code == 404:
+            return None
+        return _ok(response)
+
+    async def warm(self, image_id: str, sizes: list[str], bg: str, ext: str) -> dict[str, Any]:
+        body = {"sizes": sizes, "bg": bg, "ext": ext}
+        return _ok(await self._call("POST", f"/images/{image_id}/warm", json=body))
+
+    async def list_images(self, after: str | None, limit: int) -> dict[str, Any]:
+        params: dict[str, Any] = {"limit": limit}
+        if after:
+            params["after"] = after
+        return _ok(await self._call("GET", "/images", params=params))
+
+    async def all_ids(self) -> list[str]:
+        ids: list[str] = []
+        after: str | None = None
+        while True:
+            page = await self.list_images(after, 1000)
+            ids += [image["image_id"] for image in page["images"]]
+            after = page.get("next")
+            if not after:
+                return ids
+
+
+def _message(response: httpx.Response) -> str:
+    try:
+        data = response.json()
+    except ValueError:
+        return f"HTTP {response.status_code}"
+    if isinstance(data, dict) and "message" in data:
+        return f"{data['message']} ({response.status_code})"
+    return f"HTTP {response.status_code}"
+
+
+def _ok(response: httpx.Response) -> dict[str, Any]:
+    if response.is_success:
+        data: dict[str, Any] = response.json()
+        return data
+    raise AdminError(_message(response))
+
+
+# --- import ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Item:
+    image_id: str
+    path: Path
+
+
+@dataclass
+class Report:
+    outcomes: Counter[str] = field(default_factory=Counter)
+    failures: list[tuple[str, str, str]] = field(default_factory=list)  # id, what, why
+
+
+def image_id_for(path: Path) -> str:
+    """An image id from a file name: ``Red Mug (2).JPG`` → ``Red-Mug-2``."""
+    return _NOT_ID.sub("-", path.stem).strip("-")[:128]
+
+
+def collect(paths: Sequence[Path], report: Report) -> list[Item]:
+    """Files to import: files as given, folders' images (recursively), CSVs' rows."""
+    found: list[Item] = []
+    for given in paths:
+        if given.is_dir():
+            files = sorted(
+                p for p in given.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+            )
+            found += [Item(image_id_for(p), p) for p in files]
+        elif given.suffix.lower() == ".csv":
+            found += _csv_items(given, report)
+        elif given.is_file():
+            found.append(Item(image_id_for(given), given))
+        else:
+            report.failures.append(("-", str(given), "no such file or folder"))
+    seen: dict[str, Path] = {}
+    unique: list[Item] = []
+    for item in found:
+        if not item.image_id:
+            report.failures.append(("-", str(item.path), "no usable image id in the file name"))
+        elif item.image_id in seen:
+            report.failures.append(
+                (item.image_id, str(item.path), f"same image id as {seen[item.image_id]}")
+            )
+        else:
+            seen[item.image_id] = item.path
+            unique.append(item)
+    return unique
+
+
+def _csv_items(path: Path, report: Report) -> list[Item]:
+    items: list[Item] = []
+    with path.open(newline="") as handle:
+        for number, row in enumerate(csv.reader(handle), start=1):
+            if not row or row[0].strip().startswith("#"):
+                continue
+            if number == 1 and [c.strip().lower() for c in row[:2]] == ["image_id", "path"]:
+                continue
+            if len(row) < 2:
+                report.failures.append(("-", f"{path}:{number}", "expected image_id,path"))
+                continue
+            file = Path(row[1].strip())
+            items.append(Item(row[0].strip(), file if file.is_absolute() else path.parent / file))
+    return items
+
+
+async def import_one(client: AdminClient, item: Item) -> str:
+    """``created``, ``replaced`` or ``unchanged`` (then nothing was sent)."""
+    if item.path.stat().st_size > LOCAL_MAX_BYTES:
+        raise AdminError(f"file over {LOCAL_MAX_BYTES // 1024 // 1024} MiB")
+    data = await asyncio.to_thread(item.path.read_bytes)
+    sha = hashlib.sha256(data).hexdigest()
+    known = await client.get_image(item.image_id)
+    if known is not None and known.get("sha256") == sha:
+        return "unchanged"
+    content_type = mimetypes.guess_type(item.path.name)[0] or "application/octet-stream"
+    answer = await client.put_image(item.image_id, data, content_type)
+    return str(answer["status"])
+
+
+def import_command(
+    paths: Annotated[
+        list[Path],
+        typer.Argument(
+            help="Image files, folders of images (searched recursively), or CSV files of "
+            "image_id,path rows (paths relative to the CSV)."
+        ),
+    ],
+    url: UrlOption = DEFAULT_URL,
+    token: TokenOption = None,
+    concurrency: ConcurrencyOption = 4,
+) -> None:
+    """Upload images to the proxy; ids come from file names or the CSV. Safe to re-run."""
+    report = Report()
+    items = collect(paths, report)
+
+    async def work(client: AdminClient, item: Item) -> None:
+        try:
+            report.outcomes[await import_one(client, item)] += 1
+        except FatalAdminError:
+            raise
+        except (AdminError, OSError) as exc:
+            report.failures.append((item.image_id, str(item.path), _reason(exc)))
+
+    started = time.monotonic()
+    _run(lambda client: _bounded(client, items, work, concurrency, "importing"), url, token)
+    _import_summary(report, len(items), time.monotonic() - started)
+    if report.failures:
+        raise typer.Exit(1)
+
+
+def _import_summary(report: Report, total: int, seconds: float) -> None:
+    table = Table(title=f"import: {total} file(s) in {seconds:.1f}s")
+    table.add_column("outcome")
+    table.add_column("files", justify="right")
+    uploaded = report.outcomes["created"] + report.outcomes["replaced"]
+    table.add_row("uploaded", str(uploaded))
+    table.add_row("  new", str(report.outcomes["created"]))
+    table.add_row("  replaced", str(report.outcomes["replaced"]))
+    table.add_row("unchanged", str(report.outcomes["unchanged"]))
+    table.add_row("failed", str(len(report.failures)), style="red" if report.failures else None)
+    out.print(table)
+    _failures(report)
+
+
+def _failures(report: Report) -> None:
+    if not report.failures:
+        return
+    table = Table(title="failures", title_style="red")
+    for name in ("image id", "file", "reason"):
+        table.add_column(name, overflow="fold")
+    for row in report.failures:
+        table.add_row(*row)
+    out.print(table)
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, OSError):
+        return exc.strerror or type(exc).__name__
+    return str(exc)
+
+
+# --- warm -----------------------------------------------------------------------------------
+
+
+def warm_command(
+    image_ids: Annotated[
+        list[str] | None, typer.Argument(help="Images to warm (default: every image).")
+    ] = None,
+    sizes: Annotated[
+        str, typer.Option(help="Comma-separated sizes, e.g. 320x320,640x640,1280x1280.")
+    ] = "320x320,640x640,1280x1280",
+    bg: Annotated[str, typer.Option(help="Background: hex colour or 'transparent'.")] = "ffffff",
+    ext: Annotated[str, typer.Option(help="Format: jpg, png or webp.")] = "jpg",
+    url: UrlOption = DEFAULT_URL,
+    token: TokenOption = None,
+    concurrency: ConcurrencyOption = 4,
+) -> None:
+    """Pre-render variants into the cache: one token per image; cached ones are skipped."""
+    wanted = [s.strip() for s in sizes.split(",") if s.strip()]
+    if not wanted:
+        raise typer.BadParameter("give at least one size", param_hint="--sizes")
+    report = Report()
+    totals: Counter[str] = Counter()
+    credits = 0.0
+
+    async def work(client: AdminClient, image_id: str) -> None:
+        nonlocal credits
+        try:
+            answer = await client.warm(image_id, wanted, bg, ext)
+        except FatalAdminError:
+            raise
+        except AdminError as exc:
+            report.failures.append((image_id, "warm", str(exc)))
+            return
+        totals["rendered"] += len(answer["rendered"])
+        totals["skipped"] += len(answer["skipped"])
+        totals["tokens"] += int(answer["tokens"])
+        credits += float(answer["estimated_credits"])
+
+    async def everything(client: AdminClient) -> int:
+        ids = list(image_ids or await client.all_ids())
+        await _bounded(client, ids, work, concurrency, "warming")
+        return len(ids)
+
+    count = _run(everything, url, token)
+    table = Table(title=f"warm: {count} image(s) x {len(wanted)} size(s), {bg}.{ext}")
+    table.add_column("")
+    table.add_column("count", justify="right")
+    table.add_row("variants rendered", str(totals["rendered"]))
+    table.add_row("already cached", str(totals["skipped"]))
+    table.add_row("tokens minted", str(totals["tokens"]))
+    table.add_row("estimated credits", f"{credits:.2f}")
+    table.add_row("failed images", str(len(report.failures)))
+    out.print(table)
+    _failures(report)
+    if report.failures:
+        raise typer.Exit(1)
+
+
+# --- images ls / show / rm --------------------------------------------------------------------
+
+
+def ls_command(
+    limit: Annotated[int, typer.Option(min=1, max=1000, help="Images per page.")] = 100,
+    after: Annotated[str | None, typer.Option(help="Start after this image id.")] = None,
+    url: UrlOption = DEFAULT_URL,
+    token: TokenOption = None,
+) -> None:
+    """List images, one page at a time."""
+    page = _run(lambda client: client.list_images(after, limit), url, token)
+    table = Table(title=f"{page['total']} image(s)")
+    for name in ("image id", "size", "type", "bytes", "original", "uploaded"):
+        table.add_column(name, justify="right" if name == "bytes" else "left")
+    for image in page["images"]:
+        table.add_row(
+            image["image_id"],
+            f"{image['width']}x{image['height']}" if image["width"] else "?",
+            (image["content_type"] or "?").removeprefix("image/"),
+            str(image["size"] or "?"),
+            "kept" if image["original_kept"] else "not kept",
+            _ago(image["uploaded_at"]),
+        )
+    out.print(table)
+    if page["next"]:
+        out.print(f"more: cutproxy images ls --after {page['next']}")
+
+
+def show_command(
+    image_id: Annotated[str, typer.Argument(help="The image id.")],
+    url: UrlOption = DEFAULT_URL,
+    token: TokenOption = None,
+) -> None:
+    """Show one image and the variants currently cached."""
+    image = _run(lambda client: client.get_image(image_id), url, token)
+    if image is None:
+        err.print(f"no image {image_id!r}")
+        raise typer.Exit(1)
+    table = Table(title=image_id, show_header=False)
+    table.add_column("field")
+    table.add_column("value", overflow="fold")
+    for name in ("unique_filename", "content_type", "width", "height", "size", "sha256"):
+        table.add_row(name, str(image[name]))
+    table.add_row("original", "kept" if image["original_kept"] else "not kept")
+    table.add_row("uploaded", _ago(image["uploaded_at"]))
+    out.print(table)
+    variants = image.get("variants")
+    if variants is None:
+        out.print("(the shared cache cannot list variants)")
+        return
+    listing = Table(title=f"{len(variants)} cached variant(s)")
+    listing.add_column("path")
+    listing.add_column("expires in", justify="right")
+    for variant in variants:
+        listing.add_row(variant["path"], f"{variant['expires_in'] // 60} min")
+    out.print(listing)
+
+
+def rm_command(
+    image_ids: Annotated[list[str], typer.Argument(help="Image ids to remove.")],
+    url: UrlOption = DEFAULT_URL,
+    token: TokenOption = None,
+) -> None:
+    """Remove images: their mapping, cached variants and unshared originals."""
+
+    async def remove(client: AdminClient) -> int:
+        missing = 0
+        for image_id in image_ids:
+            answer = await client.delete_image(image_id)
+            if answer is None:
+                err.print(f"no image {image_id!r}")
+                missing += 1
+                continue
+            original = "deleted" if answer["original_deleted"] else "kept (shared)"
+            out.print(
+                f"removed {image_id}: {answer['variants_dropped']} cached variant(s), "
+                f"original {original}"
+            )
+        return missing
+
+    if _run(remove, url, token):
+        raise typer.Exit(1)
+
+
+# --- plumbing -----------------------------------------------------------------------------------
+
+
+def _run(work: Callable[[AdminClient], Awaitable[T]], url: str, token: str | None) -> T:
+    async def main() -> T:
+        async with AdminClient(url, token) as client:
+            return await work(client)
+
+    try:
+        return asyncio.run(main())
+    except AdminError as exc:
+        err.print(f"cutproxy: {exc}")
+        raise typer.Exit(2) from None
+
+
+async def _bounded(
+    client: AdminClient,
+    items: Sequence[T],
+    work: Callable[[AdminClient, T], Awaitable[None]],
+    concurrency: int,
+    label: str,
+) -> None:
+    """Run ``work`` on every item, ``concurrency`` at a time, under a progress bar."""
+    gate = asyncio.Semaphore(concurrency)
+    progress = Progress(
+        TextColumn(f"[bold]{label}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err,
+        transient=False,
+    )
+
+    async def one(item: T) -> None:
+        async with gate:
+            await work(client, item)
+            progress.advance(task)
+
+    with progress:
+        task = progress.add_task(label, total=len(items))
+        await asyncio.gather(*(one(item) for item in items))
+
+
+def _ago(timestamp: float | None) -> str:
+    if not timestamp:
+        return "?"
+    seconds = max(0, int(time.time() - timestamp))
+    if seconds < 120:
+        return f"{seconds} s ago"
+    if seconds < 7200:
+        return f"{seconds // 60} min ago"
+    return f"{seconds // 3600} h ago"
+
+
+def register(app: typer.Typer) -> None:
+    app.command("import")(import_command)
+    app.command("warm")(warm_command)
+    images = typer.Typer(help="List, show and remove images.", no_args_is_help=True)
+    images.command("ls")(ls_command)
+    images.command("show")(show_command)
+    images.command("rm")(rm_command)
+    app.add_typer(images, name="images")

@@ -1,0 +1,106 @@
+"""Uploads the upstream forgot heal themselves: one re-upload, no visitor sees an error."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from proxy.engine.settings import RETENTION_SECONDS
+from tests.images.conftest import AUTH, Rig, photo
+
+
+async def expire_upstream_uploads(rig: Rig) -> None:
+    """The engine forgets every upload (and output) it holds: its 2 hours went by."""
+    rig.engine_clock.advance(RETENTION_SECONDS + 1)
+
+
+async def test_a_forgotten_upload_is_uploaded_again_once(rig: Rig) -> None:
+    assert (await rig.upload("mug", photo(1))).status_code == 201
+    first = (await rig.client.get("/images/mug", headers=AUTH)).json()["unique_filename"]
+    await expire_upstream_uploads(rig)
+    before = await rig.stats()
+
+    answer = await rig.client.get("/img/mug/320x320/ffffff.jpg")
+    assert answer.status_code == 302, answer.text
+    assert (await rig.client.get(answer.headers["location"])).status_code == 200
+    after = await rig.stats()
+    assert after["uploads"] == before["uploads"] + 1
+    # one token for the failed reuse is refused (404, not charged), one carries the upload
+    assert after["tokens_minted"] == before["tokens_minted"] + 1
+    record = (await rig.client.get("/images/mug", headers=AUTH)).json()
+    assert record["unique_filename"] != first and record["uploaded_at"] == rig.clock()
+
+    # the next variant reuses the new upload: no further upload
+    assert (await rig.client.get("/img/mug/640x640/ffffff.jpg")).status_code == 302
+    assert (await rig.stats())["uploads"] == after["uploads"]
+
+
+async def test_fifty_concurrent_requests_share_one_reupload(rig: Rig) -> None:
+    assert (await rig.upload("mug", photo(2))).status_code == 201
+    await expire_upstream_uploads(rig)
+    before = await rig.stats()
+    # ten different variants, five requests each: the variant flights do not merge them all
+    paths = [f"/img/mug/{100 + 10 * n}x{100 + 10 * n}/ffffff.jpg" for n in range(10)]
+    answers = await asyncio.gather(*(rig.client.get(p) for p in paths * 5))
+    assert {a.status_code for a in answers} == {302}
+    after = await rig.stats()
+    assert after["uploads"] == before["uploads"] + 1
+    assert after["rejections"].get("404", 0) >= 1, after
+
+
+async def test_an_old_upload_is_renewed_before_the_upstream_says_404(rig: Rig) -> None:
+    assert (await rig.upload("mug", photo(3))).status_code == 201
+    await expire_upstream_uploads(rig)
+    rig.clock.advance(RETENTION_SECONDS)  # the proxy knows the upload is this old
+    before = await rig.stats()
+    assert (await rig.client.get("/img/mug/320x320/ffffff.png")).status_code == 302
+    after = await rig.stats()
+    assert after["uploads"] == before["uploads"] + 1
+    assert after["tokens_minted"] == before["tokens_minted"] + 1
+    assert after["rejections"] == before["rejections"]  # no 404 round trip was needed
+
+
+async def test_warming_heals_too(rig: Rig) -> None:
+    assert (await rig.upload("mug", photo(4))).status_code == 201
+    await expire_upstream_uploads(rig)
+    before = await rig.stats()
+    warmed = await rig.client.post(
+        "/images/mug/warm", json={"sizes": ["100x100", "200x200"]}, headers=AUTH
+    )
+    assert warmed.status_code == 200, warmed.text
+    after = await rig.stats()
+    assert after["uploads"] == before["uploads"] + 1
+    assert after["last_token_variants"] == 2
+
+
+async def test_an_image_known_only_by_unique_filename_gets_a_clear_502(rig: Rig) -> None:
+    assert (await rig.upload("mug", photo(5))).status_code == 201
+    unique = (await rig.client.get("/images/mug", headers=AUTH)).json()["unique_filename"]
+    registered = await rig.client.put(
+        "/images/bare",
+        json={"unique_filename": unique, "width": 640, "height": 480},
+        headers=AUTH,
+    )
+    assert registered.status_code == 201
+    await expire_upstream_uploads(rig)
+    answer = await rig.client.get("/img/bare/320x320/ffffff.jpg")
+    assert answer.status_code == 502
+    body: dict[str, Any] = answer.json()
+    assert body["error"] == "original_not_kept"
+    assert "registered by unique_filename alone" in body["message"]
+
+
+@pytest.mark.parametrize("rig_settings", [{"reupload_after": 60.0}])
+async def test_a_missing_original_is_named(rig: Rig) -> None:
+    assert (await rig.upload("mug", photo(6))).status_code == 201
+    for path in rig.originals():
+        path.unlink()
+    rig.clock.advance(61)
+    answer = await rig.client.get("/img/mug/320x320/ffffff.jpg")
+    assert answer.status_code == 502 and answer.json()["error"] == "original_missing"
+    # uploading the same bytes again puts the original back
+    assert (await rig.upload("mug", photo(6))).json()["status"] == "unchanged"
+    assert len(rig.originals()) == 1
+    assert (await rig.client.get("/img/mug/320x320/ffffff.jpg")).status_code == 302
