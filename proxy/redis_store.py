@@ -185,8 +185,8 @@ class RedisStore:
     def limiter_storage(self, settings: Settings) -> limits.aio.storage.Storage:
         """A ``limits`` storage on the same Redis for :class:`proxy.budget.ClientLimiter`.
 
-        Its errors arrive as ``limits.errors.StorageError``: translate them with
-        :func:`unavailable` where the limiter is called.
+        Its failures arrive as ``limits.errors.StorageError``: where the limiter is called,
+        turn them into the proxy's 503 with :meth:`unavailable`.
         """
         assert settings.redis_url is not None
         return limits.aio.storage.RedisStorage(
@@ -198,15 +198,15 @@ class RedisStore:
             socket_connect_timeout=settings.redis_timeout,
         )
 
+    def unavailable(self, operation: str, exc: BaseException) -> SharedStoreUnavailableError:
+        """Count and log a Redis failure met outside this module; the 503 to raise for it."""
+        self.health.failed(operation, exc)
+        return SharedStoreUnavailableError(
+            "the shared store is unreachable; retry shortly", retry_after=RETRY_AFTER
+        )
+
     async def aclose(self) -> None:
         await self.client.aclose()
-
-
-def unavailable(exc: BaseException) -> SharedStoreUnavailableError:
-    """The 503 for a Redis failure met outside this module (e.g. inside ``limits``)."""
-    return SharedStoreUnavailableError(
-        "the shared store is unreachable; retry shortly", retry_after=RETRY_AFTER
-    )
 
 
 async def _listen(
