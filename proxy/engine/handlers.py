@@ -12,6 +12,7 @@ import functools
 import hmac
 import json
 import logging
+import os
 from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar
 
@@ -220,7 +221,8 @@ class EngineAPI:
         return JSONResponse(stats)
 
     async def health(self, request: Request) -> Response:
-        return JSONResponse({"status": "ok"})
+        # The pid tells apart the worker processes sharing one port.
+        return JSONResponse({"status": "ok", "pid": os.getpid()})
 
     async def faults_endpoint(self, request: Request) -> Response:
         self._check_api_key(request.headers.get("authorization"))

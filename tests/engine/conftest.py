@@ -108,9 +108,10 @@ def transport(request: pytest.FixtureRequest) -> str:
 MakeEngine = Callable[..., Awaitable[Engine]]
 
 
-def start_engine(settings: dict[str, Any], log_path: Path) -> Server:
+def start_engine(settings: dict[str, Any], log_path: Path, *args: str) -> Server:
+    """``cutproxy engine`` on a free loopback port, its settings in the environment."""
     return start(
-        cutproxy("engine", "--host", "127.0.0.1", "--port", "{port}"),
+        cutproxy("engine", "--host", "127.0.0.1", "--port", "{port}", *args),
         port=free_port(),
         log_path=log_path,
         env=settings_env(settings),

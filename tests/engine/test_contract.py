@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import re
+from collections.abc import Callable
 from typing import Any
 
 import anyio
@@ -350,3 +351,24 @@ async def test_hanging_engine_never_answers(engine: Engine) -> None:
     assert anyio.current_time() - started < 5
     await engine.faults(mode="ok")
     assert (await engine.mint()).status_code == 200
+
+
+@pytest.mark.parametrize("style", ["error", "detail", "errors", "text"])
+async def test_error_bodies_come_in_every_documented_shape(
+    asgi_engine_factory: Callable[..., Engine], style: str
+) -> None:
+    engine = asgi_engine_factory(error_style=style)
+    answer = await engine.mint(key="sekrit-guess-123")
+    assert answer.status_code == 401
+    assert "sekrit-guess-123" not in answer.text
+    text = "Authorization: invalid API key"
+    if style == "text":
+        assert answer.headers["content-type"].startswith("text/plain")
+        assert answer.text == text
+    elif style == "errors":
+        assert answer.json() == {"errors": [{"title": text, "code": "unauthorized"}]}
+    else:
+        assert answer.json()[style] == text
+    not_allowed = await engine.client.get(TOKEN_PATH)
+    assert not_allowed.status_code == 405
+    assert "Method Not Allowed" in not_allowed.text  # the same shape for routing errors

@@ -1,0 +1,161 @@
+"""The engine's parts on their own: prices, sizes, tokens, settings, shared state."""
+
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+
+import httpx
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from proxy.engine.app import create_engine_app
+from proxy.engine.errors import UnauthorizedError
+from proxy.engine.pricing import estimate_credits
+from proxy.engine.ratelimit import ApiRateLimit
+from proxy.engine.render import fit
+from proxy.engine.settings import EngineSettings
+from proxy.engine.store import Store
+from proxy.engine.tokens import TokenSigner
+from proxy.engine.variants import OutputVariant
+from proxy.settings import SettingsError
+from tests.engine.conftest import ASGI_BASE, Clock
+from tests.engine.photos import photo_jpeg
+
+
+@pytest.mark.parametrize(
+    ("variants", "credits"),
+    [
+        ([], 0.0),
+        ([{"variant_name": "a"}], 1.1),
+        ([{"variant_name": "a", "max_resolution": 999_999}], 0.5),
+        ([{"variant_name": "a", "max_resolution": 1_000_000}], 1.1),
+        ([{"variant_name": "a", "max_resolution": 500_000, "autocrop": True}], 1.0),
+        ([{"variant_name": "a"}, {"variant_name": "b"}, {"variant_name": "c"}], 1.6),
+        # The largest variant pays the standard rate wherever it is listed.
+        ([{"max_resolution": 100}, {"max_resolution": 4_000_000}], 1.35),
+        ([{"max_resolution": 100}, {"max_resolution": 200, "autocrop": True}], 1.25),
+    ],
+)
+def test_prices_follow_the_public_rules(variants: list[dict[str, object]], credits: float) -> None:
+    assert estimate_credits(variants) == credits
+
+
+def test_one_mint_of_many_variants_costs_less_than_many_mints() -> None:
+    one = [{"variant_name": "v"}]
+    assert estimate_credits(one * 4) < 4 * estimate_credits(one)
+
+
+@given(
+    st.integers(1, 20_000),
+    st.integers(1, 20_000),
+    st.integers(1, 12_000_000),
+)
+def test_fit_keeps_within_budget_and_shape(width: int, height: int, budget: int) -> None:
+    out_width, out_height = fit((width, height), budget)
+    assert out_width * out_height <= max(budget, 1)
+    assert out_width <= width and out_height <= height
+    if width * height <= budget:
+        assert (out_width, out_height) == (width, height)
+    else:
+        assert out_width * out_height > 0.9 * budget or min(out_width, out_height) < 20
+        if min(out_width, out_height) >= 20:  # rounding moves each side by under 3 px
+            ratio = (out_width / out_height) / (width / height)
+            assert abs(ratio - 1) <= 6 / min(out_width, out_height)
+
+
+def test_tokens_are_signed_timed_and_opaque() -> None:
+    clock = Clock()
+    signer = TokenSigner(b"s" * 32, ttl=600, clock=clock)
+    token, claims = signer.mint([OutputVariant("v")], unique_filename=None, credits=1.1)
+    assert signer.verify(token) == claims
+    other = TokenSigner(b"t" * 32, ttl=600, clock=clock)
+    with pytest.raises(UnauthorizedError, match="signature"):
+        other.verify(token)
+    clock.now += 600
+    with pytest.raises(UnauthorizedError, match="expired"):
+        signer.verify(token)
+    header = json.loads(base64.urlsafe_b64decode(token.split(".")[0] + "=="))
+    assert header == {"alg": "HS256", "typ": "JWT"}
+
+
+def test_settings_come_from_the_environment_and_name_what_is_wrong() -> None:
+    settings = EngineSettings.from_env(
+        {"PROXY_ENGINE_TOKEN_TTL": "30", "PROXY_ENGINE_SINGLE_USE": "false"}, retention=60
+    )
+    assert (settings.token_ttl, settings.single_use, settings.retention) == (30.0, False, 60.0)
+    assert (
+        settings.api_key == "engine-dev-key"
+        and settings.describe()["PROXY_ENGINE_API_KEY"] == "***"
+    )
+    assert EngineSettings().retention == 7200 and EngineSettings().token_ttl == 600
+    for environ, named in (
+        ({"PROXY_ENGINE_RATE_LIMIT_PER_MINUTE": "0"}, "PROXY_ENGINE_RATE_LIMIT_PER_MINUTE"),
+        ({"PROXY_ENGINE_ERROR_STYLE": "html"}, "PROXY_ENGINE_ERROR_STYLE"),
+        ({"PROXY_ENGINE_PUBLIC_URL": "engine.local"}, "PROXY_ENGINE_PUBLIC_URL"),
+        ({"PROXY_ENGINE_SECRET": "short"}, "PROXY_ENGINE_SECRET"),
+    ):
+        with pytest.raises(SettingsError, match=named):
+            EngineSettings.from_env(environ)
+    with pytest.raises(SettingsError, match="unknown"):
+        EngineSettings.from_env({}, colour="red")
+
+
+def test_rate_limit_window_moves_with_the_clock(tmp_path: Path) -> None:
+    clock = Clock()
+    store = Store(tmp_path, retention=60, clock=clock)
+    limit = ApiRateLimit(2, store.cache, clock)
+    assert limit.hit() is None
+    clock.now += 30
+    assert limit.hit() is None
+    assert limit.hit() == pytest.approx(30)  # the first hit leaves the window in 30 s
+    clock.now += 30
+    assert limit.hit() is None
+    # A second limiter on the same data dir (another worker) sees the same window.
+    assert ApiRateLimit(2, Store(tmp_path, retention=60, clock=clock).cache, clock).hit() == (
+        pytest.approx(30)
+    )
+
+
+async def test_state_is_shared_by_apps_on_one_data_dir_and_survives_restarts(
+    tmp_path: Path,
+) -> None:
+    settings = EngineSettings(data_dir=tmp_path, public_url=ASGI_BASE, starting_balance=5)
+
+    def client() -> httpx.AsyncClient:
+        transport = httpx.ASGITransport(app=create_engine_app(settings))
+        return httpx.AsyncClient(transport=transport, base_url=ASGI_BASE)
+
+    auth = {"Authorization": "Bearer engine-dev-key"}
+    body = {"output_variants": [{"variant_name": "v"}]}
+    async with client() as first, client() as second:
+        token = (await first.post("/api/v3/remove-bg/token/", json=body, headers=auth)).json()
+        files = {"image": ("p.jpg", photo_jpeg(size=(300, 200), box=(80, 50, 221, 151)))}
+        processed = await second.post(
+            "/v3/remove-bg/", data={"token": token["access_token"]}, files=files
+        )
+        assert processed.status_code == 200  # the generated secret is the same for both
+    async with client() as restarted:
+        stats = (await restarted.get("/_engine/stats")).json()
+        assert stats["tokens_minted"] == 1 and stats["balance"] == pytest.approx(3.9)
+        url = processed.json()["output_urls"]["v"]
+        assert (await restarted.get(url)).status_code == 200
+
+
+def test_sweep_deletes_expired_files_only(tmp_path: Path) -> None:
+    clock = Clock()
+    store = Store(tmp_path, retention=100, clock=clock)
+    old = store.save_file(b"old", "png", "image/png")
+    clock.now += 60
+    young = store.save_file(b"young", "png", "image/png")
+    clock.now += 50
+    assert store.sweep() == 1
+    assert not old.path.exists() and young.path.exists()
+    assert store.file(old.name) is None and store.file(young.name) is not None
+    clock.now += 100
+    assert store.maybe_sweep() == 1  # the young one's turn
+    store.save_file(b"another", "png", "image/png")
+    clock.now += 200
+    assert store.maybe_sweep() == 0  # at most one sweep a minute, across workers
