@@ -201,12 +201,17 @@ class RedisStore:
     def unavailable(self, operation: str, exc: BaseException) -> SharedStoreUnavailableError:
         """Count and log a Redis failure met outside this module; the 503 to raise for it."""
         self.health.failed(operation, exc)
-        return SharedStoreUnavailableError(
-            "the shared store is unreachable; retry shortly", retry_after=RETRY_AFTER
-        )
+        return unavailable(exc)
 
     async def aclose(self) -> None:
         await self.client.aclose()
+
+
+def unavailable(exc: BaseException) -> SharedStoreUnavailableError:
+    """The 503 for a Redis failure met outside this module (e.g. inside ``limits``)."""
+    return SharedStoreUnavailableError(
+        "the shared store is unreachable; retry shortly", retry_after=RETRY_AFTER
+    )
 
 
 async def _listen(
