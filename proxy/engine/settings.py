@@ -230,3 +230,12 @@ def settings_table() -> list[tuple[str, str, str, str]]:
         default = "(unset)" if f.default is None else str(f.default)
         rows.append((f.name, f.metadata["env"], default, f.metadata["help"]))
     return rows
+
+
+def settings_markdown() -> str:
+    """The settings as a Markdown table, for docs/engine.md."""
+    lines = ["| Variable | Flag | Default | Meaning |", "|---|---|---|---|"]
+    for name, env, default, text in settings_table():
+        flag = "--" + name.replace("_", "-")
+        lines.append(f"| `{env}` | `{flag}` | `{default}` | {text.replace('|', '/')} |")
+    return "\n".join(lines)
