@@ -280,23 +280,29 @@ class ImageService:
         if existing is not None and existing.sha256 == sha:
             await self._keep(sha, image_id, data)  # repairs a blob lost from the store
             return Stored(existing, "unchanged")
-        result = await upload_original(
-            self.upstream,
-            [UPLOAD_VARIANT],
-            data,
-            image_id=image_id,
-            content_type=checked.content_type,
-        )
         now = self.clock()
+        twin = await self._live_twin(sha)
+        if twin is not None:
+            # The same bytes are live upstream under another id: share that upload, for free.
+            unique_filename, uploaded_at = twin.unique_filename, twin.uploaded_at
+        else:
+            result = await upload_original(
+                self.upstream,
+                [UPLOAD_VARIANT],
+                data,
+                image_id=image_id,
+                content_type=checked.content_type,
+            )
+            unique_filename, uploaded_at = result.unique_filename, self.clock()
         record = ImageRecord(
             image_id=image_id,
-            unique_filename=result.unique_filename,
+            unique_filename=unique_filename,
             width=checked.width,
             height=checked.height,
             content_type=checked.content_type,
             sha256=sha,
             size=len(data),
-            uploaded_at=now,
+            uploaded_at=uploaded_at,
             registered_at=now,
         )
         async with self.locks.held(f"image:{image_id}"):
@@ -352,6 +358,19 @@ class ImageService:
         return None if record.sha256 is None else await self.blobs.get(record.sha256)
 
     # -- plumbing --------------------------------------------------------------------------
+    async def _live_twin(self, sha: str) -> ImageRecord | None:
+        """Another image with these bytes whose upload the upstream should still have."""
+        for owner in await self.blobs.owners(sha):
+            record = await self.registry.get(owner)
+            if (
+                record is not None
+                and record.sha256 == sha
+                and record.uploaded_at is not None
+                and self.clock() - record.uploaded_at < self.settings.reupload_after
+            ):
+                return record
+        return None
+
     async def _retire(self, previous: ImageRecord | None) -> None:
         """After a replacement: drop the old variants and, if unshared, the old original."""
         if previous is None:

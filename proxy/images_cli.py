@@ -270,7 +270,8 @@ def import_command(
 
 
 def _import_summary(report: Report, total: int, seconds: float) -> None:
-    table = Table(title=f"import: {total} file(s) in {seconds:.1f}s")
+    out.print(f"import: {total} file(s) in {seconds:.1f}s")
+    table = Table()
     table.add_column("outcome")
     table.add_column("files", justify="right")
     uploaded = report.outcomes["created"] + report.outcomes["replaced"]
@@ -286,7 +287,8 @@ def _import_summary(report: Report, total: int, seconds: float) -> None:
 def _failures(report: Report) -> None:
     if not report.failures:
         return
-    table = Table(title="failures", title_style="red")
+    out.print("failures:", style="red")
+    table = Table()
     for name in ("image id", "file", "reason"):
         table.add_column(name, overflow="fold")
     for row in report.failures:
@@ -344,7 +346,8 @@ def warm_command(
         return len(ids)
 
     count = _run(everything, url, token)
-    table = Table(title=f"warm: {count} image(s) x {len(wanted)} size(s), {bg}.{ext}")
+    out.print(f"warm: {count} image(s) x {len(wanted)} size(s), background {bg}, {ext}")
+    table = Table()
     table.add_column("")
     table.add_column("count", justify="right")
     table.add_row("variants rendered", str(totals["rendered"]))
@@ -369,7 +372,8 @@ def ls_command(
 ) -> None:
     """List images, one page at a time."""
     page = _run(lambda client: client.list_images(after, limit), url, token)
-    table = Table(title=f"{page['total']} image(s)")
+    out.print(f"{page['total']} image(s)")
+    table = Table()
     for name in ("image id", "size", "type", "bytes", "original", "uploaded"):
         table.add_column(name, justify="right" if name == "bytes" else "left")
     for image in page["images"]:
@@ -396,7 +400,8 @@ def show_command(
     if image is None:
         err.print(f"no image {image_id!r}")
         raise typer.Exit(1)
-    table = Table(title=image_id, show_header=False)
+    out.print(f"image {image_id}")
+    table = Table(show_header=False)
     table.add_column("field")
     table.add_column("value", overflow="fold")
     for name in ("unique_filename", "content_type", "width", "height", "size", "sha256"):
@@ -408,7 +413,8 @@ def show_command(
     if variants is None:
         out.print("(the shared cache cannot list variants)")
         return
-    listing = Table(title=f"{len(variants)} cached variant(s)")
+    out.print(f"{len(variants)} cached variant(s)")
+    listing = Table()
     listing.add_column("path")
     listing.add_column("expires in", justify="right")
     for variant in variants:

@@ -67,8 +67,14 @@ async def test_multipart_put_and_post_with_and_without_an_id(rig: Rig) -> None:
 async def test_equal_files_are_stored_once_and_deleted_with_their_last_owner(rig: Rig) -> None:
     data = photo(6)
     assert (await rig.upload("left", data)).status_code == 201
-    assert (await rig.upload("right", data)).status_code == 201
+    uploads = (await rig.stats())["uploads"]
+    right = await rig.upload("right", data)
+    assert right.status_code == 201
     assert len(rig.originals()) == 1
+    # the upstream still has these bytes: the second id shares that upload
+    assert (await rig.stats())["uploads"] == uploads
+    left = (await rig.client.get("/images/left", headers=AUTH)).json()
+    assert right.json()["unique_filename"] == left["unique_filename"]
 
     gone = await rig.client.delete("/images/left", headers=AUTH)
     assert gone.status_code == 200 and gone.json()["original_deleted"] is False
