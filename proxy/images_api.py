@@ -210,7 +210,6 @@ async def delete_image(request: Request) -> Response:
     removed = await state.images.remove(image_id)
     if removed is None:
         raise NotFoundError(f"unknown image {image_id!r}", code="unknown_image")
-    state.variants.forget(image_id)
     return JSONResponse(
         {
             "deleted": image_id,
