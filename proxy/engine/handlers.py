@@ -13,7 +13,7 @@ import hmac
 import json
 import logging
 import os
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any, TypeVar
 
 import anyio
@@ -42,7 +42,7 @@ from proxy.engine.render import decode, render
 from proxy.engine.settings import EngineSettings
 from proxy.engine.store import Store, StoredFile, Upload
 from proxy.engine.tokens import TokenSigner
-from proxy.engine.variants import parse_output_variants
+from proxy.engine.variants import OutputVariant, parse_output_variants
 
 log = logging.getLogger("cutproxy.engine")
 
@@ -188,7 +188,9 @@ class EngineAPI:
             answer["input_url"] = self._url(upload.file)
         return JSONResponse(answer, background=BackgroundTask(off_loop, self.store.maybe_sweep))
 
-    def _save_outputs(self, outputs: list[bytes], variants: Any) -> list[StoredFile]:
+    def _save_outputs(
+        self, outputs: list[bytes], variants: Sequence[OutputVariant]
+    ) -> list[StoredFile]:
         stored = [
             self.store.save_file(data, variant.format, variant.content_type)
             for data, variant in zip(outputs, variants, strict=True)
