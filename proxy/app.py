@@ -6,17 +6,20 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 
 import anyio.to_thread
 import httpx
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Mount, Route
 from starlette.types import ASGIApp
 
-from proxy import demo, handlers, images_api, responses
+from proxy import demo, handlers, health, images_api, responses
+from proxy.accesslog import AccessLog, note_upstream
 from proxy.blobs import DirectoryBlobStore
 from proxy.cache import DiskTier, MemoryTier, TwoTierCache
 from proxy.coalesce import DiskLease
@@ -24,6 +27,7 @@ from proxy.engine.app import create_engine_app
 from proxy.engine.settings import EngineSettings
 from proxy.errors import ProxyError
 from proxy.images import ImageService
+from proxy.metrics import Metrics
 from proxy.registry import DiskRegistry
 from proxy.service import VariantService
 from proxy.settings import Settings
@@ -41,12 +45,28 @@ def create_app(
     engine_settings: EngineSettings | None = None,
     clock: Callable[[], float] = time.time,
     upstream_transport: httpx.AsyncBaseTransport | None = None,
+    metrics_dir: Path | None = None,
 ) -> Starlette:
     engine_app: ASGIApp | None = None
     if settings.embedded_engine:
         engine_settings = engine_settings or embedded_engine_settings(settings)
         engine_app = create_engine_app(engine_settings)
-    state = build_state(settings, clock, engine_app, engine_settings, upstream_transport)
+    metrics = Metrics(multiprocess_path=metrics_dir)
+    state = build_state(
+        settings, clock, engine_app, engine_settings, upstream_transport, metrics=metrics
+    )
+    readiness = health.Readiness(
+        data_dir=settings.data_dir,
+        shared=state.variants.cache.shared,
+        probe_upstream=health.upstream_probe(
+            state.upstream,
+            f"{EMBEDDED_BASE}/_engine/health" if engine_app is not None else settings.token_url,
+            embedded=engine_app is not None,
+        ),
+        timeout=settings.ready_timeout,
+        cache_seconds=settings.ready_cache,
+        clock=clock,
+    )
 
     routes: list[Route | Mount] = [
         Route("/img/{image_id}/{size}/{filename}", handlers.variant, methods=["GET", "HEAD"]),
@@ -57,6 +77,9 @@ def create_app(
         Route("/images/{image_id}", images_api.delete_image, methods=["DELETE"]),
         Route("/images/{image_id}/warm", images_api.warm_image, methods=["POST"]),
         Route("/health", handlers.health, methods=["GET", "HEAD"]),
+        Route("/health/live", health.live, methods=["GET", "HEAD"]),
+        Route("/health/ready", health.ready_endpoint(readiness), methods=["GET", "HEAD"]),
+        Route("/metrics", metrics.endpoint, methods=["GET"]),
     ]
     if engine_app is not None:
         routes.append(Mount("/_engine", app=engine_app))
@@ -72,9 +95,11 @@ def create_app(
                 yield
             finally:
                 await state.aclose()
+                metrics.process_exited()
 
     app = Starlette(
         routes=routes,
+        middleware=[Middleware(AccessLog, metrics=metrics)],
         exception_handlers={
             ProxyError: _proxy_error,
             HTTPException: _http_error,
@@ -100,6 +125,8 @@ def build_state(
     engine_app: ASGIApp | None,
     engine_settings: EngineSettings | None,
     transport: httpx.AsyncBaseTransport | None,
+    *,
+    metrics: Metrics | None = None,
 ) -> AppState:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     if engine_app is not None and engine_settings is not None:
@@ -112,12 +139,19 @@ def build_state(
         transport = transport or httpx.ASGITransport(app=engine_app)
     else:
         config = UpstreamConfig.from_settings(settings)
-    upstream = UpstreamClient(config, transport=transport)
+    metrics = metrics or Metrics()
+
+    def on_call(endpoint: str, outcome: str, seconds: float) -> None:
+        metrics.upstream_call(endpoint, outcome, seconds)
+        note_upstream(seconds)
+
+    upstream = UpstreamClient(config, transport=transport, on_call=on_call, on_mint=metrics.minted)
     registry = DiskRegistry(settings.data_dir / "registry")
     cache = TwoTierCache(
         MemoryTier(settings.memory_cache_size, clock),
         DiskTier(settings.data_dir / "cache", settings.disk_cache_size_mb, clock),
     )
+    metrics.name_shared_tier(cache.shared)
     blobs = DirectoryBlobStore(settings.originals_dir)
     lease = DiskLease(settings.data_dir / "leases")
     variants = VariantService(
@@ -128,6 +162,7 @@ def build_state(
         upstream=upstream,
         clock=clock,
         blobs=blobs,
+        events=metrics,
     )
     images = ImageService(
         settings=settings,

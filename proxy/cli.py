@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import logging.config
+import math
 import os
+import shutil
+import signal
 import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated
 
@@ -12,6 +19,8 @@ import typer
 import uvicorn
 from starlette.applications import Starlette
 
+from proxy.accesslog import logging_config
+from proxy.metrics import MULTIPROC_ENV, multiprocess_dir, reset_multiprocess_dir
 from proxy.settings import Settings, SettingsError, settings_table
 
 app = typer.Typer(
@@ -63,19 +72,52 @@ def serve(
     settings = _load_settings()
     if workers < 1:
         _fail("--workers must be at least 1")
-    logging.basicConfig(level=settings.log_level.upper(), format="%(message)s")
+    log_config = logging_config(settings.log_level)
+    logging.config.dictConfig(log_config)
     mode = "the embedded local engine" if settings.embedded_engine else "BackgroundCut"
     typer.echo(f"cutproxy on http://{host}:{port} (upstream: {mode}, data: {settings.data_dir})")
-    uvicorn.run(
-        "proxy.cli:app_from_environment",
-        factory=True,
-        host=host,
-        port=port,
-        workers=workers,
-        log_level=settings.log_level.lower(),
-        access_log=False,
-        timeout_graceful_shutdown=int(settings.token_timeout),
-    )
+    with _metrics_dir(workers):
+        # uvicorn stops accepting on SIGTERM, lets in-flight requests finish, runs the
+        # lifespan's shutdown, then raises the signal again: this handler makes that exit 0.
+        signal.signal(signal.SIGTERM, _exit_cleanly)
+        uvicorn.run(
+            "proxy.cli:app_from_environment",
+            factory=True,
+            host=host,
+            port=port,
+            workers=workers,
+            log_level=settings.log_level.lower(),
+            log_config=log_config,
+            access_log=False,
+            timeout_graceful_shutdown=math.ceil(settings.shutdown_timeout),
+        )
+
+
+@contextlib.contextmanager
+def _metrics_dir(workers: int) -> Iterator[None]:
+    """Several workers count metrics in files (prometheus_client's multiprocess mode).
+
+    An operator's PROMETHEUS_MULTIPROC_DIR is used (emptied first: counts from an earlier run
+    must not be added in); otherwise each run gets a temporary one, removed at exit.
+    """
+    given = multiprocess_dir()
+    if given is not None:
+        reset_multiprocess_dir(given)
+        yield
+        return
+    if workers == 1:
+        yield
+        return
+    path = Path(tempfile.mkdtemp(prefix="cutproxy-metrics-"))
+    os.environ[MULTIPROC_ENV] = str(path)
+    try:
+        yield
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _exit_cleanly(signum: int, frame: object) -> None:
+    raise SystemExit(0)
 
 
 @app.command("settings")
@@ -114,7 +156,7 @@ def app_from_environment() -> Starlette:
             public_url=settings.public_url.rstrip("/") + "/_engine",
             data_dir=os.environ.get("PROXY_ENGINE_DATA_DIR") or settings.data_dir / "engine",
         )
-    return create_app(settings, engine_settings=engine_settings)
+    return create_app(settings, engine_settings=engine_settings, metrics_dir=multiprocess_dir())
 
 
 def _load_settings() -> Settings:

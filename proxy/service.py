@@ -17,7 +17,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from cachetools import TTLCache
 
@@ -42,6 +42,36 @@ class Resolved:
     tier: str  # memory | shared | miss | coalesced
 
 
+class ServiceEvents(Protocol):
+    """What the service reports as it works; :class:`proxy.metrics.Metrics` listens."""
+
+    def resolved(self, tier: str) -> None:
+        """A request got its answer from ``tier`` (memory, shared, miss, coalesced)."""
+
+    def waiting(self, delta: int) -> None:
+        """A request starts (+1) or stops (-1) waiting for another request's miss."""
+
+    def rendering(self, delta: int) -> None:
+        """A miss starts (+1) or stops (-1) rendering at the upstream."""
+
+    def reuploaded(self) -> None:
+        """A kept original was uploaded again because the upstream forgot it."""
+
+
+class NoEvents:
+    def resolved(self, tier: str) -> None:
+        pass
+
+    def waiting(self, delta: int) -> None:
+        pass
+
+    def rendering(self, delta: int) -> None:
+        pass
+
+    def reuploaded(self) -> None:
+        pass
+
+
 @dataclass
 class VariantService:
     settings: Settings
@@ -53,6 +83,7 @@ class VariantService:
     flight: SingleFlight = field(default_factory=SingleFlight)
     blobs: BlobStore | None = None  # the kept originals, for re-uploads
     reuploads: SingleFlight = field(default_factory=SingleFlight)
+    events: ServiceEvents = field(default_factory=NoEvents)
     # image id → version, trusted for PROXY_IMAGE_VIEW_TTL: keeps the hit path free of I/O.
     versions: TTLCache[str, str] = field(init=False)
 
@@ -99,12 +130,22 @@ class VariantService:
         key = self.key(variant, version)
         hit = self.cache.peek(key)
         if hit is not None:
+            self.events.resolved("memory")
             return Resolved(hit, "memory")
         joined = self.flight.joined(key)
-        resolved = await self.flight.run(
-            key, lambda: self._miss(variant, key), wait=self.settings.coalesce_wait
-        )
-        return Resolved(resolved.output, "coalesced") if joined else resolved
+        if joined:
+            self.events.waiting(1)
+        try:
+            resolved = await self.flight.run(
+                key, lambda: self._miss(variant, key), wait=self.settings.coalesce_wait
+            )
+        finally:
+            if joined:
+                self.events.waiting(-1)
+        if joined:
+            resolved = Resolved(resolved.output, "coalesced")
+        self.events.resolved(resolved.tier)
+        return resolved
 
     async def _miss(self, variant: Variant, key: str) -> Resolved:
         output, tier = await self.cache.get(key)
@@ -118,7 +159,11 @@ class VariantService:
         async def lead() -> CachedOutput:
             nonlocal minted
             minted = True
-            fresh = await self.render(variant, record)
+            self.events.rendering(1)
+            try:
+                fresh = await self.render(variant, record)
+            finally:
+                self.events.rendering(-1)
             await self.cache.set(key, fresh)
             return fresh
 
@@ -254,6 +299,7 @@ class VariantService:
                 unique_filename=result.unique_filename, uploaded_at=fresh.uploaded_at
             )
             await self.registry.put(fresh)
+        self.events.reuploaded()
         log.info("re-uploaded the kept original of %s", stale.image_id)
         return fresh, result
 

@@ -221,6 +221,22 @@ class Settings:
     )
     demo: bool = setting(False, "PROXY_DEMO", "Register a generated demo image as `demo`.")
     log_level: str = setting("info", "PROXY_LOG_LEVEL", "debug, info, warning or error.")
+    # --- operations -----------------------------------------------------------------------
+    ready_timeout: float = setting(
+        2.0,
+        "PROXY_READY_TIMEOUT",
+        "Seconds /health/ready waits for the store and the upstream before answering 503.",
+    )
+    ready_cache: float = setting(
+        5.0,
+        "PROXY_READY_CACHE",
+        "Seconds a /health/ready answer is reused, so probes do not each call the upstream.",
+    )
+    shutdown_timeout: float = setting(
+        60.0,
+        "PROXY_SHUTDOWN_TIMEOUT",
+        "Seconds in-flight requests (misses included) get to finish after SIGTERM.",
+    )
 
     # ----------------------------------------------------------------------------------------
     @property
@@ -313,6 +329,11 @@ class Settings:
                 raise bad(name, "must be at least 1")
         if self.log_level.lower() not in ("debug", "info", "warning", "error"):
             raise bad("log_level", "must be debug, info, warning or error")
+        for name in ("ready_timeout", "shutdown_timeout"):
+            if getattr(self, name) <= 0:
+                raise bad(name, "must be greater than 0")
+        if self.ready_cache < 0:
+            raise bad("ready_cache", "must not be negative")
         if self.api_key is not None and not self.api_key.strip():
             raise bad("api_key", "must not be blank")
         if self.admin_token is not None and len(self.admin_token) < 16:

@@ -1,0 +1,111 @@
+"""Access logs: one JSON line per request, with the request id the client sees."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import httpx
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from proxy.accesslog import AccessLog
+from proxy.metrics import Metrics
+from tests.ops.conftest import Clock, JsonLines, running, scrape, settings
+
+FIELDS = {
+    "ts",
+    "level",
+    "logger",
+    "msg",
+    "request_id",
+    "method",
+    "path",
+    "route",
+    "status",
+    "cache_tier",
+    "upstream_seconds",
+    "duration_seconds",
+    "client",
+    "pid",
+}
+
+
+def access_lines(lines: JsonLines) -> list[dict[str, Any]]:
+    parsed = [json.loads(line) for line in lines.lines]
+    return [p for p in parsed if p["logger"] == "cutproxy.access"]
+
+
+async def test_one_json_line_per_request_with_tier_and_times(
+    tmp_path: Path, clock: Clock, log_lines: JsonLines
+) -> None:
+    async with running(settings(tmp_path, demo=True), clock) as (_app, client):
+        log_lines.lines.clear()
+        miss = await client.get("/img/demo/320x240/ffffff.png?s=secret-ish&x=1")
+        hit = await client.get("/img/demo/320x240/ffffff.png", headers={"X-Request-ID": "abc-1"})
+        missing = await client.get("/img/nope/320x240/ffffff.png")
+
+    lines = access_lines(log_lines)
+    assert len(lines) == 3
+    first, second, third = lines
+    assert set(first) == FIELDS
+    assert first["request_id"] == miss.headers["x-request-id"]
+    assert re.fullmatch(r"[0-9a-f]{32}", first["request_id"])
+    assert first["method"] == "GET" and first["status"] == 302
+    assert first["path"] == "/img/demo/320x240/ffffff.png"  # never the query string
+    assert first["route"] == "/img/{image_id}/{size}/{filename}"
+    assert first["cache_tier"] == "miss"
+    assert 0 < first["upstream_seconds"] <= first["duration_seconds"]
+
+    assert hit.headers["x-request-id"] == "abc-1" and second["request_id"] == "abc-1"
+    assert second["cache_tier"] == "memory" and second["upstream_seconds"] == 0
+
+    assert third["status"] == 404 and missing.status_code == 404
+    assert third["cache_tier"] is None
+    # Lines logged while serving a request carry its id too (the service's "minted" line).
+    minted = [json.loads(line) for line in log_lines.lines if "minted" in line]
+    assert minted and minted[0]["request_id"] == first["request_id"]
+
+
+async def test_unusable_request_ids_are_replaced(
+    tmp_path: Path, clock: Clock, log_lines: JsonLines
+) -> None:
+    async with running(settings(tmp_path), clock) as (_app, client):
+        long = await client.get("/health", headers={"X-Request-ID": "x" * 200})
+        odd = await client.get("/health", headers={"X-Request-ID": 'a" b'})
+    for answer in (long, odd):
+        assert re.fullmatch(r"[0-9a-f]{32}", answer.headers["x-request-id"])
+    assert [line["request_id"] for line in access_lines(log_lines)] == [
+        long.headers["x-request-id"],
+        odd.headers["x-request-id"],
+    ]
+
+
+async def test_a_crash_is_logged_and_counted_as_500(log_lines: JsonLines) -> None:
+    async def boom(request: Request) -> Response:
+        raise RuntimeError("kaput")
+
+    metrics = Metrics()
+    app = Starlette(routes=[Route("/boom", boom)])
+    app.add_middleware(AccessLog, metrics=metrics)
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        answer = await client.get("/boom")
+    assert answer.status_code == 500
+    (line,) = access_lines(log_lines)
+    assert line["status"] == 500 and line["route"] == "/boom"
+    text = metrics.exposition().decode()
+    assert 'cutproxy_http_requests_total{method="GET",route="/boom",status="500"} 1.0' in text
+
+
+async def test_unmatched_paths_share_one_route_label(tmp_path: Path, clock: Clock) -> None:
+    async with running(settings(tmp_path), clock) as (_app, client):
+        for n in range(3):
+            assert (await client.get(f"/random-{n}")).status_code == 404
+        m = await scrape(client)
+    assert m.value("cutproxy_http_requests_total", route="unmatched", status="404") == 3
+    assert not [s for s in m.samples if "random" in str(s[1])]

@@ -1,0 +1,140 @@
+"""/metrics after known traffic: every count an operator's dashboard is built on."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import httpx
+
+from tests.ops.conftest import (
+    Clock,
+    FakeUpstream,
+    register,
+    running,
+    scrape,
+    settings,
+    upstream_settings,
+)
+
+IMG = "/img/{image_id}/{size}/{filename}"
+
+
+async def test_counts_follow_known_traffic(tmp_path: Path, clock: Clock) -> None:
+    async with running(settings(tmp_path, demo=True), clock) as (app, client):
+        assert (await client.get("/img/demo/320x240/ffffff.png")).status_code == 302  # miss
+        for _ in range(2):
+            assert (await client.get("/img/demo/320x240/ffffff.png")).status_code == 302  # memory
+        together = await asyncio.gather(
+            *(client.get("/img/demo/200x200/00ff00.webp") for _ in range(5))
+        )  # one miss, four coalesced
+        assert {a.status_code for a in together} == {302}
+        app.state.proxy.variants.cache.memory.clear()
+        assert (await client.get("/img/demo/320x240/ffffff.png")).status_code == 302  # disk
+        assert (await client.get("/img/nope/320x240/ffffff.png")).status_code == 404
+        assert (await client.get("/img/demo/400/ffffff.png")).status_code == 400
+        engine = (await client.get("/_engine/stats")).json()
+
+        m = await scrape(client)
+
+    assert m.value("cutproxy_http_requests_total", route=IMG, status="302") == 9
+    assert m.value("cutproxy_http_requests_total", route=IMG, status="404") == 1
+    assert m.value("cutproxy_http_requests_total", route=IMG, status="400") == 1
+    assert m.value("cutproxy_http_requests_total", route="/_engine/stats", status="200") == 1
+    assert m.value("cutproxy_http_request_duration_seconds_count", route=IMG) == 11
+    assert m.value("cutproxy_http_request_duration_seconds_bucket", route=IMG, le="+Inf") == 11
+
+    assert m.value("cutproxy_cache_results_total", tier="memory") == 2
+    assert m.value("cutproxy_cache_results_total", tier="disk") == 1
+    assert m.value("cutproxy_cache_results_total", tier="miss") == 2
+    assert m.value("cutproxy_cache_results_total", tier="coalesced") == 4
+    assert m.value("cutproxy_coalesced_waiters") == 0
+    assert m.value("cutproxy_misses_in_flight") == 0
+    assert m.value("cutproxy_http_requests_in_flight") == 1  # the scrape itself
+
+    # The demo upload at start-up, then one token per miss.
+    assert m.value("cutproxy_upstream_calls_total", endpoint="token", outcome="200") == 3
+    assert m.value("cutproxy_upstream_calls_total", endpoint="process", outcome="200") == 3
+    assert m.value("cutproxy_upstream_call_duration_seconds_count", endpoint="process") == 3
+    assert m.value("cutproxy_tokens_minted_total", purpose="upload") == 1
+    assert m.value("cutproxy_tokens_minted_total", purpose="variants") == 2
+    assert m.value("cutproxy_variants_minted_total") == 3
+    assert engine["tokens_minted"] == 3
+    # The estimate agrees with what the engine actually charged: 3 tokens under 1 MP.
+    assert m.value("cutproxy_estimated_credits_spent_total") == 1.5
+    assert engine["credits_charged"] == 1.5
+    assert m.value("cutproxy_reuploads_total") == 0
+
+
+async def test_in_flight_gauges_show_a_miss_and_its_waiters(tmp_path: Path, clock: Clock) -> None:
+    upstream = FakeUpstream()
+    upstream.gate = asyncio.Event()
+    async with running(
+        upstream_settings(tmp_path), clock, upstream_transport=upstream.transport()
+    ) as (_app, client):
+        await register(client)
+        waiting = [asyncio.create_task(client.get("/img/sku/300x300/ffffff.jpg")) for _ in range(3)]
+        await asyncio.wait_for(upstream.entered.wait(), 10)
+        await asyncio.sleep(0.05)  # let the other two join the flight
+        during = await scrape(client)
+        upstream.gate.set()
+        answers = await asyncio.gather(*waiting)
+        after = await scrape(client)
+
+    assert [a.status_code for a in answers] == [302, 302, 302]
+    assert during.value("cutproxy_misses_in_flight") == 1
+    assert during.value("cutproxy_coalesced_waiters") == 2
+    assert during.value("cutproxy_http_requests_in_flight") == 4
+    assert after.value("cutproxy_misses_in_flight") == 0
+    assert after.value("cutproxy_coalesced_waiters") == 0
+    assert after.value("cutproxy_cache_results_total", tier="miss") == 1
+    assert after.value("cutproxy_cache_results_total", tier="coalesced") == 2
+    assert after.value("cutproxy_tokens_minted_total", purpose="variants") == 1
+    assert after.value("cutproxy_estimated_credits_spent_total") == 0.5
+
+
+async def test_upstream_failures_are_counted_by_outcome(tmp_path: Path, clock: Clock) -> None:
+    upstream = FakeUpstream()
+    async with running(
+        upstream_settings(tmp_path, retry_attempts=3),
+        clock,
+        upstream_transport=upstream.transport(),
+    ) as (_app, client):
+        await register(client)
+        upstream.script += [httpx.Response(503, json={"error": "busy"})] * 3
+        assert (await client.get("/img/sku/100x100/ffffff.jpg")).status_code == 502
+        upstream.script += [httpx.Response(200), *[httpx.ReadTimeout("slow")] * 3]
+        assert (await client.get("/img/sku/101x100/ffffff.jpg")).status_code == 504
+        upstream.script += [httpx.ConnectError("refused")] * 3
+        assert (await client.get("/img/sku/102x100/ffffff.jpg")).status_code == 502
+        upstream.script += [httpx.Response(402, json={"error": "no credits"})]
+        assert (await client.get("/img/sku/103x100/ffffff.jpg")).status_code == 502
+        m = await scrape(client)
+
+    assert m.value("cutproxy_upstream_calls_total", endpoint="token", outcome="503") == 3
+    assert m.value("cutproxy_upstream_calls_total", endpoint="token", outcome="200") == 1
+    assert m.value("cutproxy_upstream_calls_total", endpoint="process", outcome="timeout") == 3
+    assert m.value("cutproxy_upstream_calls_total", endpoint="token", outcome="unreachable") == 3
+    assert m.value("cutproxy_upstream_calls_total", endpoint="token", outcome="402") == 1
+    assert m.value("cutproxy_upstream_call_duration_seconds_count", endpoint="token") == 8
+    # Only the one token that was granted costs credits.
+    assert m.value("cutproxy_tokens_minted_total") == 1
+    assert m.value("cutproxy_estimated_credits_spent_total") == 0.5
+    assert m.value("cutproxy_http_requests_total", route=IMG, status="502") == 3
+    assert m.value("cutproxy_http_requests_total", route=IMG, status="504") == 1
+    assert m.value("cutproxy_cache_results_total") == 0
+
+
+async def test_a_reupload_is_counted(tmp_path: Path, clock: Clock) -> None:
+    async with running(settings(tmp_path, demo=True), clock) as (_app, client):
+        clock.now += app_reupload_after(client) + 1
+        assert (await client.get("/img/demo/64x64/ffffff.png")).status_code == 302
+        m = await scrape(client)
+    assert m.value("cutproxy_reuploads_total") == 1
+    assert m.value("cutproxy_tokens_minted_total", purpose="upload") == 2
+
+
+def app_reupload_after(client: httpx.AsyncClient) -> float:
+    transport = client._transport
+    assert isinstance(transport, httpx.ASGITransport)
+    return float(transport.app.state.proxy.settings.reupload_after)  # type: ignore[attr-defined]

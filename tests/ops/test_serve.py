@@ -1,0 +1,156 @@
+"""``cutproxy serve`` as operators run it: graceful SIGTERM, metrics across workers, JSON logs."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.ops.conftest import Scrape
+from tests.servers import Server, cutproxy, free_port, start
+
+pytestmark = pytest.mark.slow
+
+ENGINE_KEY = "engine-dev-key"
+VARIANT = "/img/demo/320x240/ffffff.png"
+
+
+def serve(tmp_path: Path, name: str, *flags: str, port: int = 0, **env: str) -> Server:
+    return start(
+        cutproxy("serve", "--host", "127.0.0.1", "--port", "{port}", *flags),
+        port=port or free_port(),
+        log_path=tmp_path / f"{name}.log",
+        env={"PROXY_DATA_DIR": str(tmp_path / "data"), **env},
+        ready_path="/health/live",
+    )
+
+
+def json_lines(server: Server) -> list[dict[str, Any]]:
+    lines = []
+    for line in server.log().splitlines():
+        if line.startswith("{"):
+            lines.append(json.loads(line))
+    return lines
+
+
+def access(server: Server, path: str) -> list[dict[str, Any]]:
+    return [
+        line
+        for line in json_lines(server)
+        if line["logger"] == "cutproxy.access" and line["path"] == path
+    ]
+
+
+def scrape(server: Server) -> Scrape:
+    return Scrape(httpx.get(f"{server.url}/metrics", timeout=10).text)
+
+
+def wait_for(condition: Any, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        time.sleep(0.05)
+
+
+def test_sigterm_lets_a_slow_miss_finish_and_keeps_it(tmp_path: Path) -> None:
+    first = serve(tmp_path, "first", "--demo")
+    try:
+        slow = httpx.put(
+            f"{first.url}/_engine/faults",
+            json={"process_latency": 1.5},
+            headers={"Authorization": f"Bearer {ENGINE_KEY}"},
+            timeout=5,
+        )
+        assert slow.status_code == 200
+        answers: list[httpx.Response] = []
+        client = threading.Thread(
+            target=lambda: answers.append(httpx.get(first.url + VARIANT, timeout=30))
+        )
+        client.start()
+        wait_for(lambda: scrape(first).value("cutproxy_misses_in_flight") == 1)
+        terminated = time.monotonic()
+        first.signal(signal.SIGTERM)
+        code = first.proc.wait(30)
+        took = time.monotonic() - terminated
+        client.join(10)
+    finally:
+        first.stop()
+
+    assert code == 0, first.log()[-2000:]
+    assert took < 10
+    (answer,) = answers
+    assert answer.status_code == 302
+    location = answer.headers["location"]
+    (line,) = access(first, VARIANT)
+    assert line["status"] == 302 and line["cache_tier"] == "miss"
+    assert line["upstream_seconds"] >= 1.5
+    messages = [line["msg"] for line in json_lines(first)]
+    assert "Application shutdown complete." in messages
+
+    # Same data dir and address, fresh process: the variant comes from the disk tier and
+    # the file it points to is still served; no new mint.
+    second = serve(tmp_path, "second", port=first.port)
+    try:
+        again = httpx.get(second.url + VARIANT, timeout=10)
+        image = httpx.get(location, timeout=10)
+        stats = httpx.get(f"{second.url}/_engine/stats", timeout=5).json()
+        metrics = scrape(second)
+    finally:
+        second.stop()
+    assert again.status_code == 302 and again.headers["location"] == location
+    assert image.status_code == 200 and image.headers["content-type"] == "image/png"
+    assert metrics.value("cutproxy_tokens_minted_total") == 0
+    assert metrics.value("cutproxy_cache_results_total", tier="disk") == 1
+    assert access(second, VARIANT)[0]["cache_tier"] == "disk"
+    assert stats["tokens_minted"] == 2  # the demo upload and the one miss, both before
+
+
+async def _get_all(url: str, n: int) -> list[httpx.Response]:
+    # A fresh connection per request, so the kernel spreads them over the workers.
+    async def one() -> httpx.Response:
+        async with httpx.AsyncClient(timeout=30) as client:
+            return await client.get(url, headers={"Connection": "close"})
+
+    return await asyncio.gather(*(one() for _ in range(n)))
+
+
+def test_metrics_add_up_across_worker_processes(tmp_path: Path) -> None:
+    metrics_dir = tmp_path / "prom"
+    metrics_dir.mkdir()
+    (metrics_dir / "counter_999999.db").write_bytes(b"left over from an earlier run")
+    server = serve(
+        tmp_path,
+        "workers",
+        "--workers",
+        "2",
+        "--demo",
+        PROMETHEUS_MULTIPROC_DIR=str(metrics_dir),
+    )
+    try:
+        # Both workers must be up before the count starts.
+        wait_for(lambda: len(_started(server)) == 2, 20)
+        answers = asyncio.run(_get_all(server.url + VARIANT, 40))
+        scrapes = [scrape(server) for _ in range(6)]
+    finally:
+        server.stop()
+    assert {a.status_code for a in answers} == {302}
+    served_by = {line["pid"] for line in access(server, VARIANT)}
+    assert len(served_by) == 2, "the requests all landed on one worker"
+    for m in scrapes:  # whichever worker answers the scrape reports the sum of both
+        assert m.value("cutproxy_http_requests_total", status="302") == 40
+        assert m.value("cutproxy_cache_results_total") == 40
+        assert m.value("cutproxy_misses_in_flight") == 0
+    assert not (metrics_dir / "counter_999999.db").exists()
+
+
+def _started(server: Server) -> set[int]:
+    lines = json_lines(server)
+    return {line["pid"] for line in lines if line["msg"] == "Application startup complete."}
