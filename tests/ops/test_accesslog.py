@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +18,7 @@ from starlette.routing import Route
 from proxy.accesslog import AccessLog
 from proxy.metrics import Metrics
 from tests.ops.conftest import Clock, JsonLines, running, scrape, settings
+from tests.servers import REPO
 
 FIELDS = {
     "ts",
@@ -109,3 +112,28 @@ async def test_unmatched_paths_share_one_route_label(tmp_path: Path, clock: Cloc
         m = await scrape(client)
     assert m.value("cutproxy_http_requests_total", route="unmatched", status="404") == 3
     assert not [s for s in m.samples if "random" in str(s[1])]
+
+
+def test_the_log_level_setting_filters_json_lines_on_stderr() -> None:
+    script = (
+        "import logging, logging.config\n"
+        "from proxy.accesslog import logging_config\n"
+        "logging.config.dictConfig(logging_config({level!r}))\n"
+        "logging.getLogger('cutproxy.access').info('request')\n"
+        "logging.getLogger('cutproxy.upstream').warning('slow upstream')\n"
+        "logging.getLogger('httpx').info('HTTP Request: POST ...')\n"
+    )
+    printed = {}
+    for level in ("info", "warning", "debug"):
+        result = subprocess.run(
+            [sys.executable, "-c", script.format(level=level)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            cwd=REPO,
+        )
+        assert result.returncode == 0 and result.stdout == ""
+        printed[level] = [json.loads(line)["msg"] for line in result.stderr.splitlines()]
+    assert printed["info"] == ["request", "slow upstream"]
+    assert printed["warning"] == ["slow upstream"]
+    assert printed["debug"] == ["request", "slow upstream", "HTTP Request: POST ..."]
