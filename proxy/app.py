@@ -21,14 +21,15 @@ from starlette.types import ASGIApp
 from proxy import demo, handlers, health, images_api, responses
 from proxy.accesslog import AccessLog, note_upstream
 from proxy.blobs import DirectoryBlobStore
-from proxy.cache import DiskTier, MemoryTier, TwoTierCache
-from proxy.coalesce import DiskLease
+from proxy.cache import DiskTier, MemoryTier, SharedTier, TwoTierCache
+from proxy.coalesce import DiskLease, Lease
 from proxy.engine.app import create_engine_app
 from proxy.engine.settings import EngineSettings
 from proxy.errors import ProxyError
 from proxy.images import ImageService
 from proxy.metrics import Metrics
-from proxy.registry import DiskRegistry
+from proxy.redis_store import RedisStore
+from proxy.registry import DiskRegistry, Registry
 from proxy.service import VariantService
 from proxy.settings import Settings
 from proxy.state import AppState
@@ -89,6 +90,9 @@ def create_app(
         async with contextlib.AsyncExitStack() as stack:
             if isinstance(engine_app, Starlette):
                 await stack.enter_async_context(engine_app.router.lifespan_context(engine_app))
+            if state.redis is not None:
+                memory, forget = state.variants.cache.memory, state.variants.forget
+                await stack.enter_async_context(state.redis.invalidations(memory, forget))
             if settings.demo:
                 await register_demo(state)
             try:
@@ -146,14 +150,22 @@ def build_state(
         note_upstream(seconds)
 
     upstream = UpstreamClient(config, transport=transport, on_call=on_call, on_mint=metrics.minted)
-    registry = DiskRegistry(settings.data_dir / "registry")
-    cache = TwoTierCache(
-        MemoryTier(settings.memory_cache_size, clock),
-        DiskTier(settings.data_dir / "cache", settings.disk_cache_size_mb, clock),
-    )
+    # PROXY_REDIS_URL: every replica shares Redis; else this host's workers share the disk.
+    redis = RedisStore.from_settings(settings, clock) if settings.redis_url else None
+    if redis is not None:
+        redis.health.on_unavailable.append(metrics.shared_store_failed)
+    registry: Registry
+    shared: SharedTier
+    lease: Lease
+    if redis is not None:
+        registry, shared, lease = redis.registry, redis.tier, redis.lease
+    else:
+        registry = DiskRegistry(settings.data_dir / "registry")
+        shared = DiskTier(settings.data_dir / "cache", settings.disk_cache_size_mb, clock)
+        lease = DiskLease(settings.data_dir / "leases")
+    cache = TwoTierCache(MemoryTier(settings.memory_cache_size, clock), shared)
     metrics.name_shared_tier(cache.shared)
     blobs = DirectoryBlobStore(settings.originals_dir)
-    lease = DiskLease(settings.data_dir / "leases")
     variants = VariantService(
         settings=settings,
         cache=cache,
@@ -174,7 +186,7 @@ def build_state(
         clock=clock,
         on_change=variants.forget,
     )
-    return AppState(settings, clock, registry, upstream, variants, images)
+    return AppState(settings, clock, registry, upstream, variants, images, redis=redis)
 
 
 async def register_demo(state: AppState) -> None:

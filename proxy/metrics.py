@@ -164,6 +164,13 @@ class Metrics:
             "forgotten the earlier upload, or an operator replaced the image).",
             registry=r,
         )
+        self.shared_store_unavailable = Counter(
+            "cutproxy_shared_store_unavailable",
+            "Operations on the shared store (Redis) that failed because it was unreachable, "
+            "by operation; while it is down, misses answer 503 and memory hits still work.",
+            ["operation"],
+            registry=r,
+        )
         for tier in ("memory", shared_tier, "miss", "coalesced"):
             self.cache_results.labels(tier)
         for purpose in ("variants", "upload"):
@@ -203,6 +210,9 @@ class Metrics:
 
     def reuploaded(self) -> None:
         self.reuploads.inc()
+
+    def shared_store_failed(self, operation: str) -> None:
+        self.shared_store_unavailable.labels(operation).inc()
 
     def request_done(self, route: str, method: str, status: int, seconds: float) -> None:
         self.requests.labels(route, method, str(status)).inc()

@@ -19,12 +19,17 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from cachetools import TTLCache
+from cachetools import LRUCache, TTLCache
 
 from proxy.blobs import BlobStore
 from proxy.cache import CachedOutput, TwoTierCache, output_for
 from proxy.coalesce import Lease, SingleFlight, lead_or_follow
-from proxy.errors import NotFoundError, UpstreamError, UpstreamGoneError
+from proxy.errors import (
+    NotFoundError,
+    SharedStoreUnavailableError,
+    UpstreamError,
+    UpstreamGoneError,
+)
 from proxy.images import record_version, upload_original
 from proxy.registry import ImageRecord, Registry
 from proxy.settings import Settings
@@ -86,6 +91,8 @@ class VariantService:
     events: ServiceEvents = field(default_factory=NoEvents)
     # image id → version, trusted for PROXY_IMAGE_VIEW_TTL: keeps the hit path free of I/O.
     versions: TTLCache[str, str] = field(init=False)
+    # The last version seen of each image, kept while the shared store is unreachable.
+    last_versions: LRUCache[str, str] = field(init=False)
 
     def __post_init__(self) -> None:
         self.versions = TTLCache(
@@ -93,6 +100,7 @@ class VariantService:
             ttl=self.settings.image_view_ttl,
             timer=self.clock,
         )
+        self.last_versions = LRUCache(maxsize=self.settings.memory_cache_size)
 
     def key(self, variant: Variant, version: str) -> str:
         return f"{cache_key(variant, self.settings)}~{version}"
@@ -105,16 +113,24 @@ class VariantService:
     def forget(self, image_id: str) -> None:
         """This worker changed the image: stop trusting its version at once."""
         self.versions.pop(image_id, None)
+        self.last_versions.pop(image_id, None)
 
     async def version(self, image_id: str) -> str:
         """The image's current version: from the view, else the registry (404 if unknown)."""
         version = self.versions.get(image_id)
         if version is None:
-            record = await self.flight.run(
-                f"record:{image_id}",
-                lambda: self._record(image_id),
-                wait=self.settings.coalesce_wait,
-            )
+            try:
+                record = await self.flight.run(
+                    f"record:{image_id}",
+                    lambda: self._record(image_id),
+                    wait=self.settings.coalesce_wait,
+                )
+            except SharedStoreUnavailableError:
+                # Redis is down: the last version seen still finds memory hits; misses 503.
+                last = self.last_versions.get(image_id)
+                if last is None:
+                    raise
+                return last
             version = record_version(record)
         return version
 
@@ -122,7 +138,7 @@ class VariantService:
         record = await self.registry.get(image_id)
         if record is None:
             raise NotFoundError(f"unknown image {image_id!r}", code="unknown_image")
-        self.versions[image_id] = record_version(record)
+        self.versions[image_id] = self.last_versions[image_id] = record_version(record)
         return record
 
     async def resolve(self, variant: Variant) -> Resolved:

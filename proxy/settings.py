@@ -102,9 +102,10 @@ class Settings:
     )
     # --- coalescing -----------------------------------------------------------------------
     lease_ttl: float = setting(
-        120.0,
+        15.0,
         "PROXY_LEASE_TTL",
-        "Seconds a mint lease is held before another worker may take over.",
+        "Seconds a mint lease lives unless its holder renews it (it does, every third of "
+        "this, while it mints): how soon another worker takes over from a crashed one.",
     )
     coalesce_wait: float = setting(
         60.0,
@@ -179,6 +180,25 @@ class Settings:
         "PROXY_BATCH_WINDOW_MS",
         "Milliseconds a miss waits for more misses of the same image, to mint them in one "
         "token (each extra variant costs 0.25 credit). 0: no batching.",
+    )
+    # --- redis (several replicas) ---------------------------------------------------------
+    redis_url: str | None = setting(
+        None,
+        "PROXY_REDIS_URL",
+        "redis://host:6379/0 (or rediss://, unix://): cache, registry, leases and budgets are "
+        "shared through it by every replica. Unset: one host's disk under PROXY_DATA_DIR.",
+        secret=True,
+    )
+    redis_timeout: float = setting(
+        0.5,
+        "PROXY_REDIS_TIMEOUT",
+        "Seconds a Redis connect or command may take before the proxy treats Redis as down.",
+    )
+    redis_max_connections: int = setting(
+        64, "PROXY_REDIS_MAX_CONNECTIONS", "Redis connections per worker process (a pool)."
+    )
+    redis_prefix: str = setting(
+        "cutproxy:", "PROXY_REDIS_PREFIX", "Prefix of every Redis key and channel the proxy uses."
     )
     # --- images ---------------------------------------------------------------------------
     blob_dir: Path | None = setting(
@@ -346,6 +366,12 @@ class Settings:
         for name in ("reupload_after", "image_view_ttl"):
             if getattr(self, name) <= 0:
                 raise bad(name, "must be greater than 0")
+        if self.redis_url is not None and urlsplit(self.redis_url).scheme not in _REDIS_SCHEMES:
+            raise bad("redis_url", "must start with redis://, rediss:// or unix://")
+        if self.redis_timeout <= 0:
+            raise bad("redis_timeout", "must be greater than 0")
+        if self.redis_max_connections < 1:
+            raise bad("redis_max_connections", "must be at least 1")
 
     def _validate_guards(self, bad: typing.Callable[[str, str], SettingsError]) -> None:
         # Imported here because these modules import this one; their parsers name the variable.
@@ -413,6 +439,7 @@ def _host(url: str) -> str:
     return (urlsplit(url).hostname or "").lower()
 
 
+_REDIS_SCHEMES = ("redis", "rediss", "unix")
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 

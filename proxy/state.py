@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from proxy.grammar import Limits
 from proxy.images import ImageService
@@ -12,6 +12,9 @@ from proxy.registry import Registry
 from proxy.service import VariantService
 from proxy.settings import Settings
 from proxy.upstream import UpstreamClient
+
+if TYPE_CHECKING:
+    from proxy.redis_store import RedisStore
 
 
 @dataclass
@@ -23,6 +26,7 @@ class AppState:
     variants: VariantService
     images: ImageService
     extras: dict[str, Any] = field(default_factory=dict)
+    redis: RedisStore | None = None  # PROXY_REDIS_URL: the client the shared stores use
 
     @property
     def limits(self) -> Limits:
@@ -34,3 +38,5 @@ class AppState:
         await self.variants.cache.close()
         await self.variants.lease.close()
         await self.registry.close()
+        if self.redis is not None:
+            await self.redis.aclose()
