@@ -102,9 +102,7 @@ class RedisHealth:
             yield
         except UNREACHABLE as exc:
             self.failed(operation, exc)
-            raise SharedStoreUnavailableError(
-                "the shared store is unreachable; retry shortly", retry_after=RETRY_AFTER
-            ) from exc
+            raise unavailable(exc) from exc
         self.succeeded()
 
 
