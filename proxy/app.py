@@ -18,14 +18,16 @@ from starlette.responses import Response
 from starlette.routing import Mount, Route
 from starlette.types import ASGIApp
 
-from proxy import demo, handlers, health, images_api, responses
+from proxy import demo, guards, handlers, health, images_api, responses
 from proxy.accesslog import AccessLog, note_upstream
+from proxy.batching import counting_mints
 from proxy.blobs import DirectoryBlobStore
 from proxy.cache import DiskTier, MemoryTier, SharedTier, TwoTierCache
 from proxy.coalesce import DiskLease, Lease
 from proxy.engine.app import create_engine_app
 from proxy.engine.settings import EngineSettings
 from proxy.errors import ProxyError
+from proxy.guards import Guards, MissGuard
 from proxy.images import ImageService
 from proxy.metrics import Metrics
 from proxy.redis_store import RedisStore
@@ -81,6 +83,7 @@ def create_app(
         Route("/health/live", health.live, methods=["GET", "HEAD"]),
         Route("/health/ready", health.ready_endpoint(readiness), methods=["GET", "HEAD"]),
         Route("/metrics", metrics.endpoint, methods=["GET"]),
+        Route("/admin/costs", guards.costs_endpoint, methods=["GET"]),
     ]
     if engine_app is not None:
         routes.append(Mount("/_engine", app=engine_app))
@@ -149,7 +152,8 @@ def build_state(
         metrics.upstream_call(endpoint, outcome, seconds)
         note_upstream(seconds)
 
-    upstream = UpstreamClient(config, transport=transport, on_call=on_call, on_mint=metrics.minted)
+    on_mint = counting_mints(metrics.minted)  # the guards' books see who minted
+    upstream = UpstreamClient(config, transport=transport, on_call=on_call, on_mint=on_mint)
     # PROXY_REDIS_URL: every replica shares Redis; else this host's workers share the disk.
     redis = RedisStore.from_settings(settings, clock) if settings.redis_url else None
     if redis is not None:
@@ -175,6 +179,7 @@ def build_state(
         clock=clock,
         blobs=blobs,
         events=metrics,
+        guards=MissGuard.from_settings(settings, clock=clock, redis=redis, events=metrics),
     )
     images = ImageService(
         settings=settings,
@@ -186,7 +191,16 @@ def build_state(
         clock=clock,
         on_change=variants.forget,
     )
-    return AppState(settings, clock, registry, upstream, variants, images, redis=redis)
+    return AppState(
+        settings,
+        clock,
+        registry,
+        upstream,
+        variants,
+        images,
+        redis=redis,
+        guards=Guards.from_settings(settings),
+    )
 
 
 async def register_demo(state: AppState) -> None:

@@ -173,11 +173,12 @@ def _fail(message: str) -> None:
 
 
 def _register_plugins() -> None:
-    from proxy import images_cli
+    from proxy import guards_cli, images_cli
     from proxy.engine import cli as engine_cli
 
     engine_cli.register(app)
     images_cli.register(app)
+    guards_cli.register(app)
 
 
 def main() -> None:

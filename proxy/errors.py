@@ -8,6 +8,7 @@
     ├── PayloadTooLargeError       413  upload over the size limit
     ├── UnsupportedMediaError      415  upload of a type we cannot use
     ├── TooManyRequestsError       429  a budget or rate limit is spent (Retry-After)
+    │   └── MissRefusedError       429  a miss over the client's rate or the credit budget
     ├── ServiceUnavailableError    503  busy: coalescing wait ran out, upstream rate-limited
     │   └── SharedStoreUnavailableError 503  the shared store (Redis) is unreachable
     └── UpstreamError              502  the upstream failed or answered something unusable
@@ -92,6 +93,23 @@ class TooManyRequestsError(ProxyError):
 
     status_code = 429
     code = "too_many_requests"
+
+
+class MissRefusedError(TooManyRequestsError):
+    """A cache miss was not minted: its client's miss rate or the credit budget is spent."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str,
+        retry_after: float,
+        reason: str,
+        client: str | None = None,
+    ) -> None:
+        super().__init__(message, code=code, retry_after=retry_after)
+        self.reason = reason  # client_rate | budget
+        self.client = client
 
 
 class ServiceUnavailableError(ProxyError):

@@ -32,6 +32,7 @@ class Canonical:
 class Limits:
     max_width: int
     max_height: int
+    max_pixels: int = MAX_PIXELS  # PROXY_MAX_PIXELS
 
 
 def check_image_id(image_id: str) -> str:
@@ -55,9 +56,9 @@ def parse(image_id: str, size: str, filename: str, limits: Limits) -> Variant | 
             f"({limits.max_width}x{limits.max_height} at most)",
             code="bad_size",
         )
-    if width * height > MAX_PIXELS:
+    if width * height > limits.max_pixels:
         raise BadRequestError(
-            f"size {width}x{height} is over {MAX_PIXELS:,} pixels", code="bad_size"
+            f"size {width}x{height} is over {limits.max_pixels:,} pixels", code="bad_size"
         )
     variant = Variant(image_id, width, height, bg, ext)
     if variant.path != f"/img/{image_id}/{size}/{filename}":

@@ -24,13 +24,20 @@ def state_of(request: Request) -> AppState:
 async def variant(request: Request) -> Response:
     state = state_of(request)
     settings = state.settings
+    guards = state.guards
+    guards.verify(request, state.clock())  # signature first: unsigned URLs learn nothing more
     params = request.path_params
     parsed = grammar.parse(params["image_id"], params["size"], params["filename"], state.limits)
+    parsed = guards.hold(parsed, state.limits)  # the size ladder
     if isinstance(parsed, grammar.Canonical):
-        return responses.canonical(parsed.path, request.url.query, settings.error_max_age)
-    resolved = await state.variants.resolve(parsed)
+        query = guards.redirect_query(request, parsed.path)
+        return responses.canonical(parsed.path, query, settings.error_max_age)
+    resolved = await state.variants.resolve(parsed, client=guards.client(request))
     request.scope.setdefault("state", {})["cache_tier"] = resolved.tier
-    return responses.redirect(resolved.output, state.clock())
+    response = responses.redirect(resolved.output, state.clock())
+    if resolved.tier == "fallback":  # a refused miss: the nearest cached size, for now
+        guards.mark_fallback(response, resolved.reason, resolved.output, state.clock())
+    return response
 
 
 def registration(image_id: str, body: Any, now: float) -> ImageRecord:

@@ -171,6 +171,31 @@ class Metrics:
             ["operation"],
             registry=r,
         )
+        # --- guards: what misses cost and what was not spent --------------------------------
+        self.credits_saved = Counter(
+            "cutproxy_credits_saved",
+            "Estimated credits not spent: by coalescing (requests that waited for another's "
+            "mint) or batching (variants of one image minted in one token).",
+            ["by"],
+            registry=r,
+        )
+        self.credits_budget_remaining = Gauge(
+            "cutproxy_credits_budget_remaining",
+            "Estimated credits left in the budget window (hour, day), as last seen by any "
+            "worker; only limited windows are reported.",
+            ["window"],
+            registry=r,
+            multiprocess_mode="mostrecent",
+        )
+        self.misses_refused = Counter(
+            "cutproxy_misses_refused",
+            "Misses not minted because the client's miss rate (client_rate) or the credit "
+            "budget (budget) was spent, by answer: the nearest cached size (fallback) or 429.",
+            ["reason", "answer"],
+            registry=r,
+        )
+        for by in ("coalescing", "batching"):
+            self.credits_saved.labels(by)
         for tier in ("memory", shared_tier, "miss", "coalesced"):
             self.cache_results.labels(tier)
         for purpose in ("variants", "upload"):
@@ -210,6 +235,15 @@ class Metrics:
 
     def reuploaded(self) -> None:
         self.reuploads.inc()
+
+    def credits_saved_by(self, by: str, credits: float) -> None:
+        self.credits_saved.labels(by).inc(credits)
+
+    def budget_remaining(self, window: str, credits: float) -> None:
+        self.credits_budget_remaining.labels(window).set(credits)
+
+    def miss_refused(self, reason: str, answer: str) -> None:
+        self.misses_refused.labels(reason, answer).inc()
 
     def shared_store_failed(self, operation: str) -> None:
         self.shared_store_unavailable.labels(operation).inc()

@@ -2,7 +2,9 @@
 
 Order on every request: image version (in-memory view of the registry) → memory tier (no
 I/O) → in-process single flight → shared tier → registry → cross-process lease → mint +
-process → store in both tiers.
+process → store in both tiers. A miss this process leads passes the guards first
+(:class:`proxy.guards.MissGuard`: the client's miss rate, the credit budget, batching);
+hits, in either tier, never touch them.
 
 Cache keys carry the image's version (its content hash), so when an image is replaced every
 worker stops serving the old variants within ``PROXY_IMAGE_VIEW_TTL``, without any message
@@ -13,6 +15,7 @@ shared by every request (and worker) that needs it.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
@@ -25,11 +28,13 @@ from proxy.blobs import BlobStore
 from proxy.cache import CachedOutput, TwoTierCache, output_for
 from proxy.coalesce import Lease, SingleFlight, lead_or_follow
 from proxy.errors import (
+    MissRefusedError,
     NotFoundError,
     SharedStoreUnavailableError,
     UpstreamError,
     UpstreamGoneError,
 )
+from proxy.guards import MissGuard
 from proxy.images import record_version, upload_original
 from proxy.registry import ImageRecord, Registry
 from proxy.settings import Settings
@@ -38,13 +43,17 @@ from proxy.variant import Variant, cache_key, output_variant
 
 log = logging.getLogger("cutproxy.service")
 
+_JOIN_ATTEMPTS = 3  # a request refused for other clients' rates leads its own miss at last
+
 
 @dataclass(frozen=True, slots=True)
 class Resolved:
     """The answer for one request and where it came from (for logs, metrics, headers)."""
 
     output: CachedOutput
-    tier: str  # memory | shared | miss | coalesced
+    tier: str  # memory | shared | miss | coalesced | fallback
+    credits: float = 0.0  # a miss: what minting it alone costs (what a coalesced wait saved)
+    reason: str | None = None  # a fallback: why the miss was refused (client_rate, budget)
 
 
 class ServiceEvents(Protocol):
@@ -89,6 +98,7 @@ class VariantService:
     blobs: BlobStore | None = None  # the kept originals, for re-uploads
     reuploads: SingleFlight = field(default_factory=SingleFlight)
     events: ServiceEvents = field(default_factory=NoEvents)
+    guards: MissGuard | None = None  # rate, budget, batching and books for misses
     # image id → version, trusted for PROXY_IMAGE_VIEW_TTL: keeps the hit path free of I/O.
     versions: TTLCache[str, str] = field(init=False)
     # The last version seen of each image, kept while the shared store is unreachable.
@@ -141,29 +151,54 @@ class VariantService:
         self.versions[image_id] = self.last_versions[image_id] = record_version(record)
         return record
 
-    async def resolve(self, variant: Variant) -> Resolved:
+    async def resolve(self, variant: Variant, client: str | None = None) -> Resolved:
+        """The variant's output. ``client`` (an address) is charged for a miss it leads."""
         version = self.versions.get(variant.image_id) or await self.version(variant.image_id)
         key = self.key(variant, version)
         hit = self.cache.peek(key)
         if hit is not None:
             self.events.resolved("memory")
             return Resolved(hit, "memory")
-        joined = self.flight.joined(key)
-        if joined:
-            self.events.waiting(1)
-        try:
-            resolved = await self.flight.run(
-                key, lambda: self._miss(variant, key), wait=self.settings.coalesce_wait
-            )
-        finally:
-            if joined:
-                self.events.waiting(-1)
-        if joined:
-            resolved = Resolved(resolved.output, "coalesced")
+        resolved = await self._lead_or_join(variant, key, client)
         self.events.resolved(resolved.tier)
         return resolved
 
-    async def _miss(self, variant: Variant, key: str) -> Resolved:
+    async def _lead_or_join(self, variant: Variant, key: str, client: str | None) -> Resolved:
+        """Lead the miss or join the one in flight; a refused miss falls back to a cached size."""
+        attempt = 0
+        while True:
+            attempt += 1
+            joined = self.flight.joined(key)
+            if joined:
+                self.events.waiting(1)
+            try:
+                resolved = await self.flight.run(
+                    key, lambda: self._miss(variant, key, client), wait=self.settings.coalesce_wait
+                )
+            except MissRefusedError as refused:
+                # The request this one joined was over *its* client's rate: lead anew.
+                if joined and refused.client != client and attempt < _JOIN_ATTEMPTS:
+                    continue
+                return await self._fallback(variant, key, refused)
+            finally:
+                if joined:
+                    self.events.waiting(-1)
+            if not joined:
+                return resolved
+            if resolved.tier == "miss" and self.guards is not None:
+                await self.guards.coalesced(resolved.credits)
+            return dataclasses.replace(resolved, tier="coalesced")
+
+    async def _fallback(self, variant: Variant, key: str, refused: MissRefusedError) -> Resolved:
+        """The nearest cached size in place of a refused miss, else the refusal (429)."""
+        found = None
+        if self.guards is not None:
+            found = await self.guards.fallback(variant, key, self.cache, refused)
+        if found is None:
+            raise refused
+        return Resolved(found, "fallback", reason=refused.reason)
+
+    async def _miss(self, variant: Variant, key: str, client: str | None = None) -> Resolved:
         output, tier = await self.cache.get(key)
         if output is not None:
             return Resolved(output, tier)
@@ -177,10 +212,15 @@ class VariantService:
             minted = True
             self.events.rendering(1)
             try:
-                fresh = await self.render(variant, record)
+                if self.guards is None:
+                    fresh = await self.render(variant, record)
+                else:
+                    fresh = await self.guards.mint(record, variant, client, self.render_many)
             finally:
                 self.events.rendering(-1)
             await self.cache.set(key, fresh)
+            if self.guards is not None:
+                await self.guards.remember(variant, key, fresh)
             return fresh
 
         output = await lead_or_follow(
@@ -192,7 +232,12 @@ class VariantService:
             check=lambda: self.cache.shared.get(key),
         )
         self.cache.memory.set(key, output)
-        return Resolved(output, "miss" if minted else "shared")
+        credits = 0.0 if self.guards is None else self.guards.estimate(variant, record)
+        if minted:
+            return Resolved(output, "miss", credits=credits)
+        if self.guards is not None:  # another worker minted it while this one waited
+            await self.guards.coalesced(credits)
+        return Resolved(output, "shared")
 
     async def render(self, variant: Variant, record: ImageRecord) -> CachedOutput:
         """One token for exactly this variant, then processing with the token alone."""

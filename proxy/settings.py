@@ -181,6 +181,17 @@ class Settings:
         "Milliseconds a miss waits for more misses of the same image, to mint them in one "
         "token (each extra variant costs 0.25 credit). 0: no batching.",
     )
+    batch_max_variants: int = setting(
+        10,
+        "PROXY_BATCH_MAX_VARIANTS",
+        "Most variants minted in one batched token; a full batch is minted at once.",
+    )
+    fallback_max_age: int = setting(
+        60,
+        "PROXY_FALLBACK_MAX_AGE",
+        "Browser max-age (seconds, private: never in shared caches) of the nearest cached size "
+        "served in place of a miss refused by a budget or rate.",
+    )
     # --- redis (several replicas) ---------------------------------------------------------
     redis_url: str | None = setting(
         None,
@@ -401,6 +412,10 @@ class Settings:
         parse_networks(self.trusted_proxies)
         if self.batch_window_ms < 0:
             raise bad("batch_window_ms", "must not be negative")
+        if self.batch_max_variants < 1:
+            raise bad("batch_max_variants", "must be at least 1")
+        if self.fallback_max_age < 0:
+            raise bad("fallback_max_age", "must not be negative")
 
     def describe(self) -> dict[str, Any]:
         """Settings as shown to operators: secrets are masked."""

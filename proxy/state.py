@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from proxy.grammar import Limits
+from proxy.guards import Guards
 from proxy.images import ImageService
 from proxy.registry import Registry
 from proxy.service import VariantService
@@ -27,10 +28,11 @@ class AppState:
     images: ImageService
     extras: dict[str, Any] = field(default_factory=dict)
     redis: RedisStore | None = None  # PROXY_REDIS_URL: the client the shared stores use
+    guards: Guards = field(default_factory=Guards)  # signature, ladder, client address
 
     @property
     def limits(self) -> Limits:
-        return Limits(self.settings.max_width, self.settings.max_height)
+        return Limits(self.settings.max_width, self.settings.max_height, self.settings.max_pixels)
 
     async def aclose(self) -> None:
         await self.variants.flight.drain(timeout=self.settings.token_timeout)
@@ -38,5 +40,7 @@ class AppState:
         await self.variants.cache.close()
         await self.variants.lease.close()
         await self.registry.close()
+        if self.variants.guards is not None:
+            await self.variants.guards.aclose()
         if self.redis is not None:
             await self.redis.aclose()
