@@ -124,7 +124,7 @@ async def make_rig(tmp_path: Path) -> AsyncIterator[RigFactory]:
             settings = Settings(data_dir=data, admin_token=ADMIN, **overrides)
             base = embedded_engine_settings(settings)
             engine_settings = EngineSettings.from_env(
-                {}, public_url=base.public_url, data_dir=base.data_dir, **(engine or {})
+                {}, **{"public_url": base.public_url, "data_dir": base.data_dir, **(engine or {})}
             )
             app = create_app(settings, engine_settings=engine_settings, clock=clock)
             await stack.enter_async_context(app.router.lifespan_context(app))
