@@ -18,11 +18,22 @@ from starlette.responses import Response
 from starlette.routing import Mount, Route
 from starlette.types import ASGIApp
 
-from proxy import demo, guards, handlers, health, images_api, responses
+from proxy import (
+    demo,
+    demo_page,
+    guards,
+    handlers,
+    health,
+    images_api,
+    purge,
+    responses,
+    srcset_api,
+)
 from proxy.accesslog import AccessLog, note_upstream
 from proxy.batching import counting_mints
 from proxy.blobs import DirectoryBlobStore
 from proxy.cache import DiskTier, MemoryTier, SharedTier, TwoTierCache
+from proxy.cdn import Purger, SurrogateKeys
 from proxy.coalesce import DiskLease, Lease
 from proxy.engine.app import create_engine_app
 from proxy.engine.settings import EngineSettings
@@ -79,6 +90,8 @@ def create_app(
         Route("/images/{image_id}", images_api.get_image, methods=["GET"]),
         Route("/images/{image_id}", images_api.delete_image, methods=["DELETE"]),
         Route("/images/{image_id}/warm", images_api.warm_image, methods=["POST"]),
+        Route("/images/{image_id}/variants", purge.delete_variants, methods=["DELETE"]),
+        Route("/srcset/{image_id}", srcset_api.srcset_markup, methods=["GET", "HEAD"]),
         Route("/health", handlers.health, methods=["GET", "HEAD"]),
         Route("/health/live", health.live, methods=["GET", "HEAD"]),
         Route("/health/ready", health.ready_endpoint(readiness), methods=["GET", "HEAD"]),
@@ -87,6 +100,8 @@ def create_app(
     ]
     if engine_app is not None:
         routes.append(Mount("/_engine", app=engine_app))
+    if settings.demo:
+        routes += demo_page.routes()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -106,7 +121,7 @@ def create_app(
 
     app = Starlette(
         routes=routes,
-        middleware=[Middleware(AccessLog, metrics=metrics)],
+        middleware=[Middleware(AccessLog, metrics=metrics), Middleware(SurrogateKeys)],
         exception_handlers={
             ProxyError: _proxy_error,
             HTTPException: _http_error,
@@ -170,6 +185,7 @@ def build_state(
     cache = TwoTierCache(MemoryTier(settings.memory_cache_size, clock), shared)
     metrics.name_shared_tier(cache.shared)
     blobs = DirectoryBlobStore(settings.originals_dir)
+    purger = Purger.from_settings(settings, registry=metrics.registry)
     variants = VariantService(
         settings=settings,
         cache=cache,
@@ -189,7 +205,7 @@ def build_state(
         cache=cache,
         lease=lease,
         clock=clock,
-        on_change=variants.forget,
+        on_change=_on_change(variants.forget, purger),
     )
     return AppState(
         settings,
@@ -200,7 +216,20 @@ def build_state(
         images,
         redis=redis,
         guards=Guards.from_settings(settings),
+        purger=purger,
     )
+
+
+def _on_change(forget: Callable[[str], None], purger: Purger | None) -> Callable[[str], None]:
+    """A replaced or deleted image: forget its version here, and purge the CDN's copies."""
+    if purger is None:
+        return forget
+
+    def changed(image_id: str) -> None:
+        forget(image_id)
+        purger.notice(image_id)
+
+    return changed
 
 
 async def register_demo(state: AppState) -> None:

@@ -173,12 +173,13 @@ def _fail(message: str) -> None:
 
 
 def _register_plugins() -> None:
-    from proxy import guards_cli, images_cli
+    from proxy import guards_cli, images_cli, srcset_cli
     from proxy.engine import cli as engine_cli
 
     engine_cli.register(app)
     images_cli.register(app)
     guards_cli.register(app)
+    srcset_cli.register(app)
 
 
 def main() -> None:

@@ -8,7 +8,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from proxy import grammar, responses
+from proxy import cdn, grammar, negotiation, responses
 from proxy.errors import BadRequestError
 from proxy.registry import ImageRecord
 from proxy.state import AppState
@@ -32,12 +32,15 @@ async def variant(request: Request) -> Response:
     if isinstance(parsed, grammar.Canonical):
         query = guards.redirect_query(request, parsed.path)
         return responses.canonical(parsed.path, query, settings.error_max_age)
+    # Every answer from here on (errors too) is about this image: CDNs can purge it by key.
+    cdn.tag(request.scope, cdn.surrogate_keys(parsed.image_id, parsed.bg))
     resolved = await state.variants.resolve(parsed, client=guards.client(request))
     request.scope.setdefault("state", {})["cache_tier"] = resolved.tier
-    response = responses.redirect(resolved.output, state.clock())
     if resolved.tier == "fallback":  # a refused miss: the nearest cached size, for now
+        response = await negotiation.answer(request, state, parsed, resolved.output, shared=False)
         guards.mark_fallback(response, resolved.reason, resolved.output, state.clock())
-    return response
+        return response
+    return await negotiation.answer(request, state, parsed, resolved.output)
 
 
 def registration(image_id: str, body: Any, now: float) -> ImageRecord:

@@ -57,6 +57,7 @@ _EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp"}
 _PILLOW_FORMATS = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp"}
 
 Outcome = Literal["created", "replaced", "unchanged"]
+VARIANTS_GENERATION = "variants_generation"  # in ImageRecord.extra: see record_version
 
 
 # --- checking an upload ---------------------------------------------------------------------
@@ -161,10 +162,13 @@ def record_version(record: ImageRecord) -> str:
     Part of every cache key, so a replaced image is never served from a stale entry by any
     worker; a re-upload of the same bytes (self-heal) keeps the version and the cache.
     """
+    # DELETE /images/{id}/variants bumps the generation: every worker's keys change with it.
+    generation = record.extra.get(VARIANTS_GENERATION)
+    suffix = f".{generation}" if generation else ""
     if record.sha256:
-        return record.sha256[:16]
+        return record.sha256[:16] + suffix
     raw = f"{record.unique_filename}|{record.width}|{record.height}"
-    return "u" + hashlib.sha256(raw.encode()).hexdigest()[:15]
+    return "u" + hashlib.sha256(raw.encode()).hexdigest()[:15] + suffix
 
 
 async def upload_original(

@@ -8,20 +8,43 @@ from typing import Any
 from starlette.responses import JSONResponse, RedirectResponse, Response
 
 from proxy.cache import CachedOutput
+from proxy.cdn import CachePolicy, no_store
 from proxy.errors import ProxyError
 
+DEFAULT_POLICY = CachePolicy()
 
-def redirect(output: CachedOutput, now: float, extra: dict[str, str] | None = None) -> Response:
-    """302 to the output: cacheable for as long as the output URL still lives, never longer."""
-    remaining = math.floor(output.remaining(now))
+
+def redirect(
+    output: CachedOutput,
+    now: float,
+    extra: dict[str, str] | None = None,
+    *,
+    policy: CachePolicy = DEFAULT_POLICY,
+    shared: bool = True,
+) -> Response:
+    """302 to the output: cacheable for as long as the output URL still lives, never longer.
+
+    ``shared=False``: the answer was decided for this request alone (a budget fallback), so
+    no cache may keep it.
+    """
     response = RedirectResponse(output.url, status_code=302)
-    if remaining > 0:
-        response.headers["Cache-Control"] = f"public, max-age={remaining}"
-    else:
-        response.headers["Cache-Control"] = "no-store"
+    response.headers.update(policy.output(output.remaining(now)) if shared else no_store())
     for name, value in (extra or {}).items():
         response.headers[name] = value
     return response
+
+
+def output_json(
+    body: dict[str, Any],
+    output: CachedOutput,
+    now: float,
+    *,
+    policy: CachePolicy = DEFAULT_POLICY,
+    shared: bool = True,
+) -> JSONResponse:
+    """200 JSON about the output (apps), with the redirect's lifetimes."""
+    headers = policy.output(output.remaining(now)) if shared else no_store()
+    return JSONResponse(body, headers=headers)
 
 
 def canonical(path: str, query: str, error_max_age: int) -> Response:
@@ -39,11 +62,7 @@ def error(exc: ProxyError, error_max_age: int) -> JSONResponse:
 def json_error(
     status: int, body: dict[str, Any], error_max_age: int, retry_after: float | None = None
 ) -> JSONResponse:
-    headers = {
-        "Cache-Control": (
-            "no-store" if status >= 500 or status == 429 else f"public, max-age={error_max_age}"
-        )
-    }
+    headers = CachePolicy(error_max_age=error_max_age).error(status)
     if retry_after is not None:
         headers["Retry-After"] = str(max(1, math.ceil(retry_after)))
     return JSONResponse(body, status_code=status, headers=headers)

@@ -269,6 +269,42 @@ class Settings:
         "Seconds in-flight requests (misses included) get to finish after SIGTERM.",
     )
 
+    # --- cdn ------------------------------------------------------------------------------
+    browser_max_age: int | None = setting(
+        None,
+        "PROXY_BROWSER_MAX_AGE",
+        "Cap on the browser lifetime (max-age) of a variant answer; shared caches get "
+        "s-maxage. Unset: the output URL's remaining life. Behind a cache that sends no Age "
+        "header (nginx), keep it at most PROXY_TTL_MARGIN.",
+    )
+    cdn_max_age: int | None = setting(
+        None,
+        "PROXY_CDN_MAX_AGE",
+        "Cap on the shared-cache lifetime (s-maxage, CDN-Cache-Control, Surrogate-Control) "
+        "of a variant answer. Unset: the output URL's remaining life.",
+    )
+    cdn_purge_url: str | None = setting(
+        None,
+        "PROXY_CDN_PURGE_URL",
+        "Where to purge an image's answers by surrogate key when it is replaced or deleted, "
+        "e.g. http://127.0.0.1:6081/ (Varnish, deploy/varnish/default.vcl). Unset: no purge.",
+    )
+    cdn_purge_style: str = setting(
+        "varnish",
+        "PROXY_CDN_PURGE_STYLE",
+        "varnish (BAN with a Surrogate-Key header), fastly (POST with Surrogate-Key and "
+        'Fastly-Key) or cloudflare (POST {"tags": [...]} with a Bearer token).',
+    )
+    cdn_purge_token: str | None = setting(
+        None,
+        "PROXY_CDN_PURGE_TOKEN",
+        "API token for the fastly and cloudflare purge styles.",
+        secret=True,
+    )
+    cdn_purge_timeout: float = setting(
+        5.0, "PROXY_CDN_PURGE_TIMEOUT", "Seconds one CDN purge call may take."
+    )
+
     # ----------------------------------------------------------------------------------------
     @property
     def embedded_engine(self) -> bool:
@@ -365,6 +401,7 @@ class Settings:
                 raise bad(name, "must be greater than 0")
         if self.ready_cache < 0:
             raise bad("ready_cache", "must not be negative")
+        self._validate_cdn(bad)
         if self.api_key is not None and not self.api_key.strip():
             raise bad("api_key", "must not be blank")
         if self.admin_token is not None and len(self.admin_token) < 16:
@@ -416,6 +453,25 @@ class Settings:
             raise bad("batch_max_variants", "must be at least 1")
         if self.fallback_max_age < 0:
             raise bad("fallback_max_age", "must not be negative")
+
+    def _validate_cdn(self, bad: typing.Callable[[str, str], SettingsError]) -> None:
+        from proxy.cdn import PURGE_STYLES  # it imports this module
+
+        for name in ("browser_max_age", "cdn_max_age"):
+            limit = getattr(self, name)
+            if limit is not None and limit < 0:
+                raise bad(name, "must not be negative (leave it unset for no cap)")
+        if self.cdn_purge_style not in PURGE_STYLES:
+            raise bad("cdn_purge_style", f"must be one of {', '.join(PURGE_STYLES)}")
+        if self.cdn_purge_url is not None:
+            parts = urlsplit(self.cdn_purge_url)
+            if parts.scheme not in ("http", "https") or not parts.netloc:
+                raise bad("cdn_purge_url", "must be an absolute http(s) URL")
+            if self.cdn_purge_style != "varnish" and not self.cdn_purge_token:
+                style = self.cdn_purge_style
+                raise bad("cdn_purge_token", f"is needed by PROXY_CDN_PURGE_STYLE={style}")
+        if self.cdn_purge_timeout <= 0:
+            raise bad("cdn_purge_timeout", "must be greater than 0")
 
     def describe(self) -> dict[str, Any]:
         """Settings as shown to operators: secrets are masked."""

@@ -15,6 +15,7 @@ from proxy.settings import Settings
 from proxy.upstream import UpstreamClient
 
 if TYPE_CHECKING:
+    from proxy.cdn import Purger
     from proxy.redis_store import RedisStore
 
 
@@ -29,6 +30,7 @@ class AppState:
     extras: dict[str, Any] = field(default_factory=dict)
     redis: RedisStore | None = None  # PROXY_REDIS_URL: the client the shared stores use
     guards: Guards = field(default_factory=Guards)  # signature, ladder, client address
+    purger: Purger | None = None  # PROXY_CDN_PURGE_URL: purges the CDN by surrogate key
 
     @property
     def limits(self) -> Limits:
@@ -44,3 +46,5 @@ class AppState:
             await self.variants.guards.aclose()
         if self.redis is not None:
             await self.redis.aclose()
+        if self.purger is not None:
+            await self.purger.aclose()

@@ -1,0 +1,222 @@
+"""deploy/varnish/default.vcl with a real varnishd in front of a real ``cutproxy serve``.
+
+The proxy's access log (one JSON line per request it answers) counts what reached it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.cdn.conftest import ADMIN, AUTH, JSON
+from tests.servers import REPO, Server, cutproxy, free_port, start
+
+VARNISHD = shutil.which("varnishd") or (
+    "/usr/sbin/varnishd" if os.path.exists("/usr/sbin/varnishd") else None
+)
+VCL = REPO / "deploy" / "varnish" / "default.vcl"
+ENGINE_AUTH = {"Authorization": "Bearer engine-dev-key"}
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        VARNISHD is None, reason="varnishd is not installed (Debian package varnish)"
+    ),
+]
+
+
+def vcl_for(port: int, directory: Path) -> Path:
+    """The shipped VCL with its backend pointed at the proxy's loopback port."""
+    text = VCL.read_text()
+    assert '.host = "proxy";' in text and '.port = "8080";' in text
+    text = text.replace('.host = "proxy";', '.host = "127.0.0.1";')
+    text = text.replace('.port = "8080";', f'.port = "{port}";')
+    path = directory / "default.vcl"
+    path.write_text(text)
+    return path
+
+
+@dataclass
+class Stack:
+    proxy: Server
+    varnish: subprocess.Popen[bytes]
+    front: str
+
+    def reached(self, path: str) -> int:
+        """How many requests for ``path`` the proxy answered (from its access log).
+
+        A line is written just after its response is sent: wait until the count settles.
+        """
+        count, since = self._count(path), time.monotonic()
+        deadline = since + 3.0
+        while time.monotonic() < deadline:
+            time.sleep(0.05)
+            now = self._count(path)
+            if now != count:
+                count, since = now, time.monotonic()
+            elif time.monotonic() - since >= 0.3:
+                break
+        return count
+
+    def _count(self, path: str) -> int:
+        count = 0
+        for line in self.proxy.log().splitlines():
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                continue
+            if entry.get("msg") == "request" and entry.get("path") == path:
+                count += 1
+        return count
+
+
+@pytest.fixture
+def stack(tmp_path: Path) -> Iterator[Stack]:
+    assert VARNISHD is not None
+    varnish_port = free_port()
+    proxy = start(
+        cutproxy("serve", "--host", "127.0.0.1", "--port", "{port}", "--demo"),
+        port=free_port(),
+        log_path=tmp_path / "proxy.log",
+        env={
+            "PROXY_DATA_DIR": str(tmp_path / "data"),
+            "PROXY_ADMIN_TOKEN": ADMIN,
+            "PROXY_CDN_PURGE_URL": f"http://127.0.0.1:{varnish_port}/",
+            # The purge's repeat comes this long after: later than these tests look.
+            "PROXY_IMAGE_VIEW_TTL": "60",
+            "PROXY_RETRY_ATTEMPTS": "1",
+        },
+        ready_path="/health",
+    )
+    varnish = subprocess.Popen(
+        [
+            VARNISHD,
+            "-F",
+            "-j",
+            "none",
+            "-n",
+            str(tmp_path / "varnish"),
+            "-a",
+            f"127.0.0.1:{varnish_port}",
+            "-f",
+            str(vcl_for(proxy.port, tmp_path)),
+            "-s",
+            "malloc,32m",
+            "-p",
+            "ban_lurker_sleep=0.01",
+        ],
+        stdout=(tmp_path / "varnish.log").open("wb"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    front = f"http://127.0.0.1:{varnish_port}"
+    try:
+        _wait_for(front, varnish, tmp_path / "varnish.log")
+        yield Stack(proxy, varnish, front)
+    finally:
+        os.killpg(varnish.pid, signal.SIGTERM)
+        try:
+            varnish.wait(10)
+        except subprocess.TimeoutExpired:
+            os.killpg(varnish.pid, signal.SIGKILL)
+            varnish.wait(10)
+        proxy.stop()
+
+
+def _wait_for(front: str, varnish: subprocess.Popen[bytes], log: Path) -> None:
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        if varnish.poll() is not None:
+            raise RuntimeError(f"varnishd exited {varnish.returncode}: {log.read_text()[-2000:]}")
+        try:
+            if httpx.get(f"{front}/health", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"varnishd did not answer: {log.read_text()[-2000:]}")
+
+
+async def _get_many(
+    url: str, n: int, headers: dict[str, str] | None = None
+) -> list[httpx.Response]:
+    async with httpx.AsyncClient(timeout=30, limits=httpx.Limits(max_connections=20)) as client:
+        return list(await asyncio.gather(*(client.get(url, headers=headers) for _ in range(n))))
+
+
+def test_varnish_keeps_redirects_as_long_as_allowed_and_drops_them_on_purge(
+    stack: Stack,
+) -> None:
+    path = "/img/demo/320x320/ffffff.jpg"
+    answers = asyncio.run(_get_many(stack.front + path, 100))
+    assert {a.status_code for a in answers} == {302}
+    assert len({a.headers["location"] for a in answers}) == 1
+    assert stack.reached(path) == 1  # 100 requests, one reached the proxy
+    assert sum(a.headers["x-cache"] == "HIT" for a in answers) >= 99
+    last = answers[-1]
+    assert "surrogate-key" not in last.headers and "cdn-cache-control" not in last.headers
+    max_age = int(last.headers["cache-control"].split("max-age=")[1])
+    assert 6800 < max_age <= 6900 and int(last.headers["age"]) < 60  # browsers count down
+
+    # Apps get their own copy: JSON, cached as well.
+    as_json = [httpx.get(stack.front + path, headers=JSON, timeout=10) for _ in range(3)]
+    assert {a.status_code for a in as_json} == {200}
+    assert as_json[0].json()["url"] == last.headers["location"]
+    assert stack.reached(path) == 2
+    assert httpx.get(stack.front + path, timeout=10).headers["x-cache"] == "HIT"
+
+    # The admin drops the image's variants: the proxy bans its key, the next request is a miss.
+    dropped = httpx.delete(f"{stack.proxy.url}/images/demo/variants", headers=AUTH, timeout=10)
+    assert dropped.status_code == 200, dropped.text
+    assert dropped.json()["cdn"]["ok"] is True
+    after = httpx.get(stack.front + path, timeout=30)
+    assert after.status_code == 302 and after.headers["x-cache"] == "MISS"
+    assert after.headers["location"] != last.headers["location"]  # rendered anew
+    assert stack.reached(path) == 3
+    assert httpx.get(stack.front + path, timeout=10).headers["x-cache"] == "HIT"
+    assert stack.reached(path) == 3
+
+    # Other images keep their cached answers: bans match whole keys only.
+    other = "/img/demo/160x160/ffffff.jpg"
+    httpx.get(stack.front + other, timeout=30)
+    ban = httpx.request("BAN", stack.front + "/", headers={"Surrogate-Key": "img-dem"}, timeout=5)
+    assert ban.status_code == 200
+    assert httpx.get(stack.front + other, timeout=10).headers["x-cache"] == "HIT"
+    bad = httpx.request("BAN", stack.front + "/", headers={"Surrogate-Key": "a|b"}, timeout=5)
+    assert bad.status_code == 400
+
+
+def test_varnish_never_keeps_a_5xx_and_keeps_the_admin_api_away(stack: Stack) -> None:
+    path = "/img/demo/300x300/ffffff.png"
+    down = httpx.put(
+        f"{stack.proxy.url}/_engine/faults", json={"mode": "down"}, headers=ENGINE_AUTH, timeout=5
+    )
+    assert down.status_code == 200, down.text
+    failures = [httpx.get(stack.front + path, timeout=30) for _ in range(3)]
+    assert all(f.status_code >= 500 for f in failures)
+    assert stack.reached(path) == 3  # every one went to the proxy: nothing was cached
+
+    up = httpx.put(
+        f"{stack.proxy.url}/_engine/faults", json={"mode": "ok"}, headers=ENGINE_AUTH, timeout=5
+    )
+    assert up.status_code == 200
+    healed = httpx.get(stack.front + path, timeout=30)
+    assert healed.status_code == 302
+    assert stack.reached(path) == 4
+
+    assert httpx.get(f"{stack.front}/metrics", timeout=5).status_code == 403
+    assert (
+        httpx.delete(f"{stack.front}/images/demo/variants", headers=AUTH, timeout=5).status_code
+        == 403
+    )
