@@ -5,7 +5,9 @@ from __future__ import annotations
 import httpx
 import pytest
 
+from proxy.cdn import CachePolicy
 from proxy.negotiation import wants_json
+from proxy.settings import Settings, SettingsError
 from tests.cdn.conftest import AUTH, JSON, AppFactory, Clock, image_size, minted, photo
 
 ENGINE_AUTH = {"Authorization": "Bearer engine-dev-key"}
@@ -179,3 +181,36 @@ async def test_densities_outside_1x_to_4x_or_the_limits_are_refused(
     answer = await client.get(f"/img/demo/{size}/ffffff.jpg")
     assert answer.status_code == 400
     assert answer.json()["error"] == "bad_size"
+
+
+# --- the policy and its settings ---------------------------------------------------------------
+
+
+def test_no_cap_outlives_the_output_url() -> None:
+    policy = CachePolicy(browser_max_age=600, shared_max_age=10_000)
+    assert policy.output(300.7) == {
+        "Cache-Control": "public, max-age=300",
+        "CDN-Cache-Control": "max-age=300",
+        "Surrogate-Control": "max-age=300",
+    }
+    assert policy.output(0.9)["Cache-Control"] == "no-store"  # under a second left: nobody
+
+
+@pytest.mark.parametrize(
+    ("env", "named"),
+    [
+        ({"PROXY_CDN_PURGE_STYLE": "akamai"}, "PROXY_CDN_PURGE_STYLE"),
+        ({"PROXY_CDN_PURGE_URL": "varnish:6081"}, "PROXY_CDN_PURGE_URL"),
+        (
+            {
+                "PROXY_CDN_PURGE_URL": "https://api.fastly.com/service/x/purge",
+                "PROXY_CDN_PURGE_STYLE": "fastly",
+            },
+            "PROXY_CDN_PURGE_TOKEN",
+        ),
+        ({"PROXY_BROWSER_MAX_AGE": "-1"}, "PROXY_BROWSER_MAX_AGE"),
+    ],
+)
+def test_bad_cdn_settings_name_their_variable(env: dict[str, str], named: str) -> None:
+    with pytest.raises(SettingsError, match=named):
+        Settings.from_env(env)
