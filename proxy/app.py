@@ -183,7 +183,7 @@ def build_state(
         shared = DiskTier(settings.data_dir / "cache", settings.disk_cache_size_mb, clock)
         lease = DiskLease(settings.data_dir / "leases")
     cache = TwoTierCache(MemoryTier(settings.memory_cache_size, clock), shared)
-    metrics.name_shared_tier(cache.shared)
+    metrics.name_shared_tier(shared)
     blobs = DirectoryBlobStore(settings.originals_dir)
     purger = Purger.from_settings(settings, registry=metrics.registry)
     variants = VariantService(

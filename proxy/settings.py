@@ -8,7 +8,6 @@ cannot drift apart.
 from __future__ import annotations
 
 import dataclasses
-import ipaddress
 import os
 import types
 import typing
@@ -45,9 +44,7 @@ class Settings:
         secret=True,
     )
     token_url: str = setting(DEFAULT_TOKEN_URL, "PROXY_TOKEN_URL", "Upstream token (mint) URL.")
-    process_url: str = setting(
-        DEFAULT_PROCESS_URL, "PROXY_PROCESS_URL", "Upstream processing URL."
-    )
+    process_url: str = setting(DEFAULT_PROCESS_URL, "PROXY_PROCESS_URL", "Upstream processing URL.")
     token_timeout: float = setting(60.0, "PROXY_TOKEN_TIMEOUT", "Seconds allowed for a mint.")
     process_timeout: float = setting(
         300.0, "PROXY_PROCESS_TIMEOUT", "Seconds allowed for a processing call."
@@ -268,7 +265,6 @@ class Settings:
         "PROXY_SHUTDOWN_TIMEOUT",
         "Seconds in-flight requests (misses included) get to finish after SIGTERM.",
     )
-
     # --- cdn ------------------------------------------------------------------------------
     browser_max_age: int | None = setting(
         None,
@@ -329,9 +325,7 @@ class Settings:
         return tuple(dict.fromkeys((_host(self.token_url), _host(self.process_url))))
 
     @classmethod
-    def from_env(
-        cls, environ: Mapping[str, str] | None = None, **overrides: Any
-    ) -> Settings:
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
         """Build from ``PROXY_*`` variables; ``overrides`` (CLI flags, tests) win over them."""
         environ = os.environ if environ is None else environ
         values: dict[str, Any] = {}
@@ -550,8 +544,3 @@ def _coerce(raw: Any, hint: Any) -> Any:
     if origin is tuple:
         return tuple(part.strip() for part in text.split(",") if part.strip())
     return text
-
-
-def parse_networks(items: tuple[str, ...]) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
-    """Parse CIDR ranges (used by settings that name trusted proxies)."""
-    return tuple(ipaddress.ip_network(item, strict=False) for item in items)
