@@ -233,11 +233,15 @@ def _on_change(forget: Callable[[str], None], purger: Purger | None) -> Callable
 
 
 async def register_demo(state: AppState) -> None:
-    """Upload the generated demo photo once; later starts find it registered."""
-    if await state.registry.get(demo.DEMO_ID) is not None:
-        return
-    data = await anyio.to_thread.run_sync(demo.product_photo)
-    await state.images.store(demo.DEMO_ID, data)
+    """Upload the generated demo photo once; later starts (and other workers) find it there.
+
+    The lock makes the workers starting together take turns, so only the first uploads.
+    """
+    async with state.images.locks.held(f"demo:{demo.DEMO_ID}"):
+        if await state.registry.get(demo.DEMO_ID) is not None:
+            return
+        data = await anyio.to_thread.run_sync(demo.product_photo)
+        await state.images.store(demo.DEMO_ID, data)
     log.info("registered the demo image as %r", demo.DEMO_ID)
 
 

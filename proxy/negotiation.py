@@ -107,7 +107,10 @@ async def answer(
     policy = CachePolicy.from_settings(settings)
     response: Response
     if wants_json(request.headers.get("accept")):
-        record = await state.registry.get(variant.image_id)
+        # resolve() just put the record in view: reading it here costs no I/O on a hit
+        record = state.variants.viewed(variant.image_id) or await state.registry.get(
+            variant.image_id
+        )
         original = record.original_size if record is not None else None
         size = output_size(variant, original, autocrop=settings.autocrop)
         body = output_json(variant, output, size)

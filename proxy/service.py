@@ -99,36 +99,42 @@ class VariantService:
     reuploads: SingleFlight = field(default_factory=SingleFlight)
     events: ServiceEvents = field(default_factory=NoEvents)
     guards: MissGuard | None = None  # rate, budget, batching and books for misses
-    # image id → version, trusted for PROXY_IMAGE_VIEW_TTL: keeps the hit path free of I/O.
-    versions: TTLCache[str, str] = field(init=False)
-    # The last version seen of each image, kept while the shared store is unreachable.
-    last_versions: LRUCache[str, str] = field(init=False)
+    # image id → record, trusted for PROXY_IMAGE_VIEW_TTL: keeps the hit path free of I/O.
+    records: TTLCache[str, ImageRecord] = field(init=False)
+    # The last record seen of each image, kept while the shared store is unreachable.
+    last_records: LRUCache[str, ImageRecord] = field(init=False)
 
     def __post_init__(self) -> None:
-        self.versions = TTLCache(
+        self.records = TTLCache(
             maxsize=self.settings.memory_cache_size,
             ttl=self.settings.image_view_ttl,
             timer=self.clock,
         )
-        self.last_versions = LRUCache(maxsize=self.settings.memory_cache_size)
+        self.last_records = LRUCache(maxsize=self.settings.memory_cache_size)
 
     def key(self, variant: Variant, version: str) -> str:
         return f"{cache_key(variant, self.settings)}~{version}"
 
     def peek(self, variant: Variant) -> CachedOutput | None:
         """The hit path: memory only, no I/O, no await."""
-        version = self.versions.get(variant.image_id)
-        return None if version is None else self.cache.peek(self.key(variant, version))
+        record = self.records.get(variant.image_id)
+        return (
+            None if record is None else self.cache.peek(self.key(variant, record_version(record)))
+        )
+
+    def viewed(self, image_id: str) -> ImageRecord | None:
+        """The image's record as this worker last saw it (no I/O; None when not in view)."""
+        return self.records.get(image_id) or self.last_records.get(image_id)
 
     def forget(self, image_id: str) -> None:
         """This worker changed the image: stop trusting its version at once."""
-        self.versions.pop(image_id, None)
-        self.last_versions.pop(image_id, None)
+        self.records.pop(image_id, None)
+        self.last_records.pop(image_id, None)
 
     async def version(self, image_id: str) -> str:
         """The image's current version: from the view, else the registry (404 if unknown)."""
-        version = self.versions.get(image_id)
-        if version is None:
+        record = self.records.get(image_id)
+        if record is None:
             try:
                 record = await self.flight.run(
                     f"record:{image_id}",
@@ -137,23 +143,23 @@ class VariantService:
                 )
             except SharedStoreUnavailableError:
                 # Redis is down: the last version seen still finds memory hits; misses 503.
-                last = self.last_versions.get(image_id)
+                last = self.last_records.get(image_id)
                 if last is None:
                     raise
-                return last
-            version = record_version(record)
-        return version
+                return record_version(last)
+        return record_version(record)
 
     async def _record(self, image_id: str) -> ImageRecord:
         record = await self.registry.get(image_id)
         if record is None:
             raise NotFoundError(f"unknown image {image_id!r}", code="unknown_image")
-        self.versions[image_id] = self.last_versions[image_id] = record_version(record)
+        self.records[image_id] = self.last_records[image_id] = record
         return record
 
     async def resolve(self, variant: Variant, client: str | None = None) -> Resolved:
         """The variant's output. ``client`` (an address) is charged for a miss it leads."""
-        version = self.versions.get(variant.image_id) or await self.version(variant.image_id)
+        record = self.records.get(variant.image_id)
+        version = record_version(record) if record else await self.version(variant.image_id)
         key = self.key(variant, version)
         hit = self.cache.peek(key)
         if hit is not None:
