@@ -102,7 +102,7 @@ def inspect(data: bytes, max_pixels: int) -> Probe:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(data)) as image:
-                width, height = image.size
+                width, height = upright_size(image)
                 if _PILLOW_FORMATS.get(image.format or "") != content_type:
                     raise BadRequestError(
                         "the file's contents do not match its type", code="undecodable_image"
@@ -121,6 +121,21 @@ def inspect(data: bytes, max_pixels: int) -> Probe:
             "the image cannot be decoded (truncated or corrupt)", code="undecodable_image"
         ) from exc
     return Probe(content_type, width, height)
+
+
+# EXIF orientations 5..8 turn the picture a quarter: its upright width is the stored height.
+_QUARTER_TURNS = {5, 6, 7, 8}
+_ORIENTATION = 0x0112
+
+
+def upright_size(image: Image.Image) -> tuple[int, int]:
+    """The size as displayed (and as the renderer sees it, after applying EXIF orientation)."""
+    width, height = image.size
+    try:
+        orientation = image.getexif().get(_ORIENTATION)
+    except Exception:  # a broken EXIF block is ignored by the renderer too
+        orientation = None
+    return (height, width) if orientation in _QUARTER_TURNS else (width, height)
 
 
 def _check_pixels(width: int, height: int, max_pixels: int) -> None:

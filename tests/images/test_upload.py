@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import io
+
+from PIL import Image
 
 from tests.images.conftest import AUTH, Rig, photo
 
@@ -141,3 +144,21 @@ async def test_json_registration_still_registers_and_releases_a_kept_original(ri
     assert registered.status_code == 200 and registered.json()["original_kept"] is False
     assert rig.originals() == []
     assert (await rig.client.get("/img/mug/64x64/ffffff.jpg")).status_code == 302
+
+
+async def test_a_rotated_jpeg_is_registered_and_described_upright(rig: Rig) -> None:
+    # Stored 400x200 with EXIF orientation 6 (a quarter turn): it displays 200 wide, 400 tall.
+    image = Image.open(io.BytesIO(photo(size=(400, 200), fmt="JPEG")))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    out = io.BytesIO()
+    image.save(out, "JPEG", exif=exif.tobytes())
+    stored = await rig.upload("turned", out.getvalue(), content_type="image/jpeg")
+    assert (stored.json()["width"], stored.json()["height"]) == (200, 400)
+
+    answer = await rig.client.get(
+        "/img/turned/100x100/ffffff.png", headers={"Accept": "application/json"}
+    )
+    body = answer.json()
+    rendered = Image.open(io.BytesIO((await rig.client.get(body["url"])).content))
+    assert (body["width"], body["height"]) == rendered.size == (50, 100)
