@@ -20,6 +20,7 @@ sizes saves the extra hop.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import re
@@ -465,7 +466,7 @@ class MissGuard:
 
     async def fallback(
         self, variant: Variant, key: str, cache: TwoTierCache, refused: MissRefusedError
-    ) -> CachedOutput | None:
+    ) -> tuple[Variant, CachedOutput] | None:
         """The nearest cached size of the same image, background and format, if any."""
         answer = "429"
         try:
@@ -479,7 +480,7 @@ class MissGuard:
 
     async def _nearest(
         self, variant: Variant, key: str, cache: TwoTierCache
-    ) -> CachedOutput | None:
+    ) -> tuple[Variant, CachedOutput] | None:
         suffix = key[len(variant.path) :]  # "#<profile>~<version>": same settings, same image
         same = re.compile(
             re.escape(f"/img/{variant.image_id}/")
@@ -487,18 +488,21 @@ class MissGuard:
             + re.escape(f"/{variant.bg}.{variant.ext}{suffix}")
         )
         wanted = math.log(variant.width * variant.height)
-        candidates: list[tuple[float, int, str]] = []
+        candidates: list[tuple[float, int, str, Variant]] = []
         for other in await self.index.entries(variant.image_id, self.clock()):
             match = same.fullmatch(other)
             if match is None or other == key:
                 continue
-            area = int(match[1]) * int(match[2])
+            width, height = int(match[1]), int(match[2])
+            area = width * height
+            served = dataclasses.replace(variant, width=width, height=height)
             # Nearest on a log scale; on a tie the larger one (a browser scales it down).
-            candidates.append((abs(math.log(area) - wanted), -area, other))
-        for _, _, other in sorted(candidates)[:MAX_FALLBACK_TRIES]:
+            candidates.append((abs(math.log(area) - wanted), -area, other, served))
+        candidates.sort(key=lambda c: (c[0], c[1], c[2]))
+        for _, _, other, served in candidates[:MAX_FALLBACK_TRIES]:
             output, _tier = await cache.get(other)
             if output is not None:
-                return output
+                return served, output
         return None
 
     # -- the admin view -----------------------------------------------------------------------

@@ -37,7 +37,8 @@ async def variant(request: Request) -> Response:
     resolved = await state.variants.resolve(parsed, client=guards.client(request))
     request.scope.setdefault("state", {})["cache_tier"] = resolved.tier
     if resolved.tier == "fallback":  # a refused miss: the nearest cached size, for now
-        response = await negotiation.answer(request, state, parsed, resolved.output, shared=False)
+        served = resolved.served or parsed  # JSON describes what is served, not what was asked
+        response = await negotiation.answer(request, state, served, resolved.output, shared=False)
         guards.mark_fallback(response, resolved.reason, resolved.output, state.clock())
         return response
     return await negotiation.answer(request, state, parsed, resolved.output)

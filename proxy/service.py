@@ -54,6 +54,7 @@ class Resolved:
     tier: str  # memory | shared | miss | coalesced | fallback
     credits: float = 0.0  # a miss: what minting it alone costs (what a coalesced wait saved)
     reason: str | None = None  # a fallback: why the miss was refused (client_rate, budget)
+    served: Variant | None = None  # a fallback: the cached variant given instead
 
 
 class ServiceEvents(Protocol):
@@ -202,7 +203,8 @@ class VariantService:
             found = await self.guards.fallback(variant, key, self.cache, refused)
         if found is None:
             raise refused
-        return Resolved(found, "fallback", reason=refused.reason)
+        served, output = found
+        return Resolved(output, "fallback", reason=refused.reason, served=served)
 
     async def _miss(self, variant: Variant, key: str, client: str | None = None) -> Resolved:
         output, tier = await self.cache.get(key)

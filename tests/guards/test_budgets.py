@@ -79,6 +79,14 @@ async def test_a_spent_budget_serves_the_nearest_cached_size_or_429_until_the_ho
     assert near_large.headers["location"] == large.headers["location"]
     assert near_large.headers[FALLBACK_HEADER] == "budget"
     assert near_large.headers["cache-control"] == "private, max-age=60"
+    # An app asking for JSON is told the size it is actually given, not the one it asked for.
+    as_json = await rig.get("/img/shoe/600x450/ffffff.jpg", headers={"Accept": "application/json"})
+    served = (await rig.get(CACHED, headers={"Accept": "application/json"})).json()
+    assert as_json.json()["url"] == served["url"]
+    assert (as_json.json()["width"], as_json.json()["height"]) == (
+        served["width"],
+        served["height"],
+    )
     near_small = await rig.get("/img/shoe/180x120/ffffff.jpg")
     assert near_small.headers["location"] == small.headers["location"]
     # Another background or format is another picture: no fallback, a 429.
