@@ -79,6 +79,7 @@ def create_app(
         ),
         timeout=settings.ready_timeout,
         cache_seconds=settings.ready_cache,
+        requires_upstream=settings.ready_requires_upstream,
         clock=clock,
     )
 

@@ -43,6 +43,7 @@ class Readiness:
     probe_upstream: UpstreamProbe
     timeout: float
     cache_seconds: float
+    requires_upstream: bool = True
     clock: Callable[[], float] = time.time
     _last: tuple[float, dict[str, Any]] | None = field(default=None, init=False)
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock, init=False)
@@ -55,7 +56,7 @@ class Readiness:
                 return self._last[1]
             store, upstream = await asyncio.gather(self._store(), self._upstream())
             result = {
-                "ready": store["ok"] and upstream["ok"],
+                "ready": store["ok"] and (upstream["ok"] or not self.requires_upstream),
                 "checks": {"store": store, "upstream": upstream},
             }
             self._last = (self.clock(), result)

@@ -260,6 +260,12 @@ class Settings:
         "PROXY_READY_CACHE",
         "Seconds a /health/ready answer is reused, so probes do not each call the upstream.",
     )
+    ready_requires_upstream: bool = setting(
+        True,
+        "PROXY_READY_REQUIRES_UPSTREAM",
+        "Whether an unreachable upstream makes /health/ready answer 503 (false: it is only "
+        "reported, so a fleet keeps serving cached hits through an upstream outage).",
+    )
     shutdown_timeout: float = setting(
         60.0,
         "PROXY_SHUTDOWN_TIMEOUT",

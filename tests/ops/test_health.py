@@ -54,6 +54,19 @@ async def test_ready_follows_the_upstream_and_is_cached(tmp_path: Path, clock: C
     assert len(upstream.calls) == 3
 
 
+async def test_an_unreachable_upstream_can_be_reported_without_leaving_the_pool(
+    tmp_path: Path, clock: Clock
+) -> None:
+    upstream = FakeUpstream()
+    upstream.script.append(httpx.ConnectError("refused"))
+    config = upstream_settings(tmp_path, ready_requires_upstream=False)
+    async with running(config, clock, upstream_transport=upstream.transport()) as (_a, client):
+        answer = await client.get("/health/ready")
+    assert answer.status_code == 200
+    assert answer.json()["checks"]["upstream"]["ok"] is False
+    assert answer.json()["checks"]["store"]["ok"] is True
+
+
 async def test_any_http_answer_from_the_real_upstream_counts(tmp_path: Path, clock: Clock) -> None:
     upstream = FakeUpstream()
     upstream.script.append(httpx.Response(503))
