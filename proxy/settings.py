@@ -333,27 +333,7 @@ class Settings:
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
         """Build from ``PROXY_*`` variables; ``overrides`` (CLI flags, tests) win over them."""
-        environ = os.environ if environ is None else environ
-        values: dict[str, Any] = {}
-        hints = typing.get_type_hints(cls)
-        for f in dataclasses.fields(cls):
-            env = f.metadata["env"]
-            if f.name in overrides and overrides[f.name] is not None:
-                raw: Any = overrides[f.name]
-                source = f"--{f.name.replace('_', '-')}"
-            elif env in environ and environ[env] != "":
-                raw = environ[env]
-                source = env
-            else:
-                continue
-            try:
-                values[f.name] = _coerce(raw, hints[f.name])
-            except (TypeError, ValueError) as exc:
-                raise SettingsError(f"{source}: {exc}") from None
-        unknown = set(overrides) - {f.name for f in dataclasses.fields(cls)}
-        if unknown:
-            raise SettingsError(f"unknown setting(s): {', '.join(sorted(unknown))}")
-        settings = cls(**values)
+        settings = cls(**load(cls, environ, overrides))
         settings.validate()
         return settings
 
@@ -475,13 +455,50 @@ class Settings:
 
     def describe(self) -> dict[str, Any]:
         """Settings as shown to operators: secrets are masked."""
-        out: dict[str, Any] = {}
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            if f.metadata.get("secret") and value:
-                value = "***"
-            out[f.metadata["env"]] = str(value) if isinstance(value, Path) else value
-        return out
+        return describe(self)
+
+
+def describe(settings: Any) -> dict[str, Any]:
+    """A settings dataclass by variable name, secrets masked: for operators and logs."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(settings):
+        value = getattr(settings, f.name)
+        if f.metadata.get("secret") and value:
+            value = "***"
+        out[f.metadata["env"]] = str(value) if isinstance(value, Path) else value
+    return out
+
+
+def load(
+    cls: type, environ: Mapping[str, str] | None, overrides: Mapping[str, Any]
+) -> dict[str, Any]:
+    """Field values for the settings dataclass ``cls`` from the environment and overrides.
+
+    Each field names its variable (``setting(..., env=...)``); an override that is not None
+    wins over the environment; a malformed value raises SettingsError naming its source.
+    """
+    environ = os.environ if environ is None else environ
+    fields = dataclasses.fields(cls)
+    unknown = set(overrides) - {f.name for f in fields}
+    if unknown:
+        raise SettingsError(f"unknown setting(s): {', '.join(sorted(unknown))}")
+    hints = typing.get_type_hints(cls)
+    values: dict[str, Any] = {}
+    for f in fields:
+        env = f.metadata["env"]
+        if overrides.get(f.name) is not None:
+            raw: Any = overrides[f.name]
+            source = f"--{f.name.replace('_', '-')}"
+        elif environ.get(env, "") != "":
+            raw = environ[env]
+            source = env
+        else:
+            continue
+        try:
+            values[f.name] = _coerce(raw, hints[f.name])
+        except (TypeError, ValueError) as exc:
+            raise SettingsError(f"{source}: {exc}") from None
+    return values
 
 
 def settings_table() -> list[tuple[str, str, str]]:

@@ -8,18 +8,15 @@ Defaults are the real service's where it publishes one; where it does not, the h
 from __future__ import annotations
 
 import dataclasses
-import os
-import typing
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-# ``_coerce`` is the proxy's one parser of environment strings; the engine reuses it so both
-# read "true", "1.5" and paths the same way.
-from proxy.settings import SettingsError, setting
-from proxy.settings import _coerce as coerce
+# The proxy's loader reads the environment for the engine too, so both read "true", "1.5"
+# and paths the same way and name a bad variable the same way.
+from proxy.settings import SettingsError, describe, load, setting
 
 DEV_API_KEY = "engine-dev-key"
 DEFAULT_PORT = 9000
@@ -140,27 +137,7 @@ class EngineSettings:
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> EngineSettings:
         """Build from ``PROXY_ENGINE_*`` variables; ``overrides`` (flags, tests) win."""
-        environ = os.environ if environ is None else environ
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(overrides) - names
-        if unknown:
-            raise SettingsError(f"unknown engine setting(s): {', '.join(sorted(unknown))}")
-        hints = typing.get_type_hints(cls)
-        values: dict[str, Any] = {}
-        for f in dataclasses.fields(cls):
-            env = f.metadata["env"]
-            if overrides.get(f.name) is not None:
-                raw: Any = overrides[f.name]
-                source = f"--{f.name.replace('_', '-')}"
-            elif environ.get(env, "") != "":
-                raw = environ[env]
-                source = env
-            else:
-                continue
-            try:
-                values[f.name] = coerce(raw, hints[f.name])
-            except (TypeError, ValueError) as exc:
-                raise SettingsError(f"{source}: {exc}") from None
+        values = load(cls, environ, overrides)
         settings = cls(**values)
         settings.validate()
         return settings
@@ -206,13 +183,7 @@ class EngineSettings:
 
     def describe(self) -> dict[str, Any]:
         """Settings as shown to operators: secrets are masked."""
-        out: dict[str, Any] = {}
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            if f.metadata.get("secret") and value:
-                value = "***"
-            out[f.metadata["env"]] = str(value) if isinstance(value, Path) else value
-        return out
+        return describe(self)
 
 
 def env_name(name: str) -> str:
