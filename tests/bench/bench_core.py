@@ -24,7 +24,7 @@ async def _burst(urls: list[str], timeout: float = 120) -> list[httpx.Response]:
 
 def hit_throughput(tmp: Path) -> list[tuple[str, str, str]]:
     engine = start_engine(tmp)
-    env = proxy_env(engine, tmp / "data", PROXY_LOG_LEVEL="warning")
+    env = proxy_env(engine.url, tmp / "data", PROXY_LOG_LEVEL="warning")
     proxy = start_uvicorn("proxy.cli:app_from_environment", tmp, WORKERS, env, "proxy")
     bare = start_uvicorn("tests.bench.bare:app", tmp, WORKERS, {}, "bare")
     try:
@@ -57,7 +57,7 @@ def hit_throughput(tmp: Path) -> list[tuple[str, str, str]]:
 
 def stampede(tmp: Path, n: int = 500) -> list[tuple[str, str, str]]:
     engine = start_engine(tmp)
-    env = proxy_env(engine, tmp / "data", PROXY_LOG_LEVEL="warning")
+    env = proxy_env(engine.url, tmp / "data", PROXY_LOG_LEVEL="warning")
     proxy = start_uvicorn("proxy.cli:app_from_environment", tmp, WORKERS, env, "proxy")
     try:
         image = registered_image(engine, proxy.url)
@@ -73,7 +73,7 @@ def stampede(tmp: Path, n: int = 500) -> list[tuple[str, str, str]]:
 
 def hits_under_slow_misses(tmp: Path, misses: int = 200) -> list[tuple[str, str, str]]:
     engine = start_engine(tmp)
-    env = proxy_env(engine, tmp / "data", PROXY_LOG_LEVEL="warning")
+    env = proxy_env(engine.url, tmp / "data", PROXY_LOG_LEVEL="warning")
     proxy = start_uvicorn("proxy.cli:app_from_environment", tmp, WORKERS, env, "proxy")
     try:
         image = registered_image(engine, proxy.url)

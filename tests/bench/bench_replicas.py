@@ -9,8 +9,8 @@ from pathlib import Path
 import httpx
 
 from tests.bench.harness import start_engine
-from tests.integration.conftest import product_png
-from tests.redis.replicas import get_split, register, start_replica
+from tests.integration.conftest import product_png, register
+from tests.redis.replicas import get_split, start_replica
 from tests.redis.server import start_redis
 
 REQUESTS = 500

@@ -23,6 +23,7 @@ from proxy.app import create_app, embedded_engine_settings
 from proxy.engine.settings import EngineSettings
 from proxy.settings import Settings
 from proxy.signing import Signer
+from tests.redis.conftest import redis_server  # noqa: F401  (a real redis-server)
 
 ADMIN = "admin-token-for-tests-0123456789"
 AUTH = {"Authorization": f"Bearer {ADMIN}"}

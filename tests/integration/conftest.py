@@ -84,11 +84,12 @@ def engine(tmp_path: Path) -> Iterator[Engine]:
         server.stop()
 
 
-def proxy_env(engine: Engine, data_dir: Path, **extra: str) -> dict[str, str]:
+def proxy_env(engine_url: str, data_dir: Path, **extra: str) -> dict[str, str]:
+    """A proxy that mints at the standalone engine at ``engine_url``."""
     return {
         "PROXY_API_KEY": ENGINE_KEY,
-        "PROXY_TOKEN_URL": f"{engine.url}/api/v3/remove-bg/token/",
-        "PROXY_PROCESS_URL": f"{engine.url}/v3/remove-bg/",
+        "PROXY_TOKEN_URL": f"{engine_url}/api/v3/remove-bg/token/",
+        "PROXY_PROCESS_URL": f"{engine_url}/v3/remove-bg/",
         "PROXY_ALLOWED_OUTPUT_HOSTS": "127.0.0.1",
         "PROXY_DATA_DIR": str(data_dir),
         "PROXY_ADMIN_TOKEN": ADMIN,
@@ -103,12 +104,13 @@ def start_proxy(
         cutproxy("serve", "--host", "127.0.0.1", "--port", "{port}", "--workers", str(workers)),
         port=free_port(),
         log_path=tmp_path / f"{name}.log",
-        env=proxy_env(engine, tmp_path / "proxy-data", **extra),
+        env=proxy_env(engine.url, tmp_path / "proxy-data", **extra),
         ready_path="/health",
     )
 
 
-def register(proxy_url: str, image_id: str, unique_filename: str, size: tuple[int, int]) -> None:
+def register(proxy_url: str, image_id: str, unique_filename: str, size: tuple[int, int]) -> int:
+    """PUT /images/<id> (JSON registration); the status: 201 created, 200 replaced."""
     response = httpx.put(
         f"{proxy_url}/images/{image_id}",
         json={"unique_filename": unique_filename, "width": size[0], "height": size[1]},
@@ -116,3 +118,4 @@ def register(proxy_url: str, image_id: str, unique_filename: str, size: tuple[in
         timeout=10,
     )
     assert response.status_code in (200, 201), response.text
+    return response.status_code

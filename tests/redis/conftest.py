@@ -7,9 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import Engine
+from tests.integration.conftest import engine  # noqa: F401  (the standalone engine fixture)
 from tests.redis.server import RedisServer, redis_server_binary, start_redis
-from tests.servers import cutproxy, free_port, start
 
 
 @pytest.fixture
@@ -19,21 +18,5 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
     server = start_redis(tmp_path / "redis.log")
     try:
         yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture
-def engine(tmp_path: Path) -> Iterator[Engine]:
-    """A standalone local engine: the one upstream both replicas mint at."""
-    server = start(
-        cutproxy("engine", "--host", "127.0.0.1", "--port", "{port}"),
-        port=free_port(),
-        log_path=tmp_path / "engine.log",
-        env={"PROXY_ENGINE_DATA_DIR": str(tmp_path / "engine-data")},
-        ready_path="/_engine/health",
-    )
-    try:
-        yield Engine(server)
     finally:
         server.stop()

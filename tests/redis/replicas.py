@@ -11,26 +11,15 @@ from pathlib import Path
 
 import httpx
 
+from tests.integration.conftest import proxy_env
 from tests.servers import Server, cutproxy, free_port, start
-
-ENGINE_KEY = "engine-dev-key"
-ADMIN = "admin-token-for-tests-0123456789"
 
 
 def start_replica(
     name: str, engine_url: str, redis_url: str, tmp_path: Path, workers: int = 1, **extra: str
 ) -> Server:
     """One replica with its own data dir: nothing on disk is shared with the others."""
-    env = {
-        "PROXY_API_KEY": ENGINE_KEY,
-        "PROXY_TOKEN_URL": f"{engine_url}/api/v3/remove-bg/token/",
-        "PROXY_PROCESS_URL": f"{engine_url}/v3/remove-bg/",
-        "PROXY_ALLOWED_OUTPUT_HOSTS": "127.0.0.1",
-        "PROXY_DATA_DIR": str(tmp_path / f"data-{name}"),
-        "PROXY_ADMIN_TOKEN": ADMIN,
-        "PROXY_REDIS_URL": redis_url,
-        **extra,
-    }
+    env = proxy_env(engine_url, tmp_path / f"data-{name}", PROXY_REDIS_URL=redis_url, **extra)
     return start(
         cutproxy("serve", "--host", "127.0.0.1", "--port", "{port}", "--workers", str(workers)),
         port=free_port(),
@@ -38,18 +27,6 @@ def start_replica(
         env=env,
         ready_path="/health",
     )
-
-
-def register(proxy_url: str, image_id: str, unique_filename: str, size: tuple[int, int]) -> int:
-    """PUT /images/<id> through one replica; the status (201 created, 200 replaced)."""
-    response = httpx.put(
-        f"{proxy_url}/images/{image_id}",
-        json={"unique_filename": unique_filename, "width": size[0], "height": size[1]},
-        headers={"Authorization": f"Bearer {ADMIN}"},
-        timeout=10,
-    )
-    assert response.status_code in (200, 201), response.text
-    return response.status_code
 
 
 async def get_split(

@@ -13,8 +13,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.integration.conftest import Engine, product_png
-from tests.redis.replicas import get_split, register, start_replica
+from tests.integration.conftest import Engine, product_png, register
+from tests.redis.replicas import get_split, start_replica
 from tests.redis.server import RedisServer
 from tests.servers import Server
 
