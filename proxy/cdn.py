@@ -15,6 +15,7 @@ budget fallback), which a shared cache must not hand to the next visitor.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import math
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -54,7 +55,7 @@ class CachePolicy:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> CachePolicy:
-        return cls(settings.browser_max_age, settings.cdn_max_age, settings.error_max_age)
+        return _policy(settings.browser_max_age, settings.cdn_max_age, settings.error_max_age)
 
     def lifetimes(self, remaining: float) -> tuple[int, int]:
         """(browser, shared) seconds for an answer whose output URL lives ``remaining`` more."""
@@ -91,6 +92,12 @@ class CachePolicy:
         if status >= 500 or status == 429:
             return no_store()
         return {"Cache-Control": f"public, max-age={self.error_max_age}"}
+
+
+@functools.lru_cache(maxsize=64)
+def _policy(browser: int | None, shared: int | None, error: int) -> CachePolicy:
+    # Frozen, so one instance per setting combination serves every request.
+    return CachePolicy(browser, shared, error)
 
 
 def no_store() -> dict[str, str]:

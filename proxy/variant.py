@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 from dataclasses import dataclass
@@ -43,7 +44,13 @@ def profile(settings: Settings) -> str:
     It is part of every cache key, so changing the quality or compression never serves
     an output rendered under the old settings.
     """
-    raw = f"{settings.quality}|{settings.output_compression}|{int(settings.autocrop)}"
+    return _profile(settings.quality, settings.output_compression, settings.autocrop)
+
+
+@functools.lru_cache(maxsize=64)
+def _profile(quality: str, compression: int, autocrop: bool) -> str:
+    # Every cache key carries it: hashing once per setting combination keeps hits cheap.
+    raw = f"{quality}|{compression}|{int(autocrop)}"
     return hashlib.sha256(raw.encode()).hexdigest()[:8]
 
 
