@@ -34,7 +34,10 @@ async def variant(request: Request) -> Response:
         return responses.canonical(parsed.path, query, settings.error_max_age)
     # Every answer from here on (errors too) is about this image: CDNs can purge it by key.
     cdn.tag(request.scope, cdn.surrogate_keys(parsed.image_id, parsed.bg))
-    resolved = await state.variants.resolve(parsed, client=guards.client(request))
+    # Hits first: who the client is (forwarding headers, address parsing) matters to misses only.
+    resolved = state.variants.hit(parsed) or await state.variants.resolve(
+        parsed, client=guards.client(request)
+    )
     request.scope.setdefault("state", {})["cache_tier"] = resolved.tier
     if resolved.tier == "fallback":  # a refused miss: the nearest cached size, for now
         served = resolved.served or parsed  # JSON describes what is served, not what was asked

@@ -157,6 +157,14 @@ class VariantService:
         self.records[image_id] = self.last_records[image_id] = record
         return record
 
+    def hit(self, variant: Variant) -> Resolved | None:
+        """A memory hit, counted, or None: no I/O, no await, nothing about the client."""
+        output = self.peek(variant)
+        if output is None:
+            return None
+        self.events.resolved("memory")
+        return Resolved(output, "memory")
+
     async def resolve(self, variant: Variant, client: str | None = None) -> Resolved:
         """The variant's output. ``client`` (an address) is charged for a miss it leads."""
         record = self.records.get(variant.image_id)
