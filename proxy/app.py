@@ -33,7 +33,7 @@ from proxy.accesslog import AccessLog, note_upstream
 from proxy.batching import counting_mints
 from proxy.blobs import DirectoryBlobStore
 from proxy.cache import DiskTier, MemoryTier, SharedTier, TwoTierCache
-from proxy.cdn import Purger, SurrogateKeys
+from proxy.cdn import Purger, add_tags, tagged
 from proxy.coalesce import DiskLease, Lease
 from proxy.engine.app import create_engine_app
 from proxy.engine.settings import EngineSettings
@@ -92,7 +92,7 @@ def create_app(
         Route("/images/{image_id}", images_api.delete_image, methods=["DELETE"]),
         Route("/images/{image_id}/warm", images_api.warm_image, methods=["POST"]),
         Route("/images/{image_id}/variants", purge.delete_variants, methods=["DELETE"]),
-        Route("/srcset/{image_id}", srcset_api.srcset_markup, methods=["GET", "HEAD"]),
+        Route("/srcset/{image_id}", tagged(srcset_api.srcset_markup), methods=["GET", "HEAD"]),
         Route("/health", handlers.health, methods=["GET", "HEAD"]),
         Route("/health/live", health.live, methods=["GET", "HEAD"]),
         Route("/health/ready", health.ready_endpoint(readiness), methods=["GET", "HEAD"]),
@@ -122,7 +122,7 @@ def create_app(
 
     app = Starlette(
         routes=routes,
-        middleware=[Middleware(AccessLog, metrics=metrics), Middleware(SurrogateKeys)],
+        middleware=[Middleware(AccessLog, metrics=metrics)],
         exception_handlers={
             ProxyError: _proxy_error,
             HTTPException: _http_error,
@@ -253,7 +253,8 @@ def _max_age(request: Request) -> int:
 
 async def _proxy_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ProxyError)
-    return responses.error(exc, _max_age(request))
+    # An error about an image (a 404 for a gone one, say) is purged with it too.
+    return add_tags(request.scope, responses.error(exc, _max_age(request)))
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
@@ -270,7 +271,7 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     response = responses.json_error(exc.status_code, body, _max_age(request))
     if exc.headers:
         response.headers.update(exc.headers)
-    return response
+    return add_tags(request.scope, response)
 
 
 async def _unexpected_error(request: Request, exc: Exception) -> Response:

@@ -2,7 +2,7 @@
 
     CachePolicy        the caching headers of every kind of answer, in one place
     surrogate_keys()   the tags naming an image (``img-<id>``) and it with a background
-    SurrogateKeys      ASGI middleware: puts a request's tags on whatever answers it
+    tag(), add_tags()  a handler marks its request; its answer (or error) carries the tags
     Purger             asks a CDN to drop everything tagged with an image's key
 
 A redirect to an output URL is only good while that URL lives, so both lifetimes (browsers'
@@ -24,8 +24,9 @@ from typing import Any
 
 import httpx
 from prometheus_client import CollectorRegistry, Counter
-from starlette.datastructures import MutableHeaders
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.types import Scope
 
 from proxy.settings import Settings
 
@@ -124,7 +125,11 @@ def surrogate_keys(image_id: str, bg: str | None = None) -> tuple[str, ...]:
 
 
 def tag(scope: Scope, keys: Sequence[str]) -> None:
-    """Mark the answer to this request with ``keys``, success or error alike."""
+    """Mark the answer to this request with ``keys``, success or error alike.
+
+    The handler puts them on its own answer (:func:`tag_raw`); the error handlers and
+    :func:`tagged` endpoints read them back with :func:`add_tags`.
+    """
     scope.setdefault("state", {})[SCOPE_KEYS] = tuple(keys)
 
 
@@ -133,28 +138,36 @@ def tag_headers(keys: Sequence[str]) -> dict[str, str]:
     return {"Surrogate-Key": " ".join(keys), "Cache-Tag": ",".join(keys)}
 
 
-class SurrogateKeys:
-    """Adds the keys a handler left with :func:`tag` to the response's headers."""
+@functools.lru_cache(maxsize=4096)
+def tag_raw(keys: tuple[str, ...]) -> tuple[tuple[bytes, bytes], ...]:
+    """:func:`tag_headers` as raw ASGI headers, encoded once per image and background."""
+    return tuple(
+        (name.lower().encode("latin-1"), value.encode("latin-1"))
+        for name, value in tag_headers(keys).items()
+    )
 
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+def add_tags(scope: Scope, response: Response) -> Response:
+    """Put the request's tags (if a handler left any) on ``response``, unless already there."""
+    keys = scope.get("state", {}).get(SCOPE_KEYS)
+    if keys:
+        headers = response.headers
+        for name, value in tag_headers(keys).items():
+            if name not in headers:
+                headers[name] = value
+    return response
 
-        async def send_tagged(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                keys = scope.get("state", {}).get(SCOPE_KEYS)
-                if keys:
-                    headers = MutableHeaders(scope=message)
-                    for name, value in tag_headers(keys).items():
-                        if name not in headers:
-                            headers[name] = value
-            await send(message)
 
-        await self.app(scope, receive, send_tagged)
+def tagged(
+    endpoint: Callable[[Request], Awaitable[Response]],
+) -> Callable[[Request], Awaitable[Response]]:
+    """An endpoint whose answer carries the tags it left with :func:`tag`."""
+
+    @functools.wraps(endpoint)
+    async def tagging(request: Request) -> Response:
+        return add_tags(request.scope, await endpoint(request))
+
+    return tagging
 
 
 # --- purging --------------------------------------------------------------------------------

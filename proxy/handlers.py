@@ -33,7 +33,8 @@ async def variant(request: Request) -> Response:
         query = guards.redirect_query(request, parsed.path)
         return responses.canonical(parsed.path, query, settings.error_max_age)
     # Every answer from here on (errors too) is about this image: CDNs can purge it by key.
-    cdn.tag(request.scope, cdn.surrogate_keys(parsed.image_id, parsed.bg))
+    tags = cdn.surrogate_keys(parsed.image_id, parsed.bg)
+    cdn.tag(request.scope, tags)
     # Hits first: who the client is (forwarding headers, address parsing) matters to misses only.
     resolved = state.variants.hit(parsed) or await state.variants.resolve(
         parsed, client=guards.client(request)
@@ -41,10 +42,12 @@ async def variant(request: Request) -> Response:
     request.scope.setdefault("state", {})["cache_tier"] = resolved.tier
     if resolved.tier == "fallback":  # a refused miss: the nearest cached size, for now
         served = resolved.served or parsed  # JSON describes what is served, not what was asked
-        response = await negotiation.answer(request, state, served, resolved.output, shared=False)
+        response = await negotiation.answer(
+            request, state, served, resolved.output, shared=False, tags=tags
+        )
         guards.mark_fallback(response, resolved.reason, resolved.output, state.clock())
         return response
-    return await negotiation.answer(request, state, parsed, resolved.output)
+    return await negotiation.answer(request, state, parsed, resolved.output, tags=tags)
 
 
 def registration(image_id: str, body: Any, now: float) -> ImageRecord:

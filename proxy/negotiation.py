@@ -23,7 +23,7 @@ from starlette.responses import Response
 
 from proxy import responses
 from proxy.cache import CachedOutput
-from proxy.cdn import CachePolicy
+from proxy.cdn import CachePolicy, tag_raw
 from proxy.engine.render import fit
 from proxy.state import AppState
 from proxy.variant import Variant, max_resolution
@@ -93,6 +93,9 @@ def output_json(variant: Variant, output: CachedOutput, size: OutputSize) -> dic
     }
 
 
+VARY_ACCEPT = ((b"vary", b"Accept"),)
+
+
 async def answer(
     request: Request,
     state: AppState,
@@ -100,12 +103,16 @@ async def answer(
     output: CachedOutput,
     *,
     shared: bool = True,
+    tags: tuple[str, ...] = (),
 ) -> Response:
-    """The 302 for browsers, JSON for apps; ``shared=False`` for a per-request decision."""
+    """The 302 for browsers, JSON for apps; ``shared=False`` for a per-request decision.
+
+    ``tags``: the surrogate keys the answer carries (:func:`proxy.cdn.tag_raw`).
+    """
     settings = state.settings
     now = state.clock()
     policy = CachePolicy.from_settings(settings)
-    response: Response
+    extra = VARY_ACCEPT + tag_raw(tags) if tags else VARY_ACCEPT
     if wants_json(request.headers.get("accept")):
         # resolve() just put the record in view: reading it here costs no I/O on a hit
         record = state.variants.viewed(variant.image_id) or await state.registry.get(
@@ -114,8 +121,5 @@ async def answer(
         original = record.original_size if record is not None else None
         size = output_size(variant, original, autocrop=settings.autocrop)
         body = output_json(variant, output, size)
-        response = responses.output_json(body, output, now, policy=policy, shared=shared)
-    else:
-        response = responses.redirect(output, now, policy=policy, shared=shared)
-    response.headers["Vary"] = "Accept"
-    return response
+        return responses.output_json(body, output, now, policy=policy, shared=shared, extra=extra)
+    return responses.redirect(output, now, extra, policy=policy, shared=shared)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Sequence
 from typing import Any
+from urllib.parse import quote
 
 from starlette.responses import JSONResponse, RedirectResponse, Response
 
@@ -12,12 +15,15 @@ from proxy.cdn import CachePolicy, no_store
 from proxy.errors import ProxyError
 
 DEFAULT_POLICY = CachePolicy()
+RawHeaders = Sequence[tuple[bytes, bytes]]
+
+_LOCATION_SAFE = ":/%#?=@[]!$&'()*+,;"  # what Starlette's RedirectResponse leaves unquoted
 
 
 def redirect(
     output: CachedOutput,
     now: float,
-    extra: dict[str, str] | None = None,
+    extra: RawHeaders = (),
     *,
     policy: CachePolicy = DEFAULT_POLICY,
     shared: bool = True,
@@ -25,13 +31,38 @@ def redirect(
     """302 to the output: cacheable for as long as the output URL still lives, never longer.
 
     ``shared=False``: the answer was decided for this request alone (a budget fallback), so
-    no cache may keep it.
+    no cache may keep it. ``extra``: more headers, already encoded.
+
+    The headers are laid down as raw ASGI pairs, encoded once per URL and per lifetime: this
+    is the hit path, and the same pairs a ``RedirectResponse`` would have built.
     """
-    response = RedirectResponse(output.url, status_code=302)
-    response.headers.update(policy.output(output.remaining(now)) if shared else no_store())
-    for name, value in (extra or {}).items():
-        response.headers[name] = value
+    response = Response(status_code=302)  # no body: content-length 0, no content-type
+    raw = response.raw_headers
+    raw.append((b"location", _location(output.url)))
+    raw += _output_raw(policy, math.floor(output.remaining(now))) if shared else _NO_STORE_RAW
+    raw += extra
     return response
+
+
+@functools.lru_cache(maxsize=4096)
+def _location(url: str) -> bytes:
+    return quote(url, safe=_LOCATION_SAFE).encode("latin-1")
+
+
+@functools.lru_cache(maxsize=4096)
+def _output_raw(policy: CachePolicy, life: int) -> tuple[tuple[bytes, bytes], ...]:
+    # Lifetimes are whole seconds (floored), so one entry serves every hit in that second.
+    return raw_headers(policy.output(life))
+
+
+def raw_headers(headers: dict[str, str]) -> tuple[tuple[bytes, bytes], ...]:
+    """Headers as ASGI pairs: lower-case names, latin-1, as Starlette encodes them."""
+    return tuple(
+        (name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in headers.items()
+    )
+
+
+_NO_STORE_RAW = raw_headers(no_store())
 
 
 def output_json(
@@ -41,10 +72,13 @@ def output_json(
     *,
     policy: CachePolicy = DEFAULT_POLICY,
     shared: bool = True,
+    extra: RawHeaders = (),
 ) -> JSONResponse:
     """200 JSON about the output (apps), with the redirect's lifetimes."""
     headers = policy.output(output.remaining(now)) if shared else no_store()
-    return JSONResponse(body, headers=headers)
+    response = JSONResponse(body, headers=headers)
+    response.raw_headers += extra
+    return response
 
 
 def canonical(path: str, query: str, error_max_age: int) -> Response:
