@@ -87,6 +87,10 @@ class Metrics:
         self.shared_tier = shared_tier
         self.registry = CollectorRegistry()
         r = self.registry
+        # Labelled children, looked up once: the hit path counts into them on every request.
+        # Routes are templates, methods and statuses few, so these stay small.
+        self._tier_children: dict[str, Counter] = {}
+        self._request_children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
         self.requests = Counter(
             "cutproxy_http_requests",
             "HTTP requests answered, by route template, method and status.",
@@ -205,6 +209,7 @@ class Metrics:
         """Label the shared tier by its kind: ``DiskTier`` → disk, ``RedisTier`` → redis."""
         name = type(shared).__name__.removesuffix("Tier").lower()
         self.shared_tier = name or "shared"
+        self._tier_children.clear()  # "shared" now counts under the new name
         self.cache_results.labels(self.shared_tier)
 
     # -- hooks the services call -----------------------------------------------------------
@@ -213,7 +218,10 @@ class Metrics:
         return self.shared_tier if tier == "shared" else tier
 
     def resolved(self, tier: str) -> None:
-        self.cache_results.labels(self.tier(tier)).inc()
+        child = self._tier_children.get(tier)
+        if child is None:
+            child = self._tier_children[tier] = self.cache_results.labels(self.tier(tier))
+        child.inc()
 
     def waiting(self, delta: int) -> None:
         self.coalesced_waiters.inc(delta)
@@ -249,8 +257,16 @@ class Metrics:
         self.shared_store_unavailable.labels(operation).inc()
 
     def request_done(self, route: str, method: str, status: int, seconds: float) -> None:
-        self.requests.labels(route, method, str(status)).inc()
-        self.request_seconds.labels(route).observe(seconds)
+        children = self._request_children.get((route, method, status))
+        if children is None:
+            children = (
+                self.requests.labels(route, method, str(status)),
+                self.request_seconds.labels(route),
+            )
+            self._request_children[(route, method, status)] = children
+        counter, histogram = children
+        counter.inc()
+        histogram.observe(seconds)
 
     # -- exposition ------------------------------------------------------------------------
     def exposition(self) -> bytes:
