@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from typing import Any
 
@@ -27,8 +28,9 @@ async def variant(request: Request) -> Response:
     guards = state.guards
     guards.verify(request, state.clock())  # signature first: unsigned URLs learn nothing more
     params = request.path_params
-    parsed = grammar.parse(params["image_id"], params["size"], params["filename"], state.limits)
-    parsed = guards.hold(parsed, state.limits)  # the size ladder
+    limits = state.limits
+    parsed = _parse(params["image_id"], params["size"], params["filename"], limits)
+    parsed = guards.hold(parsed, limits)  # the size ladder
     if isinstance(parsed, grammar.Canonical):
         query = guards.redirect_query(request, parsed.path)
         return responses.canonical(parsed.path, query, settings.error_max_age)
@@ -48,6 +50,15 @@ async def variant(request: Request) -> Response:
         guards.mark_fallback(response, resolved.reason, resolved.output, state.clock())
         return response
     return await negotiation.answer(request, state, parsed, resolved.output, tags=tags)
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse(
+    image_id: str, size: str, filename: str, limits: grammar.Limits
+) -> grammar.Variant | grammar.Canonical:
+    # Pure, and the same few URLs come back again and again: parse each once (errors raise
+    # again every time, as they are not kept).
+    return grammar.parse(image_id, size, filename, limits)
 
 
 def registration(image_id: str, body: Any, now: float) -> ImageRecord:

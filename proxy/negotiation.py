@@ -14,6 +14,7 @@ the box is reported instead and ``size_exact`` is false.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -31,6 +32,7 @@ from proxy.variant import Variant, max_resolution
 JSON = "application/json"
 
 
+@functools.lru_cache(maxsize=256)  # browsers and apps send a handful of distinct values
 def wants_json(accept: str | None) -> bool:
     """True when ``application/json`` is acceptable and no image type is preferred to it."""
     if not accept:
