@@ -84,7 +84,11 @@ def create_app(
     )
 
     routes: list[Route | Mount] = [
-        Route("/img/{image_id}/{size}/{filename}", handlers.variant, methods=["GET", "HEAD"]),
+        Route(
+            "/img/{image_id}/{size}/{filename}",
+            handlers.Endpoint(handlers.variant),
+            methods=["GET", "HEAD"],
+        ),
         Route("/images", images_api.list_images, methods=["GET"]),
         Route("/images", images_api.post_image, methods=["POST"]),
         Route("/images/{image_id}", images_api.put_image, methods=["PUT"]),

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import functools
 import json
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
+from starlette.types import Receive, Scope, Send
 
 from proxy import cdn, grammar, negotiation, responses
 from proxy.errors import BadRequestError
@@ -15,6 +17,22 @@ from proxy.registry import ImageRecord
 from proxy.state import AppState
 
 MAX_JSON_BODY = 64 * 1024
+
+
+class Endpoint:
+    """A request handler served as a plain ASGI app, for the hit path.
+
+    Starlette wraps a function endpoint in two more layers per request (one of them wrapping
+    ``send``) only to render its exceptions; raised here, they reach the app's exception
+    middleware instead, which renders them with the same handlers.
+    """
+
+    def __init__(self, handler: Callable[[Request], Awaitable[Response]]) -> None:
+        self.handler = handler
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        response = await self.handler(Request(scope, receive, send))
+        await response(scope, receive, send)
 
 
 def state_of(request: Request) -> AppState:
