@@ -39,6 +39,7 @@ from proxy.engine.app import create_engine_app
 from proxy.engine.settings import EngineSettings
 from proxy.errors import ProxyError
 from proxy.guards import Guards, MissGuard
+from proxy.hitpath import HitPath
 from proxy.images import ImageService
 from proxy.metrics import Metrics
 from proxy.redis_store import RedisStore
@@ -83,12 +84,13 @@ def create_app(
         clock=clock,
     )
 
+    variant_route = Route(
+        "/img/{image_id}/{size}/{filename}",
+        handlers.Endpoint(handlers.variant),
+        methods=["GET", "HEAD"],
+    )
     routes: list[Route | Mount] = [
-        Route(
-            "/img/{image_id}/{size}/{filename}",
-            handlers.Endpoint(handlers.variant),
-            methods=["GET", "HEAD"],
-        ),
+        variant_route,
         Route("/images", images_api.list_images, methods=["GET"]),
         Route("/images", images_api.post_image, methods=["POST"]),
         Route("/images/{image_id}", images_api.put_image, methods=["PUT"]),
@@ -126,7 +128,10 @@ def create_app(
 
     app = Starlette(
         routes=routes,
-        middleware=[Middleware(AccessLog, metrics=metrics)],
+        middleware=[
+            Middleware(AccessLog, metrics=metrics),
+            Middleware(HitPath, route=variant_route),  # memory hits skip the router
+        ],
         exception_handlers={
             ProxyError: _proxy_error,
             HTTPException: _http_error,

@@ -12,7 +12,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.types import Receive, Scope, Send
 
 from proxy import cdn, grammar, negotiation, responses
-from proxy.errors import BadRequestError
+from proxy.errors import BadRequestError, ProxyError
 from proxy.registry import ImageRecord
 from proxy.state import AppState
 
@@ -44,11 +44,7 @@ async def variant(request: Request) -> Response:
     state = state_of(request)
     settings = state.settings
     guards = state.guards
-    guards.verify(request, state.clock())  # signature first: unsigned URLs learn nothing more
-    params = request.path_params
-    limits = state.limits
-    parsed = _parse(params["image_id"], params["size"], params["filename"], limits)
-    parsed = guards.hold(parsed, limits)  # the size ladder
+    parsed = _checked(request, state)
     if isinstance(parsed, grammar.Canonical):
         query = guards.redirect_query(request, parsed.path)
         return responses.canonical(parsed.path, query, settings.error_max_age)
@@ -68,6 +64,40 @@ async def variant(request: Request) -> Response:
         guards.mark_fallback(response, resolved.reason, resolved.output, state.clock())
         return response
     return await negotiation.answer(request, state, parsed, resolved.output, tags=tags)
+
+
+def memory_hit(request: Request) -> Response | None:
+    """The redirect for a variant in the memory tier that needs nothing else, or None.
+
+    None (a miss, a 308, JSON, any error): :func:`variant` answers instead, from the start.
+    Every step before the answer is pure, so trying them here first changes nothing.
+    """
+    state = state_of(request)
+    try:
+        parsed = _checked(request, state)
+    except ProxyError:
+        return None
+    if isinstance(parsed, grammar.Canonical) or negotiation.wants_json(
+        request.headers.get("accept")
+    ):
+        return None
+    resolved = state.variants.hit(parsed)
+    if resolved is None:
+        return None
+    tags = cdn.surrogate_keys(parsed.image_id, parsed.bg)
+    cdn.tag(request.scope, tags)
+    request.scope.setdefault("state", {})["cache_tier"] = resolved.tier
+    return negotiation.redirect(state, resolved.output, tags=tags)
+
+
+def _checked(request: Request, state: AppState) -> grammar.Variant | grammar.Canonical:
+    """Signature first (unsigned URLs learn nothing more), then the grammar and the ladder."""
+    guards = state.guards
+    guards.verify(request, state.clock())
+    params = request.path_params
+    limits = state.limits
+    parsed = _parse(params["image_id"], params["size"], params["filename"], limits)
+    return guards.hold(parsed, limits)  # the size ladder
 
 
 @functools.lru_cache(maxsize=4096)

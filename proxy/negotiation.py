@@ -125,3 +125,10 @@ async def answer(
         body = output_json(variant, output, size)
         return responses.output_json(body, output, now, policy=policy, shared=shared, extra=extra)
     return responses.redirect(output, now, extra, policy=policy, shared=shared)
+
+
+def redirect(state: AppState, output: CachedOutput, *, tags: tuple[str, ...] = ()) -> Response:
+    """The browsers' answer alone (:func:`answer` without JSON): the hit path's."""
+    extra = VARY_ACCEPT + tag_raw(tags) if tags else VARY_ACCEPT
+    policy = CachePolicy.from_settings(state.settings)
+    return responses.redirect(output, state.clock(), extra, policy=policy)
