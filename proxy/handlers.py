@@ -95,9 +95,15 @@ def _checked(request: Request, state: AppState) -> grammar.Variant | grammar.Can
     guards = state.guards
     guards.verify(request, state.clock())
     params = request.path_params
-    limits = state.limits
+    settings = state.settings
+    limits = _limits(settings.max_width, settings.max_height, settings.max_pixels)
     parsed = _parse(params["image_id"], params["size"], params["filename"], limits)
     return guards.hold(parsed, limits)  # the size ladder
+
+
+@functools.lru_cache(maxsize=16)
+def _limits(max_width: int, max_height: int, max_pixels: int) -> grammar.Limits:
+    return grammar.Limits(max_width, max_height, max_pixels)  # as AppState.limits, kept
 
 
 @functools.lru_cache(maxsize=4096)

@@ -118,7 +118,11 @@ class VariantService:
 
     def peek(self, variant: Variant) -> CachedOutput | None:
         """The hit path: memory only, no I/O, no await."""
-        record = self.records.get(variant.image_id)
+        try:
+            # Indexing checks the view's expiry once; get() checks it twice (cachetools).
+            record: ImageRecord | None = self.records[variant.image_id]
+        except KeyError:
+            record = None
         return (
             None if record is None else self.cache.peek(self.key(variant, record_version(record)))
         )
