@@ -102,7 +102,7 @@ def inspect(data: bytes, max_pixels: int) -> Probe:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(data)) as image:
-                width, height = upright_size(image)
+                width, height = image.size
                 if _PILLOW_FORMATS.get(image.format or "") != content_type:
                     raise BadRequestError(
                         "the file's contents do not match its type", code="undecodable_image"
@@ -112,6 +112,9 @@ def inspect(data: bytes, max_pixels: int) -> Probe:
                     # Decoding at 1/8 scale still reads every entropy-coded byte, 64x cheaper.
                     image.draft("RGB", (max(1, width // 8), max(1, height // 8)))
                 image.load()
+                # Only once it decoded: for PNG, reading EXIF decodes the whole image.
+                if quarter_turned(image):
+                    width, height = height, width
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise _bomb(max_pixels) from None
     except (BadRequestError, UnsupportedMediaError):
@@ -128,14 +131,13 @@ _QUARTER_TURNS = {5, 6, 7, 8}
 _ORIENTATION = 0x0112
 
 
-def upright_size(image: Image.Image) -> tuple[int, int]:
-    """The size as displayed (and as the renderer sees it, after applying EXIF orientation)."""
-    width, height = image.size
+def quarter_turned(image: Image.Image) -> bool:
+    """Whether EXIF orientation turns the picture a quarter, so that it displays (and the
+    renderer, which applies the orientation, sees it) with width and height swapped."""
     try:
-        orientation = image.getexif().get(_ORIENTATION)
+        return image.getexif().get(_ORIENTATION) in _QUARTER_TURNS
     except Exception:  # a broken EXIF block is ignored by the renderer too
-        orientation = None
-    return (height, width) if orientation in _QUARTER_TURNS else (width, height)
+        return False
 
 
 def _check_pixels(width: int, height: int, max_pixels: int) -> None:
