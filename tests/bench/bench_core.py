@@ -4,16 +4,32 @@ hit latency while misses wait on a slow engine."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import statistics
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 
 from tests.bench.harness import registered_image, start_engine, start_uvicorn, wrk
-from tests.integration.conftest import proxy_env
+from tests.integration.conftest import Engine, proxy_env
+from tests.servers import Server
 
 WORKERS = 2
+
+
+@contextlib.contextmanager
+def _proxy_with_image(tmp: Path) -> Iterator[tuple[Engine, Server, str]]:
+    """A standalone engine, the proxy (2 workers) in front of it, and a registered image."""
+    engine = start_engine(tmp)
+    env = proxy_env(engine.url, tmp / "data", PROXY_LOG_LEVEL="warning")
+    proxy = start_uvicorn("proxy.cli:app_from_environment", tmp, WORKERS, env, "proxy")
+    try:
+        yield engine, proxy, registered_image(engine, proxy.url)
+    finally:
+        proxy.stop()
+        engine.server.stop()
 
 
 async def _burst(urls: list[str], timeout: float = 120) -> list[httpx.Response]:
@@ -23,60 +39,44 @@ async def _burst(urls: list[str], timeout: float = 120) -> list[httpx.Response]:
 
 
 def hit_throughput(tmp: Path) -> list[tuple[str, str, str]]:
-    engine = start_engine(tmp)
-    env = proxy_env(engine.url, tmp / "data", PROXY_LOG_LEVEL="warning")
-    proxy = start_uvicorn("proxy.cli:app_from_environment", tmp, WORKERS, env, "proxy")
-    bare = start_uvicorn("tests.bench.bare:app", tmp, WORKERS, {}, "bare")
-    try:
-        image = registered_image(engine, proxy.url)
-        url = f"{proxy.url}/img/{image}/320x320/ffffff.jpg"
-        asyncio.run(_burst([url] * 4))  # warm the memory tier of both workers
-        for _ in range(20):
-            httpx.get(url)
-        ratios, proxy_rps, bare_rps = [], [], []
-        for _ in range(3):  # interleaved, so drift hits both sides alike
-            p = wrk(url, seconds=4).rps
-            b = wrk(f"{bare.url}/img/x/1x1/ffffff.jpg", seconds=4).rps
-            proxy_rps.append(p)
-            bare_rps.append(b)
-            ratios.append(p / b)
-        ratio = statistics.median(ratios)
-        return [
-            (
-                "hit-path req/s vs bare Starlette redirect",
-                f"{ratio:.2f} ({statistics.median(proxy_rps):,.0f} vs "
-                f"{statistics.median(bare_rps):,.0f} req/s)",
-                ">= 0.9",
-            )
-        ]
-    finally:
-        proxy.stop()
-        bare.stop()
-        engine.server.stop()
+    with _proxy_with_image(tmp) as (_engine, proxy, image):
+        bare = start_uvicorn("tests.bench.bare:app", tmp, WORKERS, {}, "bare")
+        try:
+            url = f"{proxy.url}/img/{image}/320x320/ffffff.jpg"
+            asyncio.run(_burst([url] * 4))  # warm the memory tier of both workers
+            for _ in range(20):
+                httpx.get(url)
+            ratios, proxy_rps, bare_rps = [], [], []
+            for _ in range(3):  # interleaved, so drift hits both sides alike
+                p = wrk(url, seconds=4).rps
+                b = wrk(f"{bare.url}/img/x/1x1/ffffff.jpg", seconds=4).rps
+                proxy_rps.append(p)
+                bare_rps.append(b)
+                ratios.append(p / b)
+        finally:
+            bare.stop()
+    ratio = statistics.median(ratios)
+    return [
+        (
+            "hit-path req/s vs bare Starlette redirect",
+            f"{ratio:.2f} ({statistics.median(proxy_rps):,.0f} vs "
+            f"{statistics.median(bare_rps):,.0f} req/s)",
+            ">= 0.9",
+        )
+    ]
 
 
 def stampede(tmp: Path, n: int = 500) -> list[tuple[str, str, str]]:
-    engine = start_engine(tmp)
-    env = proxy_env(engine.url, tmp / "data", PROXY_LOG_LEVEL="warning")
-    proxy = start_uvicorn("proxy.cli:app_from_environment", tmp, WORKERS, env, "proxy")
-    try:
-        image = registered_image(engine, proxy.url)
+    with _proxy_with_image(tmp) as (engine, proxy, image):
         before = engine.minted()
         answers = asyncio.run(_burst([f"{proxy.url}/img/{image}/500x500/ffffff.jpg"] * n))
         ok = sum(a.status_code == 302 for a in answers)
         mints = engine.minted() - before
         return [(f"mints for {n} concurrent cold requests ({ok} redirects)", str(mints), "1")]
-    finally:
-        proxy.stop()
-        engine.server.stop()
 
 
 def hits_under_slow_misses(tmp: Path, misses: int = 200) -> list[tuple[str, str, str]]:
-    engine = start_engine(tmp)
-    env = proxy_env(engine.url, tmp / "data", PROXY_LOG_LEVEL="warning")
-    proxy = start_uvicorn("proxy.cli:app_from_environment", tmp, WORKERS, env, "proxy")
-    try:
-        image = registered_image(engine, proxy.url)
+    with _proxy_with_image(tmp) as (engine, proxy, image):
         hit = f"{proxy.url}/img/{image}/320x320/ffffff.jpg"
         asyncio.run(_burst([hit] * 4))
         idle = wrk(hit, seconds=3, connections=16).p99_ms
@@ -104,9 +104,6 @@ def hits_under_slow_misses(tmp: Path, misses: int = 200) -> list[tuple[str, str,
                 "<= 2",
             )
         ]
-    finally:
-        proxy.stop()
-        engine.server.stop()
 
 
 def run() -> list[tuple[str, str, str]]:
