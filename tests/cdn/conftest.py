@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -16,19 +15,12 @@ from starlette.applications import Starlette
 
 from proxy.app import create_app
 from proxy.settings import Settings
+from tests.clock import Clock
 
 ADMIN = "admin-token-for-tests-0123456789"
 AUTH = {"Authorization": f"Bearer {ADMIN}"}
 BASE = "http://127.0.0.1:8080"
 JSON = {"Accept": "application/json"}
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = time.time()
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def photo(

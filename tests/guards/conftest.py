@@ -23,6 +23,7 @@ from proxy.app import create_app, embedded_engine_settings
 from proxy.engine.settings import EngineSettings
 from proxy.settings import Settings
 from proxy.signing import Signer
+from tests.clock import Clock
 from tests.redis.conftest import redis_server  # noqa: F401  (a real redis-server)
 
 ADMIN = "admin-token-for-tests-0123456789"
@@ -34,17 +35,6 @@ HOUR_START = float((int(time.time()) // 3600 + 1) * 3600)
 # imgproxy's documented example pair, and a second pair for rotation.
 KEY, SALT = "736563726574", "68656C6C6F"
 NEW_KEY, NEW_SALT = "6e65772d6b6579", "6e65772d73616c74"
-
-
-class Clock:
-    def __init__(self, now: float) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 def photo(size: tuple[int, int] = (800, 600)) -> bytes:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,21 +17,11 @@ from proxy.app import create_app
 from proxy.engine.app import create_engine_app
 from proxy.engine.settings import EngineSettings
 from proxy.settings import Settings
+from tests.clock import Clock
 
 ADMIN = "admin-token-for-tests-0123456789"
 AUTH = {"Authorization": f"Bearer {ADMIN}"}
 BASE = "http://127.0.0.1:8080"
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = time.time()
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 def photo(

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -19,17 +18,10 @@ from starlette.applications import Starlette
 from proxy.accesslog import JsonFormatter
 from proxy.app import create_app
 from proxy.settings import Settings
+from tests.clock import Clock
 
 ADMIN = "admin-token-for-ops-tests-0123"
 AUTH = {"Authorization": f"Bearer {ADMIN}"}
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = time.time()
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture

@@ -15,15 +15,8 @@ from proxy.errors import SharedStoreUnavailableError
 from proxy.redis_store import RedisStore
 from proxy.registry import ImageRecord
 from proxy.settings import Settings
+from tests.clock import Clock
 from tests.redis.server import RedisServer
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = time.time()
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def make_store(server: RedisServer, clock: Clock | None = None, **overrides: object) -> RedisStore:

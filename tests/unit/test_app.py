@@ -15,18 +15,9 @@ from starlette.applications import Starlette
 
 from proxy.app import create_app
 from proxy.settings import Settings
+from tests.clock import Clock
 
 ADMIN = "admin-token-for-tests-0123456789"
-
-
-class Clock:
-    def __init__(self) -> None:
-        import time
-
-        self.now = time.time()
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture

@@ -5,14 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from proxy.cache import CachedOutput, DiskTier, MemoryTier, TwoTierCache, output_for, url_expiry
-
-
-class Clock:
-    def __init__(self, now: float = 1_000_000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
+from tests.clock import Clock
 
 
 def test_lifetime_is_the_configured_one_minus_the_margin() -> None:
