@@ -7,7 +7,6 @@ sees them on the wire; the engine's ``/_engine/stats`` says what was really mint
 from __future__ import annotations
 
 import contextlib
-import io
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -16,7 +15,6 @@ from typing import Any
 
 import httpx
 import pytest
-from PIL import Image, ImageDraw
 from starlette.applications import Starlette
 
 from proxy.app import create_app, embedded_engine_settings
@@ -24,6 +22,7 @@ from proxy.engine.settings import EngineSettings
 from proxy.settings import Settings
 from proxy.signing import Signer
 from tests.clock import Clock
+from tests.integration.conftest import product_png
 from tests.redis.conftest import redis_server  # noqa: F401  (a real redis-server)
 
 ADMIN = "admin-token-for-tests-0123456789"
@@ -39,13 +38,7 @@ NEW_KEY, NEW_SALT = "6e65772d6b6579", "6e65772d73616c74"
 
 def photo(size: tuple[int, int] = (800, 600)) -> bytes:
     """A product shot: a blue disc on a light background."""
-    image = Image.new("RGB", size, (238, 238, 236))
-    draw = ImageDraw.Draw(image)
-    w, h = size
-    draw.ellipse((w // 4, h // 4, 3 * w // 4, 3 * h // 4), fill=(20, 90, 200))
-    out = io.BytesIO()
-    image.save(out, "PNG")
-    return out.getvalue()
+    return product_png(*size)
 
 
 @dataclass
