@@ -8,12 +8,20 @@ worker's files, so any worker answers a scrape with the totals of all of them.
 
 Names follow Prometheus conventions: counters end in ``_total``, durations are histograms in
 ``_seconds``. Labels have small, fixed value sets (route templates, never raw paths).
+
+The per-request counts (requests, their durations, cache results) are tallied in plain
+integers and added to the Prometheus metrics in batches (:class:`Tally`): a counter's
+``inc()`` takes a lock, and in multiprocess mode writes a file, which is most of what a cache
+hit would otherwise cost. A scrape adds its own worker's tally first, so one process's
+``/metrics`` is exact; another worker's counts reach it within :data:`FLUSH_SECONDS`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
+from bisect import bisect_left
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -54,6 +62,9 @@ REQUEST_BUCKETS = (
     30.0,
     60.0,
 )
+# How long a worker's tallied counts wait before they are added to the Prometheus metrics.
+FLUSH_SECONDS = 1.0
+
 UPSTREAM_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 30.0, 60.0, 120.0, 300.0)
 
 
@@ -78,6 +89,77 @@ def reset_multiprocess_dir(directory: Path) -> None:
     directory.mkdir(parents=True, exist_ok=True)
 
 
+class _Pending:
+    """One route, method and status: requests answered, their seconds, per bucket."""
+
+    __slots__ = ("buckets", "count", "seconds")
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.seconds = 0.0
+        # As the histogram keeps them: one count per bucket (not cumulative), +Inf last.
+        self.buckets = [0] * (len(REQUEST_BUCKETS) + 1)
+
+
+class Tally:
+    """The per-request counts, kept in plain numbers and added to Prometheus in one go.
+
+    Only the event loop's thread counts and flushes: a flush is scheduled there
+    :data:`FLUSH_SECONDS` after the first count since the last one, and a scrape flushes
+    before it reads.
+    """
+
+    def __init__(
+        self, requests: Counter, request_seconds: Histogram, cache_results: Counter
+    ) -> None:
+        self._requests_metric = requests
+        self._seconds_metric = request_seconds
+        self._tiers_metric = cache_results
+        self._requests: dict[tuple[str, str, int], _Pending] = {}
+        self._tiers: dict[str, int] = {}
+        self._scheduled = False
+
+    def request(self, route: str, method: str, status: int, seconds: float) -> None:
+        pending = self._requests.get((route, method, status))
+        if pending is None:
+            pending = self._requests[(route, method, status)] = _Pending()
+        pending.count += 1
+        pending.seconds += seconds
+        # The first bound at or above the duration, as Histogram.observe files it.
+        pending.buckets[bisect_left(REQUEST_BUCKETS, seconds)] += 1
+        if not self._scheduled:
+            self._schedule()
+
+    def tier(self, label: str) -> None:
+        self._tiers[label] = self._tiers.get(label, 0) + 1
+        if not self._scheduled:
+            self._schedule()
+
+    def _schedule(self) -> None:
+        self._scheduled = True
+        try:
+            asyncio.get_running_loop().call_later(FLUSH_SECONDS, self.flush)
+        except RuntimeError:  # counted outside an event loop: nothing to batch with
+            self.flush()
+
+    def flush(self) -> None:
+        """Add everything counted since the last flush to the Prometheus metrics."""
+        self._scheduled = False
+        requests, self._requests = self._requests, {}
+        tiers, self._tiers = self._tiers, {}
+        for (route, method, status), pending in requests.items():
+            self._requests_metric.labels(route, method, str(status)).inc(pending.count)
+            histogram = self._seconds_metric.labels(route)
+            # Histogram has no "observe many": its sum and (non-cumulative) bucket values
+            # are what observe() adds to; tests/ops/test_metrics.py checks they agree.
+            histogram._sum.inc(pending.seconds)
+            for bucket, count in zip(histogram._buckets, pending.buckets, strict=True):
+                if count:
+                    bucket.inc(count)
+        for label, count in tiers.items():
+            self._tiers_metric.labels(label).inc(count)
+
+
 class Metrics:
     """Every metric the proxy exports, and the hooks the services call to feed them."""
 
@@ -87,10 +169,6 @@ class Metrics:
         self.shared_tier = shared_tier
         self.registry = CollectorRegistry()
         r = self.registry
-        # Labelled children, looked up once: the hit path counts into them on every request.
-        # Routes are templates, methods and statuses few, so these stay small.
-        self._tier_children: dict[str, Counter] = {}
-        self._request_children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
         self.requests = Counter(
             "cutproxy_http_requests",
             "HTTP requests answered, by route template, method and status.",
@@ -106,7 +184,7 @@ class Metrics:
         )
         self.requests_in_flight = Gauge(
             "cutproxy_http_requests_in_flight",
-            "Requests being answered now.",
+            "Requests being answered now (memory hits answer without waiting: not counted).",
             registry=r,
             multiprocess_mode="livesum",
         )
@@ -202,6 +280,7 @@ class Metrics:
             self.credits_saved.labels(by)
         for tier in ("memory", shared_tier, "miss", "coalesced"):
             self.cache_results.labels(tier)
+        self.tally = Tally(self.requests, self.request_seconds, self.cache_results)
         for purpose in ("variants", "upload"):
             self.tokens_minted.labels(purpose)
 
@@ -209,7 +288,6 @@ class Metrics:
         """Label the shared tier by its kind: ``DiskTier`` → disk, ``RedisTier`` → redis."""
         name = type(shared).__name__.removesuffix("Tier").lower()
         self.shared_tier = name or "shared"
-        self._tier_children.clear()  # "shared" now counts under the new name
         self.cache_results.labels(self.shared_tier)
 
     # -- hooks the services call -----------------------------------------------------------
@@ -218,10 +296,7 @@ class Metrics:
         return self.shared_tier if tier == "shared" else tier
 
     def resolved(self, tier: str) -> None:
-        child = self._tier_children.get(tier)
-        if child is None:
-            child = self._tier_children[tier] = self.cache_results.labels(self.tier(tier))
-        child.inc()
+        self.tally.tier(self.tier(tier))
 
     def waiting(self, delta: int) -> None:
         self.coalesced_waiters.inc(delta)
@@ -257,20 +332,16 @@ class Metrics:
         self.shared_store_unavailable.labels(operation).inc()
 
     def request_done(self, route: str, method: str, status: int, seconds: float) -> None:
-        children = self._request_children.get((route, method, status))
-        if children is None:
-            children = (
-                self.requests.labels(route, method, str(status)),
-                self.request_seconds.labels(route),
-            )
-            self._request_children[(route, method, status)] = children
-        counter, histogram = children
-        counter.inc()
-        histogram.observe(seconds)
+        self.tally.request(route, method, status, seconds)
 
     # -- exposition ------------------------------------------------------------------------
     def exposition(self) -> bytes:
-        """The text format: this process's registry, or every worker's files added up."""
+        """The text format, this process's tally included (call it on the event loop)."""
+        self.tally.flush()
+        return self._collect()
+
+    def _collect(self) -> bytes:
+        """This process's registry, or every worker's files added up."""
         if self.multiprocess_path is None:
             return generate_latest(self.registry)
         registry = CollectorRegistry()
@@ -279,13 +350,15 @@ class Metrics:
 
     def process_exited(self) -> None:
         """Forget this worker's live gauges (in-flight counts) once it stops."""
+        self.tally.flush()
         if self.multiprocess_path is not None:
             multiprocess.mark_process_dead(os.getpid(), str(self.multiprocess_path))
 
     async def endpoint(self, request: Request) -> Response:
         """``GET /metrics`` (off the event loop: in multiprocess mode it reads files)."""
+        self.tally.flush()  # here, on the loop: the tally is only touched from its thread
         return Response(
-            await anyio.to_thread.run_sync(self.exposition),
+            await anyio.to_thread.run_sync(self._collect),
             media_type=CONTENT_TYPE_LATEST,
             headers={"Cache-Control": "no-store"},
         )

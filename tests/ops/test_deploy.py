@@ -26,7 +26,7 @@ import httpx
 import pytest
 import yaml
 
-from tests.servers import REPO, Server, cutproxy, free_port, start
+from tests.servers import REPO, Server, cutproxy, free_port, start, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -186,7 +186,8 @@ def check_serving(server: Server, workers: int) -> None:
     assert httpx.get(f"{server.url}/health/live", timeout=5).status_code == 200
     ready = httpx.get(f"{server.url}/health/ready", timeout=10)
     assert ready.status_code == 200, ready.text
-    assert "cutproxy_http_requests_total" in httpx.get(f"{server.url}/metrics", timeout=5).text
+    # Counts reach a scrape from any worker within the metrics' flush interval.
+    wait_for(lambda: "cutproxy_http_requests_total" in httpx.get(f"{server.url}/metrics").text)
     server.signal(signal.SIGTERM)
     assert server.proc.wait(30) == 0, server.log()[-2000:]
     server.stopped = True

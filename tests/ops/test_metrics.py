@@ -7,9 +7,11 @@ from pathlib import Path
 
 import httpx
 
+from proxy.metrics import FLUSH_SECONDS, Metrics
 from tests.ops.conftest import (
     Clock,
     FakeUpstream,
+    Scrape,
     register,
     running,
     scrape,
@@ -138,3 +140,39 @@ def app_reupload_after(client: httpx.AsyncClient) -> float:
     transport = client._transport
     assert isinstance(transport, httpx.ASGITransport)
     return float(transport.app.state.proxy.settings.reupload_after)  # type: ignore[attr-defined]
+
+
+async def test_the_tally_adds_up_as_observing_each_request_would() -> None:
+    durations = [0.0001, 0.0005, 0.0007, 0.003, 0.2, 45.0, 61.0, 0.0005, 0.0]
+    tallied, observed = Metrics(), Metrics()
+    for seconds in durations:
+        tallied.request_done(IMG, "GET", 302, seconds)
+        tallied.resolved("memory")
+        observed.requests.labels(IMG, "GET", "302").inc()
+        observed.request_seconds.labels(IMG).observe(seconds)
+        observed.cache_results.labels("memory").inc()
+
+    def samples(metrics: Metrics) -> list[tuple[str, dict[str, str], float]]:
+        text = metrics.exposition().decode()
+        return [s for s in Scrape(text).samples if not s[0].endswith("_created")]
+
+    assert samples(tallied) == samples(observed)
+    assert (
+        Scrape(tallied.exposition().decode()).value(
+            "cutproxy_http_request_duration_seconds_bucket", le="0.0005"
+        )
+        == 4
+    )  # 0.0, 0.0001 and both 0.0005: a bound counts what equals it
+
+
+async def test_tallied_counts_reach_the_metrics_on_their_own() -> None:
+    metrics = Metrics()
+    metrics.request_done(IMG, "HEAD", 302, 0.001)
+    metrics.resolved("shared")
+    untouched = Scrape(metrics._collect().decode())  # what another worker would read
+    assert untouched.value("cutproxy_http_requests_total", method="HEAD") == 0
+    await asyncio.sleep(FLUSH_SECONDS + 0.2)
+    later = Scrape(metrics._collect().decode())
+    assert later.value("cutproxy_http_requests_total", method="HEAD") == 1
+    assert later.value("cutproxy_http_request_duration_seconds_bucket", le="0.001") == 1
+    assert later.value("cutproxy_cache_results_total", tier="disk") == 1

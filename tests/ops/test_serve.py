@@ -13,8 +13,9 @@ from typing import Any
 import httpx
 import pytest
 
+from proxy.metrics import FLUSH_SECONDS
 from tests.ops.conftest import Scrape
-from tests.servers import Server, cutproxy, free_port, start
+from tests.servers import Server, cutproxy, free_port, start, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -50,14 +51,6 @@ def access(server: Server, path: str) -> list[dict[str, Any]]:
 
 def scrape(server: Server) -> Scrape:
     return Scrape(httpx.get(f"{server.url}/metrics", timeout=10).text)
-
-
-def wait_for(condition: Any, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        time.sleep(0.05)
 
 
 def test_sigterm_lets_a_slow_miss_finish_and_keeps_it(tmp_path: Path) -> None:
@@ -144,13 +137,16 @@ def test_metrics_add_up_across_worker_processes(tmp_path: Path) -> None:
             answers += asyncio.run(_get_all(server.url + VARIANT, 20))
             if len({line["pid"] for line in access(server, VARIANT)}) == 2:
                 break
+        # Each worker adds its tally to the shared files within FLUSH_SECONDS; a scrape
+        # answered by either worker then reports the sum of both.
+        time.sleep(FLUSH_SECONDS)
         scrapes = [scrape(server) for _ in range(6)]
     finally:
         server.stop()
     assert {a.status_code for a in answers} == {302}
     served_by = {line["pid"] for line in access(server, VARIANT)}
     assert len(served_by) == 2, "the requests all landed on one worker"
-    for m in scrapes:  # whichever worker answers the scrape reports the sum of both
+    for m in scrapes:
         assert m.value("cutproxy_http_requests_total", status="302") == len(answers)
         assert m.value("cutproxy_cache_results_total") == len(answers)
         assert m.value("cutproxy_misses_in_flight") == 0
