@@ -18,6 +18,7 @@ installs it through :func:`logging_config`), with the current request's id attac
 from __future__ import annotations
 
 import contextvars
+import itertools
 import json
 import logging
 import os
@@ -69,11 +70,33 @@ def request_id_from(headers: list[tuple[bytes, bytes]]) -> str:
     """The caller's ``X-Request-ID`` when it is short and plain, else a fresh one."""
     for name, value in headers:
         if name.lower() == b"x-request-id":
-            text = value.decode("latin-1").strip()
-            if _GOOD_ID.fullmatch(text):
-                return text
-            break
-    return os.urandom(16).hex()  # 32 hex digits, like a uuid4 without building one
+            return given_request_id(value)
+    return new_request_id()
+
+
+def given_request_id(value: bytes) -> str:
+    """A caller's ``X-Request-ID`` value, kept when it is short and plain."""
+    text = value.decode("latin-1").strip()
+    return text if _GOOD_ID.fullmatch(text) else new_request_id()
+
+
+class _RequestIds:
+    """32 hex digits: 16 random per process, then a counter. Unique, cheap, not secret."""
+
+    def __init__(self) -> None:
+        self.reset()
+        # A forked worker must not repeat its parent's ids.
+        os.register_at_fork(after_in_child=self.reset)
+
+    def reset(self) -> None:
+        self.prefix = os.urandom(8).hex()
+        self.counter = itertools.count()
+
+    def __call__(self) -> str:
+        return f"{self.prefix}{next(self.counter):016x}"
+
+
+new_request_id = _RequestIds()
 
 
 class AccessLog:
@@ -112,22 +135,39 @@ class AccessLog:
             self.metrics.request_done(route, scope["method"], status, seconds)
             if access_log.isEnabledFor(logging.INFO):  # below the level: build nothing
                 tier = scope["state"].get("cache_tier")
-                access_log.info(
-                    "request",
-                    extra={
-                        "fields": {
-                            "method": scope["method"],
-                            "path": scope["path"],
-                            "route": route,
-                            "status": status,
-                            "cache_tier": self.metrics.tier(tier) if tier else None,
-                            "upstream_seconds": round(context.upstream_seconds, 4),
-                            "duration_seconds": round(seconds, 4),
-                            "client": (scope.get("client") or ("", 0))[0],
-                        }
-                    },
+                log_request(
+                    scope,
+                    route,
+                    status,
+                    self.metrics.tier(tier) if tier else None,
+                    seconds,
+                    context.upstream_seconds,
                 )
             _current.reset(token)
+
+
+def log_request(
+    scope: Scope,
+    route: str,
+    status: int,
+    tier: str | None,
+    seconds: float,
+    upstream_seconds: float = 0.0,
+    request_id: str | None = None,
+) -> None:
+    """The access-log line of one request (``request_id``: when no context carries it)."""
+    fields: dict[str, Any] = {"request_id": request_id} if request_id is not None else {}
+    fields.update(
+        method=scope["method"],
+        path=scope["path"],
+        route=route,
+        status=status,
+        cache_tier=tier,
+        upstream_seconds=round(upstream_seconds, 4),
+        duration_seconds=round(seconds, 4),
+        client=(scope.get("client") or ("", 0))[0],
+    )
+    access_log.info("request", extra={"fields": fields})
 
 
 def route_label(scope: Scope, root_path: str) -> str:

@@ -7,6 +7,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 import anyio.to_thread
 import httpx
@@ -126,11 +127,12 @@ def create_app(
                 await state.aclose()
                 metrics.process_exited()
 
-    app = Starlette(
+    app = ProxyApp(
+        state,
+        metrics,
         routes=routes,
         middleware=[
             Middleware(AccessLog, metrics=metrics),
-            Middleware(HitPath, route=variant_route),  # memory hits skip the router
         ],
         exception_handlers={
             ProxyError: _proxy_error,
@@ -141,6 +143,17 @@ def create_app(
     )
     app.state.proxy = state
     return app
+
+
+class ProxyApp(Starlette):
+    """Starlette, with the hit path (:mod:`proxy.hitpath`) in front of its whole stack."""
+
+    def __init__(self, state: AppState, metrics: Metrics, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._hit_path = (state, metrics)
+
+    def build_middleware_stack(self) -> ASGIApp:
+        return HitPath(super().build_middleware_stack(), *self._hit_path)
 
 
 def embedded_engine_settings(settings: Settings) -> EngineSettings:

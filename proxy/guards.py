@@ -34,6 +34,7 @@ from urllib.parse import parse_qsl, urlencode
 import anyio.to_thread
 import diskcache
 import limits.errors
+from starlette.datastructures import QueryParams
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
@@ -93,10 +94,10 @@ class Guards:
             fallback_max_age=settings.fallback_max_age,
         )
 
-    def verify(self, request: Request, now: float) -> None:
+    def verify(self, path: str, query_string: bytes, now: float) -> None:
         """403 unless the URL is signed (when signing keys are configured)."""
         if self.signer is not None:
-            self.signer.verify(request.scope["path"], request.query_params, now)
+            self.signer.verify(path, QueryParams(query_string), now)
 
     def hold(
         self, parsed: Variant | grammar.Canonical, limits: grammar.Limits

@@ -12,7 +12,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.types import Receive, Scope, Send
 
 from proxy import cdn, grammar, negotiation, responses
-from proxy.errors import BadRequestError, ProxyError
+from proxy.errors import BadRequestError
 from proxy.registry import ImageRecord
 from proxy.state import AppState
 
@@ -20,7 +20,7 @@ MAX_JSON_BODY = 64 * 1024
 
 
 class Endpoint:
-    """A request handler served as a plain ASGI app, for the hit path.
+    """A request handler served as a plain ASGI app: the variant route's.
 
     Starlette wraps a function endpoint in two more layers per request (one of them wrapping
     ``send``) only to render its exceptions; raised here, they reach the app's exception
@@ -66,39 +66,21 @@ async def variant(request: Request) -> Response:
     return await negotiation.answer(request, state, parsed, resolved.output, tags=tags)
 
 
-def memory_hit(request: Request) -> Response | None:
-    """The redirect for a variant in the memory tier that needs nothing else, or None.
-
-    None (a miss, a 308, JSON, any error): :func:`variant` answers instead, from the start.
-    Every step before the answer is pure, so trying them here first changes nothing.
-    """
-    state = state_of(request)
-    try:
-        parsed = _checked(request, state)
-    except ProxyError:
-        return None
-    if isinstance(parsed, grammar.Canonical) or negotiation.wants_json(
-        request.headers.get("accept")
-    ):
-        return None
-    resolved = state.variants.hit(parsed)
-    if resolved is None:
-        return None
-    tags = cdn.surrogate_keys(parsed.image_id, parsed.bg)
-    cdn.tag(request.scope, tags)
-    request.scope.setdefault("state", {})["cache_tier"] = resolved.tier
-    return negotiation.redirect(state, resolved.output, tags=tags)
-
-
 def _checked(request: Request, state: AppState) -> grammar.Variant | grammar.Canonical:
     """Signature first (unsigned URLs learn nothing more), then the grammar and the ladder."""
-    guards = state.guards
-    guards.verify(request, state.clock())
+    scope = request.scope
+    state.guards.verify(scope["path"], scope["query_string"], state.clock())
     params = request.path_params
+    return held(state, params["image_id"], params["size"], params["filename"])
+
+
+def held(
+    state: AppState, image_id: str, size: str, filename: str
+) -> grammar.Variant | grammar.Canonical:
+    """The URL's parts read by the grammar, then held to the size ladder (pure)."""
     settings = state.settings
     limits = _limits(settings.max_width, settings.max_height, settings.max_pixels)
-    parsed = _parse(params["image_id"], params["size"], params["filename"], limits)
-    return guards.hold(parsed, limits)  # the size ladder
+    return state.guards.hold(_parse(image_id, size, filename, limits), limits)
 
 
 @functools.lru_cache(maxsize=16)

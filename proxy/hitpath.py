@@ -1,38 +1,126 @@
-"""The hit path: a variant in the memory tier is answered before routing.
+"""The hit path: a variant in the memory tier is answered before anything else runs.
 
-:class:`HitPath` sits just inside the access log, so a hit's log line, metrics and request id
-are those of any request. For a GET or HEAD of the ``/img`` route it asks
-:func:`proxy.handlers.memory_hit` for the redirect; when that is not a plain memory hit
-(a miss, a 308, JSON, any error) the request goes down the full stack, router, exception
-handlers and :func:`proxy.handlers.variant`, exactly as if this layer were not there.
-What a hit skips is only the per-request machinery: matching every route, two exception
-layers and the wrappers they put around ``send``.
+:class:`HitPath` is the app's outermost layer, in front of even Starlette's error layer. A GET
+or HEAD of ``/img/<id>/<size>/<file>`` whose answer is a plain redirect from the memory tier
+is sent from here in raw ASGI, with the headers, request id, metrics and access-log line any
+request gets. Anything else (a miss, a 308, JSON, a bad signature, an error of any kind) goes
+down the full stack, access log, router, exception handlers and
+:func:`proxy.handlers.variant`, exactly as if this layer were not there: the checks here are
+the same pure functions, so a hit is never answered differently from how the full stack
+would answer it (``tests/ops/test_hit_path.py``).
+
+What a hit skips is the per-request machinery: Starlette's error and exception layers, the
+router, request and response objects, the wrappers each layer puts around ``send``. Its
+counts go through the metrics' batched tally. Memory hits never wait, so they are not counted
+in ``cutproxy_http_requests_in_flight``.
 """
 
 from __future__ import annotations
 
-from starlette.requests import Request
-from starlette.routing import Match, Route
+import functools
+import logging
+import time
+
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from proxy import handlers
+from proxy import cdn, handlers, negotiation, responses
+from proxy.accesslog import access_log, given_request_id, log_request, new_request_id
+from proxy.cdn import CachePolicy
+from proxy.errors import ProxyError
+from proxy.grammar import Variant
+from proxy.metrics import Metrics
+from proxy.responses import RawHeaders
+from proxy.state import AppState
+
+ROUTE = "/img/{image_id}/{size}/{filename}"
+_PREFIX = "/img/"
+_READS = frozenset({"GET", "HEAD"})
+_MEMO_SIZE = 4096  # distinct paths held; then the memo starts again (re-parsing is cheap)
+
+Held = tuple[Variant, RawHeaders] | None  # the variant and its headers; None: not a hit URL
 
 
 class HitPath:
-    """ASGI middleware: memory hits of ``route`` answered at once; the rest passed on."""
+    """ASGI: memory hits of the variant route answered at once; everything else passed on."""
 
-    def __init__(self, app: ASGIApp, route: Route) -> None:
+    def __init__(self, app: ASGIApp, state: AppState, metrics: Metrics) -> None:
         self.app = app
-        self.route = route
+        self.state = state
+        self.metrics = metrics
+        self.policy = CachePolicy.from_settings(state.settings)
+        # path → what the grammar and the ladder made of it (both pure, so kept).
+        self._held: dict[str, Held] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            match, child_scope = self.route.matches(scope)
-            if match is Match.FULL:
-                scope["route"] = self.route  # as the router would: logs name the template
-                scope.update(child_scope)
-                response = handlers.memory_hit(Request(scope, receive, send))
-                if response is not None:
-                    await response(scope, receive, send)
-                    return
+        if (
+            scope["type"] == "http"
+            and scope["method"] in _READS
+            and scope["path"].startswith(_PREFIX)
+            and not scope.get("root_path")  # behind a path prefix: the router knows best
+        ):
+            started = time.perf_counter()
+            try:
+                answer = self._answer(scope)
+            except Exception:  # the full stack meets it again, and reports it
+                answer = None
+            if answer is not None:
+                headers, request_id = answer
+                await send({"type": "http.response.start", "status": 302, "headers": headers})
+                await send({"type": "http.response.body", "body": b""})
+                seconds = time.perf_counter() - started
+                self.metrics.request_done(ROUTE, scope["method"], 302, seconds)
+                if access_log.isEnabledFor(logging.INFO):
+                    log_request(scope, ROUTE, 302, "memory", seconds, request_id=request_id)
+                return
         await self.app(scope, receive, send)
+
+    def _answer(self, scope: Scope) -> tuple[list[tuple[bytes, bytes]], str] | None:
+        """The redirect's headers and the request id, or None: not a plain memory hit."""
+        state = self.state
+        accept = given_id = None
+        for name, value in scope["headers"]:  # the first of each, as Starlette reads them
+            if name == b"accept":
+                accept = value if accept is None else accept
+            elif name == b"x-request-id":
+                given_id = value if given_id is None else given_id
+        if accept is not None and _wants_json(accept):
+            return None
+        now = state.clock()
+        path = scope["path"]
+        if state.guards.signer is not None:
+            try:
+                state.guards.verify(path, scope["query_string"], now)
+            except ProxyError:
+                return None
+        held = self._held[path] if path in self._held else self._hold(path)
+        if held is None:
+            return None
+        variant, extra = held
+        resolved = state.variants.hit(variant)
+        if resolved is None:
+            return None
+        headers = responses.redirect_headers(resolved.output, now, extra, policy=self.policy)
+        request_id = new_request_id() if given_id is None else given_request_id(given_id)
+        headers.append((b"x-request-id", request_id.encode()))
+        return headers, request_id
+
+    def _hold(self, path: str) -> Held:
+        held: Held = None
+        parts = path[len(_PREFIX) :].split("/")
+        if len(parts) == 3 and all(parts):  # the route's three [^/]+ segments
+            try:
+                parsed = handlers.held(self.state, *parts)
+            except ProxyError:
+                parsed = None
+            if isinstance(parsed, Variant):
+                tags = cdn.surrogate_keys(parsed.image_id, parsed.bg)
+                held = (parsed, negotiation.variant_headers(tags))
+        if len(self._held) >= _MEMO_SIZE:
+            self._held.clear()
+        self._held[path] = held
+        return held
+
+
+@functools.lru_cache(maxsize=256)
+def _wants_json(accept: bytes) -> bool:
+    return negotiation.wants_json(accept.decode("latin-1"))

@@ -98,6 +98,11 @@ def output_json(variant: Variant, output: CachedOutput, size: OutputSize) -> dic
 VARY_ACCEPT = ((b"vary", b"Accept"),)
 
 
+def variant_headers(tags: tuple[str, ...]) -> tuple[tuple[bytes, bytes], ...]:
+    """What every answer about a variant adds: ``Vary: Accept`` and its surrogate keys."""
+    return VARY_ACCEPT + tag_raw(tags) if tags else VARY_ACCEPT
+
+
 async def answer(
     request: Request,
     state: AppState,
@@ -114,7 +119,7 @@ async def answer(
     settings = state.settings
     now = state.clock()
     policy = CachePolicy.from_settings(settings)
-    extra = VARY_ACCEPT + tag_raw(tags) if tags else VARY_ACCEPT
+    extra = variant_headers(tags)
     if wants_json(request.headers.get("accept")):
         # resolve() just put the record in view: reading it here costs no I/O on a hit
         record = state.variants.viewed(variant.image_id) or await state.registry.get(
@@ -125,10 +130,3 @@ async def answer(
         body = output_json(variant, output, size)
         return responses.output_json(body, output, now, policy=policy, shared=shared, extra=extra)
     return responses.redirect(output, now, extra, policy=policy, shared=shared)
-
-
-def redirect(state: AppState, output: CachedOutput, *, tags: tuple[str, ...] = ()) -> Response:
-    """The browsers' answer alone (:func:`answer` without JSON): the hit path's."""
-    extra = VARY_ACCEPT + tag_raw(tags) if tags else VARY_ACCEPT
-    policy = CachePolicy.from_settings(state.settings)
-    return responses.redirect(output, state.clock(), extra, policy=policy)

@@ -32,16 +32,30 @@ def redirect(
 
     ``shared=False``: the answer was decided for this request alone (a budget fallback), so
     no cache may keep it. ``extra``: more headers, already encoded.
-
-    The headers are laid down as raw ASGI pairs, encoded once per URL and per lifetime: this
-    is the hit path, and the same pairs a ``RedirectResponse`` would have built.
     """
-    response = Response(status_code=302)  # no body: content-length 0, no content-type
-    raw = response.raw_headers
-    raw.append((b"location", _location(output.url)))
-    raw += _output_raw(policy, math.floor(output.remaining(now))) if shared else _NO_STORE_RAW
-    raw += extra
+    response = Response(status_code=302)
+    response.raw_headers = redirect_headers(output, now, extra, policy=policy, shared=shared)
     return response
+
+
+def redirect_headers(
+    output: CachedOutput,
+    now: float,
+    extra: RawHeaders = (),
+    *,
+    policy: CachePolicy = DEFAULT_POLICY,
+    shared: bool = True,
+) -> list[tuple[bytes, bytes]]:
+    """:func:`redirect`'s headers as raw ASGI pairs, the hit path's whole answer.
+
+    Encoded once per URL and per lifetime; the same pairs a ``RedirectResponse`` would have
+    built (no body: ``content-length: 0`` and no content type).
+    """
+    life = _output_raw(policy, math.floor(output.remaining(now))) if shared else _NO_STORE_RAW
+    return [_NO_BODY, (b"location", _location(output.url)), *life, *extra]
+
+
+_NO_BODY = (b"content-length", b"0")
 
 
 @functools.lru_cache(maxsize=4096)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -15,7 +16,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from proxy.accesslog import AccessLog
+from proxy.accesslog import AccessLog, new_request_id
 from proxy.metrics import Metrics
 from tests.ops.conftest import Clock, JsonLines, running, scrape, settings
 from tests.servers import REPO
@@ -137,3 +138,17 @@ def test_the_log_level_setting_filters_json_lines_on_stderr() -> None:
     assert printed["info"] == ["request", "slow upstream"]
     assert printed["warning"] == ["slow upstream"]
     assert printed["debug"] == ["request", "slow upstream", "HTTP Request: POST ..."]
+
+
+def test_request_ids_are_unique_and_a_forked_worker_makes_its_own() -> None:
+    ids = [new_request_id() for _ in range(1000)]
+    assert len(set(ids)) == 1000
+    assert all(re.fullmatch(r"[0-9a-f]{32}", i) for i in ids)
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: one id, then gone without running any cleanup
+        os.write(write_end, new_request_id().encode())
+        os._exit(0)
+    os.waitpid(pid, 0)
+    child = os.read(read_end, 64).decode()
+    assert child[:16] != ids[0][:16]  # a prefix of its own

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import httpx
+import pytest
+
+from proxy.signing import Signer
 from tests.ops.conftest import Clock, running, scrape, settings
 
 IMG = "/img/{image_id}/{size}/{filename}"
@@ -49,3 +53,58 @@ async def test_hits_that_need_more_than_a_redirect_are_answered_in_full(
     assert spelled.headers["location"] == URL
     assert "surrogate-key" not in spelled.headers
     assert wrong_method.status_code == 405
+
+
+KEY = "943b421c9eb07c830af81030552c86009268de4e532ba2ee2eab8247c6da0881"
+SALT = "520f986b998545b4785e0defbc4f3c1203f22de2374a3d53cb7a7fe9fea309c5"
+
+
+async def test_a_signed_hit_is_checked_before_it_is_served(tmp_path: Path, clock: Clock) -> None:
+    signer = Signer.from_hex((KEY,), (SALT,))
+    async with running(
+        settings(tmp_path, demo=True, signing_key=(KEY,), signing_salt=(SALT,)), clock
+    ) as (_app, client):
+        signed = signer.sign_url(URL)
+        miss = await client.get(signed)
+        hit = await client.get(signed)
+        unsigned = await client.get(URL)
+        forged = await client.get(URL + "?s=" + "A" * 43)
+
+    assert miss.status_code == hit.status_code == 302
+    assert hit.headers["location"] == miss.headers["location"]
+    assert unsigned.status_code == forged.status_code == 403
+    assert unsigned.json()["error"] == "signature_missing"
+    assert forged.json()["error"] == "signature_invalid"
+
+
+async def test_behind_a_path_prefix_the_router_answers_hits_the_same(
+    tmp_path: Path, clock: Clock
+) -> None:
+    async with running(settings(tmp_path, demo=True), clock) as (app, _client):
+        transport = httpx.ASGITransport(app=app, root_path="/cdn")
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            first = await client.get("/cdn" + URL)
+            second = await client.get("/cdn" + URL)
+
+    assert first.status_code == second.status_code == 302
+    assert second.headers["location"] == first.headers["location"]
+
+
+async def test_a_failure_in_the_hit_path_gets_the_full_stacks_json_500(
+    tmp_path: Path, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with running(settings(tmp_path, demo=True), clock) as (app, client):
+        await client.get(URL)  # in the memory tier now
+
+        def broken(variant: object) -> None:
+            raise RuntimeError("a bug in the lookup")
+
+        monkeypatch.setattr(app.state.proxy.variants, "hit", broken)
+        # As a server would: the app re-raises after answering, for the server's own log.
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as raw:
+            answer = await raw.get(URL)
+
+    assert answer.status_code == 500
+    assert answer.json()["error"] == "internal_error"
+    assert answer.headers["cache-control"] == "no-store"
