@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 
 from tests.bench.harness import registered_image, start_engine, start_uvicorn, wrk
-from tests.integration.conftest import Engine, proxy_env
+from tests.integration.conftest import Engine, start_proxy
 from tests.servers import Server
 
 WORKERS = 2
@@ -21,10 +21,14 @@ WORKERS = 2
 
 @contextlib.contextmanager
 def _proxy_with_image(tmp: Path) -> Iterator[tuple[Engine, Server, str]]:
-    """A standalone engine, the proxy (2 workers) in front of it, and a registered image."""
+    """A standalone engine, the proxy in front of it, and a registered image.
+
+    The proxy runs as operators run it, ``cutproxy serve --workers 2``: the same uvicorn as
+    the bare app, plus what serve adds (metrics shared by the workers through files). Both
+    log at warning, so neither writes a line per request.
+    """
     engine = start_engine(tmp)
-    env = proxy_env(engine.url, tmp / "data", PROXY_LOG_LEVEL="warning")
-    proxy = start_uvicorn("proxy.cli:app_from_environment", tmp, WORKERS, env, "proxy")
+    proxy = start_proxy(engine, tmp, workers=WORKERS, PROXY_LOG_LEVEL="warning")
     try:
         yield engine, proxy, registered_image(engine, proxy.url)
     finally:

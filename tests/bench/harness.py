@@ -49,10 +49,9 @@ def start_engine(tmp: Path, **env: str) -> Engine:
 
 
 def start_uvicorn(target: str, tmp: Path, workers: int, env: dict[str, str], name: str) -> Server:
+    """``target`` under uvicorn with the options ``cutproxy serve`` gives it."""
     args = [sys.executable, "-m", "uvicorn", target, "--host", "127.0.0.1", "--port", "{port}"]
     args += ["--workers", str(workers), "--no-access-log", "--log-level", "warning"]
-    if target.endswith(":app_from_environment"):
-        args.append("--factory")
     return start(args, port=free_port(), log_path=tmp / f"{name}.log", env=env, ready_path="/")
 
 
