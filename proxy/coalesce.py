@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import logging
 import secrets
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
@@ -133,16 +133,16 @@ async def lead_or_follow(
     deadline = loop.time() + wait
     delay = poll
     while True:
-        token = await lease.acquire(f"lease:{key}", ttl)
+        token = await lease.acquire(_lease_name(key), ttl)
         if token is not None:
             try:
                 found = await check()
                 if found is not None:
                     return found
-                async with _renewing(lease, f"lease:{key}", token, ttl):
+                async with _renewing(lease, _lease_name(key), token, ttl):
                     return await lead()
             finally:
-                await lease.release(f"lease:{key}", token)
+                await lease.release(_lease_name(key), token)
         found = await check()
         if found is not None:
             return found
@@ -154,6 +154,35 @@ async def lead_or_follow(
             )
         await asyncio.sleep(delay)
         delay = min(delay * 1.5, 0.5)
+
+
+@contextlib.asynccontextmanager
+async def holding(lease: Lease, keys: Sequence[str], *, ttl: float) -> AsyncIterator[set[str]]:
+    """Take, without waiting, the lease of each key that is free; yield the keys taken.
+
+    For work on several keys at once (a warm-up's one token for many variants): the leases
+    are renewed while the body runs and released after it, so a miss for one of those keys
+    meanwhile waits for the result (:func:`lead_or_follow`) instead of minting it again.
+    Store the results before the body ends. A key whose lease another holder has is left out:
+    that one is being rendered already.
+    """
+    tokens: dict[str, str] = {}
+    try:
+        for key in keys:
+            token = await lease.acquire(_lease_name(key), ttl)
+            if token is not None:
+                tokens[key] = token
+        async with contextlib.AsyncExitStack() as stack:
+            for key, token in tokens.items():
+                await stack.enter_async_context(_renewing(lease, _lease_name(key), token, ttl))
+            yield set(tokens)
+    finally:
+        for key, token in tokens.items():
+            await lease.release(_lease_name(key), token)
+
+
+def _lease_name(key: str) -> str:
+    return f"lease:{key}"
 
 
 @contextlib.asynccontextmanager

@@ -29,6 +29,7 @@ from starlette.responses import JSONResponse, Response
 from proxy import grammar
 from proxy.admin import require_admin
 from proxy.cache import CachedOutput
+from proxy.coalesce import holding
 from proxy.engine.pricing import estimate_credits
 from proxy.errors import BadRequestError, NotFoundError, PayloadTooLargeError
 from proxy.handlers import MAX_JSON_BODY, read_json, record_json, registration, state_of
@@ -232,27 +233,43 @@ async def warm_image(request: Request) -> Response:
         raise NotFoundError(f"unknown image {image_id!r}", code="unknown_image")
     service = state.variants
     version = record_version(record)
+    keys = {variant: service.key(variant, version) for variant in wanted}
     missing: list[Variant] = []
     skipped: list[str] = []
-    for variant in wanted:
-        output, _tier = await service.cache.get(service.key(variant, version))
+    pending: list[str] = []
+    for variant, key in keys.items():
+        output, _tier = await service.cache.get(key)
         if output is None:
             missing.append(variant)
         else:
             skipped.append(variant.path)
     credits = 0.0
-    if missing:
-        outputs = await service.render_many(record, missing)
-        for variant, output in outputs.items():
-            await service.cache.set(service.key(variant, version), output)
-        specs = [output_variant(v, state.settings, record.original_size) for v in missing]
-        credits = estimate_credits(specs)
+    # The leases of the variants it renders: a visitor's miss for one of them meanwhile waits
+    # for this token instead of minting its own; a variant already being minted is left out.
+    async with holding(
+        service.lease, [keys[v] for v in missing], ttl=state.settings.lease_ttl
+    ) as held:
+        todo: list[Variant] = []
+        for variant in missing:
+            if keys[variant] not in held:
+                pending.append(variant.path)
+            elif (await service.cache.get(keys[variant]))[0] is not None:
+                skipped.append(variant.path)  # a miss finished it just before
+            else:
+                todo.append(variant)
+        if todo:
+            outputs = await service.render_many(record, todo)
+            for variant, output in outputs.items():
+                await service.cache.set(keys[variant], output)
+            specs = [output_variant(v, state.settings, record.original_size) for v in todo]
+            credits = estimate_credits(specs)
     return JSONResponse(
         {
             "image_id": image_id,
-            "rendered": [v.path for v in missing],
+            "rendered": [v.path for v in todo],
             "skipped": skipped,
-            "tokens": 1 if missing else 0,
+            "pending": pending,
+            "tokens": 1 if todo else 0,
             "estimated_credits": credits,
         }
     )

@@ -337,6 +337,7 @@ def warm_command(
             return
         totals["rendered"] += len(answer["rendered"])
         totals["skipped"] += len(answer["skipped"])
+        totals["pending"] += len(answer["pending"])
         totals["tokens"] += int(answer["tokens"])
         credits += float(answer["estimated_credits"])
 
@@ -352,6 +353,7 @@ def warm_command(
     table.add_column("count", justify="right")
     table.add_row("variants rendered", str(totals["rendered"]))
     table.add_row("already cached", str(totals["skipped"]))
+    table.add_row("being minted for a visitor", str(totals["pending"]))
     table.add_row("tokens minted", str(totals["tokens"]))
     table.add_row("estimated credits", f"{credits:.2f}")
     table.add_row("failed images", str(len(report.failures)))

@@ -126,6 +126,7 @@ def test_warm_show_and_rm(proxy: Server, tmp_path: Path) -> None:
     warmed = run_cli(proxy, "warm", "--sizes", "320x320,640x640,1280x1280,160x160", "mug")
     assert warmed.returncode == 0, warmed.stdout + warmed.stderr
     assert summary(warmed.stdout)["variants rendered"] == 4
+    assert summary(warmed.stdout)["being minted for a visitor"] == 0
     assert stats(proxy)["tokens_minted"] == minted + 1
     again = run_cli(proxy, "warm", "--sizes", "320x320,640x640,1280x1280,160x160")
     assert summary(again.stdout)["already cached"] == 4

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from tests.images.conftest import AUTH, Rig, photo
 
 SIZES = ["320x320", "640x640", "1280x1280", "160x160"]
@@ -69,3 +71,49 @@ async def test_warm_requests_go_through_the_url_grammar(rig: Rig) -> None:
     assert jpg_clear.status_code == 400 and jpg_clear.json()["error"] == "bad_background"
     unknown = await rig.client.post("/images/nope/warm", json={"sizes": ["10x10"]}, headers=AUTH)
     assert unknown.status_code == 404
+
+
+ENGINE_AUTH = {"Authorization": "Bearer engine-dev-key"}
+SMALL, LARGE = "/img/mug/320x320/ffffff.jpg", "/img/mug/640x640/ffffff.jpg"
+
+
+async def _slow_engine(rig: Rig, seconds: float) -> None:
+    answer = await rig.engine.put(
+        "/_engine/faults", json={"process_latency": seconds}, headers=ENGINE_AUTH
+    )
+    assert answer.status_code == 200, answer.text
+
+
+async def test_a_warm_up_leaves_out_a_variant_a_visitor_is_minting(rig: Rig) -> None:
+    assert (await rig.upload("mug", photo(3))).status_code == 201
+    await _slow_engine(rig, 0.5)
+    before = await rig.stats()
+    visitor = asyncio.create_task(rig.client.get(SMALL))
+    await asyncio.sleep(0.2)  # the visitor's miss is waiting on the engine now
+    warmed = await rig.client.post(
+        "/images/mug/warm", json={"sizes": ["320x320", "640x640"]}, headers=AUTH
+    )
+    body = warmed.json()
+    assert (await visitor).status_code == 302
+    assert body["pending"] == [SMALL] and body["rendered"] == [LARGE]
+    after = await rig.stats()
+    assert after["variants_minted"] - before["variants_minted"] == 2  # each size once
+    assert after["tokens_minted"] - before["tokens_minted"] == 2
+
+
+async def test_a_visitor_during_a_warm_up_waits_for_its_token(rig: Rig) -> None:
+    assert (await rig.upload("mug", photo(4))).status_code == 201
+    await _slow_engine(rig, 0.5)
+    before = await rig.stats()
+    warm = asyncio.create_task(
+        rig.client.post("/images/mug/warm", json={"sizes": ["320x320", "640x640"]}, headers=AUTH)
+    )
+    await asyncio.sleep(0.2)  # the warm-up's token is at the engine now
+    visitor = await rig.client.get(SMALL)
+    body = (await warm).json()
+    assert sorted(body["rendered"]) == [SMALL, LARGE] and body["pending"] == []
+    assert visitor.status_code == 302
+    assert (await rig.client.get(SMALL)).headers["location"] == visitor.headers["location"]
+    after = await rig.stats()
+    assert after["variants_minted"] - before["variants_minted"] == 2
+    assert after["tokens_minted"] - before["tokens_minted"] == 1
