@@ -297,10 +297,25 @@ class ImageService:
         checked = checked or await self.check(data)
         if sha is None:
             sha = await anyio.to_thread.run_sync(sha256_hex, data)
+        unchanged = await self._unchanged(image_id, sha, data)
+        if unchanged is not None:
+            return unchanged
+        # One upload of these bytes at a time: a concurrent store of the same bytes (this id
+        # or another) waits here, then finds them registered, or live under a twin.
+        async with self.locks.held(f"bytes:{sha}"):
+            return await self._store_new(image_id, data, checked, sha)
+
+    async def _unchanged(self, image_id: str, sha: str, data: bytes) -> Stored | None:
         existing = await self.registry.get(image_id)
-        if existing is not None and existing.sha256 == sha:
-            await self._keep(sha, image_id, data)  # repairs a blob lost from the store
-            return Stored(existing, "unchanged")
+        if existing is None or existing.sha256 != sha:
+            return None
+        await self._keep(sha, image_id, data)  # repairs a blob lost from the store
+        return Stored(existing, "unchanged")
+
+    async def _store_new(self, image_id: str, data: bytes, checked: Probe, sha: str) -> Stored:
+        unchanged = await self._unchanged(image_id, sha, data)
+        if unchanged is not None:
+            return unchanged
         now = self.clock()
         twin = await self._live_twin(sha)
         if twin is not None:

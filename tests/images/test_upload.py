@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import io
 
@@ -162,3 +163,16 @@ async def test_a_rotated_jpeg_is_registered_and_described_upright(rig: Rig) -> N
     body = answer.json()
     rendered = Image.open(io.BytesIO((await rig.client.get(body["url"])).content))
     assert (body["width"], body["height"]) == rendered.size == (50, 100)
+
+
+async def test_the_same_new_bytes_sent_at_once_are_uploaded_once(rig: Rig) -> None:
+    data = photo(21)
+    before = await rig.stats()
+    same_id = await asyncio.gather(*(rig.upload("twin", data) for _ in range(4)))
+    other_ids = await asyncio.gather(*(rig.upload(f"twin-{i}", data) for i in range(3)))
+    assert sorted(a.status_code for a in same_id) == [200, 200, 200, 201]
+    assert {a.status_code for a in other_ids} == {201}
+    after = await rig.stats()
+    assert after["uploads"] == before["uploads"] + 1  # one upload, shared by all four ids
+    names = {a.json()["unique_filename"] for a in [*same_id, *other_ids]}
+    assert len(names) == 1
