@@ -329,6 +329,24 @@ class RedisTier:
         with contextlib.suppress(SharedStoreUnavailableError), self._health.guard("cache write"):
             await self._set_entry(keys=[self._key(key), self._index(key)], args=[value, px])
 
+    async def scan(self, prefix: str) -> dict[str, CachedOutput]:
+        """Live entries of one image (``/img/<id>/...``), read through its index set."""
+        if not _IMAGE_PREFIX.fullmatch(prefix):
+            raise ValueError(f"only an image's prefix can be listed, not {prefix!r}")
+        full_prefix = self._key(prefix)
+        with self._health.guard("cache read"):
+            members = await self._client.smembers(self._index(prefix))
+            keys = sorted(k for k in (_text(m) for m in members) if k.startswith(full_prefix))
+            values = await self._client.mget(keys) if keys else []
+        now = self._clock()
+        found: dict[str, CachedOutput] = {}
+        for key, raw in zip(keys, values, strict=True):
+            if raw is not None:  # the index may outlive an expired entry by a moment
+                output = CachedOutput.from_dict(json.loads(raw))
+                if output.expires_at > now:
+                    found[key.removeprefix(self._key(""))] = output
+        return found
+
     async def delete(self, key: str) -> None:
         with self._health.guard("cache delete"):
             await self._client.delete(self._key(key))

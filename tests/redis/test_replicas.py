@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.integration.conftest import Engine, product_png, register
+from tests.integration.conftest import ADMIN, Engine, product_png, register
 from tests.redis.replicas import get_split, start_replica
 from tests.redis.server import RedisServer
 from tests.servers import Server
@@ -87,6 +87,11 @@ def test_a_registration_through_one_replica_is_served_and_replaced_by_the_other(
     assert old.status_code == 302
     again = httpx.get(f"{b.url}/img/sku-2/200x200/ffffff.png")
     assert again.headers["location"] == old.headers["location"]  # now in b's memory tier
+    # a never served it, yet lists it: the cached variants are read from Redis.
+    listed = httpx.get(f"{a.url}/images/sku-2", headers={"Authorization": f"Bearer {ADMIN}"})
+    assert [(v["path"], v["url"]) for v in listed.json()["variants"]] == [
+        ("/img/sku-2/200x200/ffffff.png", old.headers["location"])
+    ]
 
     # Replacing the image through a must reach b's memory tier too, not only Redis.
     second = engine.upload(product_png(640, 480))

@@ -78,6 +78,36 @@ async def test_an_image_prefix_drops_only_that_images_variants(store: RedisStore
     assert await store.tier.get("otherXkey") is not None
 
 
+async def test_an_images_live_variants_are_listed_from_its_index(
+    redis_server: RedisServer,
+) -> None:
+    clock = Clock()
+    store = make_store(redis_server, clock)
+    try:
+        await store.tier.set("/img/a/10x10/white.jpg#p~v1", output("https://o/1", clock.now))
+        await store.tier.set("/img/a/20x20/white.jpg#p~v1", output("https://o/2", clock.now))
+        await store.tier.set("/img/ab/10x10/w.jpg#p~v1", output("https://o/3", clock.now))
+        short = output("https://o/4", clock.now, life=5)
+        await store.tier.set("/img/a/30x30/white.jpg#p~v1", short)
+        listed = await store.tier.scan("/img/a/")
+        assert sorted(listed) == [
+            "/img/a/10x10/white.jpg#p~v1",
+            "/img/a/20x20/white.jpg#p~v1",
+            "/img/a/30x30/white.jpg#p~v1",
+        ]
+        assert listed["/img/a/20x20/white.jpg#p~v1"].url == "https://o/2"
+        clock.now += 10  # the short-lived one has died
+        assert sorted(await store.tier.scan("/img/a/")) == [
+            "/img/a/10x10/white.jpg#p~v1",
+            "/img/a/20x20/white.jpg#p~v1",
+        ]
+        assert await store.tier.scan("/img/none/") == {}
+        with pytest.raises(ValueError):
+            await store.tier.scan("/img/")
+    finally:
+        await store.aclose()
+
+
 async def test_a_delete_on_one_replica_leaves_every_memory_tier(redis_server: RedisServer) -> None:
     clock = Clock()
     here, there = make_store(redis_server, clock), make_store(redis_server, clock)
