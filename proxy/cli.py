@@ -108,12 +108,38 @@ def _metrics_dir(workers: int) -> Iterator[None]:
     if workers == 1:
         yield
         return
-    path = Path(tempfile.mkdtemp(prefix="cutproxy-metrics-"))
+    root = Path(tempfile.gettempdir())
+    sweep_metrics_dirs(root)
+    path = Path(tempfile.mkdtemp(prefix=f"{METRICS_DIR_PREFIX}{os.getpid()}-", dir=root))
     os.environ[MULTIPROC_ENV] = str(path)
     try:
         yield
     finally:
         shutil.rmtree(path, ignore_errors=True)
+
+
+METRICS_DIR_PREFIX = "cutproxy-metrics-"
+
+
+def sweep_metrics_dirs(root: Path) -> list[Path]:
+    """Remove the metrics directories of earlier runs whose process is gone (a SIGKILL)."""
+    removed = []
+    for path in root.glob(f"{METRICS_DIR_PREFIX}*-*"):
+        pid = path.name.removeprefix(METRICS_DIR_PREFIX).split("-", 1)[0]
+        if path.is_dir() and pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
 
 
 def _exit_cleanly(signum: int, frame: object) -> None:

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -13,6 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
+from proxy.cli import METRICS_DIR_PREFIX, sweep_metrics_dirs
 from proxy.metrics import FLUSH_SECONDS
 from tests.ops.conftest import Scrape
 from tests.servers import Server, cutproxy, free_port, start, wait_for
@@ -156,3 +160,16 @@ def test_metrics_add_up_across_worker_processes(tmp_path: Path) -> None:
 def _started(server: Server) -> set[int]:
     lines = json_lines(server)
     return {line["pid"] for line in lines if line["msg"] == "Application startup complete."}
+
+
+def test_serve_removes_metrics_directories_left_by_a_killed_run(tmp_path: Path) -> None:
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    dead = tmp_path / f"{METRICS_DIR_PREFIX}{gone.pid}-k1ll3d"
+    live = tmp_path / f"{METRICS_DIR_PREFIX}{os.getpid()}-running"
+    other = tmp_path / f"{METRICS_DIR_PREFIX}notes"
+    for directory in (dead, live, other):
+        directory.mkdir()
+        (directory / "counter_1.db").write_bytes(b"counts")
+    assert sweep_metrics_dirs(tmp_path) == [dead]
+    assert not dead.exists() and live.exists() and other.exists()
