@@ -129,4 +129,5 @@ async def answer(
         size = output_size(variant, original, autocrop=settings.autocrop)
         body = output_json(variant, output, size)
         return responses.output_json(body, output, now, policy=policy, shared=shared, extra=extra)
-    return responses.redirect(output, now, extra, policy=policy, shared=shared)
+    headers = responses.redirect_headers(output, now, extra, policy=policy, shared=shared)
+    return responses.raw_response(302, headers)

@@ -20,21 +20,10 @@ RawHeaders = Sequence[tuple[bytes, bytes]]
 _LOCATION_SAFE = ":/%#?=@[]!$&'()*+,;"  # what Starlette's RedirectResponse leaves unquoted
 
 
-def redirect(
-    output: CachedOutput,
-    now: float,
-    extra: RawHeaders = (),
-    *,
-    policy: CachePolicy = DEFAULT_POLICY,
-    shared: bool = True,
-) -> Response:
-    """302 to the output: cacheable for as long as the output URL still lives, never longer.
-
-    ``shared=False``: the answer was decided for this request alone (a budget fallback), so
-    no cache may keep it. ``extra``: more headers, already encoded.
-    """
-    response = Response(status_code=302)
-    response.raw_headers = redirect_headers(output, now, extra, policy=policy, shared=shared)
+def raw_response(status_code: int, headers: list[tuple[bytes, bytes]]) -> Response:
+    """An answer with no body and exactly ``headers`` (raw ASGI pairs)."""
+    response = Response(status_code=status_code)
+    response.raw_headers = headers
     return response
 
 
@@ -46,10 +35,12 @@ def redirect_headers(
     policy: CachePolicy = DEFAULT_POLICY,
     shared: bool = True,
 ) -> list[tuple[bytes, bytes]]:
-    """:func:`redirect`'s headers as raw ASGI pairs, the hit path's whole answer.
+    """The 302's headers: cacheable for as long as the output URL still lives, never longer.
 
-    Encoded once per URL and per lifetime; the same pairs a ``RedirectResponse`` would have
-    built (no body: ``content-length: 0`` and no content type).
+    ``shared=False``: the answer was decided for this request alone (a budget fallback), so
+    no cache may keep it. ``extra``: more headers, already encoded. Encoded once per URL and
+    per lifetime, as raw ASGI pairs: the same a ``RedirectResponse`` would have built (no
+    body: ``content-length: 0`` and no content type). The hit path sends them as they are.
     """
     life = _output_raw(policy, math.floor(output.remaining(now))) if shared else _NO_STORE_RAW
     return [_NO_BODY, (b"location", _location(output.url)), *life, *extra]
