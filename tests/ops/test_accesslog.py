@@ -7,6 +7,7 @@ import os
 import re
 import subprocess
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from proxy.accesslog import AccessLog, new_request_id
+from proxy.accesslog import AccessLog, JsonFormatter, new_request_id
 from proxy.metrics import Metrics
 from tests.ops.conftest import Clock, JsonLines, running, scrape, settings
 from tests.servers import REPO
@@ -152,3 +153,10 @@ def test_request_ids_are_unique_and_a_forked_worker_makes_its_own() -> None:
     os.waitpid(pid, 0)
     child = os.read(read_end, 64).decode()
     assert child[:16] != ids[0][:16]  # a prefix of its own
+
+
+def test_timestamps_are_iso_8601_utc_to_the_millisecond() -> None:
+    formatter = JsonFormatter()
+    for created in (1795501082.27153, 1795501082.0, 1795501083.5004, 0.9991, 1e9 + 0.25):
+        expected = datetime.fromtimestamp(created, UTC).isoformat(timespec="milliseconds")
+        assert formatter.timestamp(created) == expected
