@@ -1,26 +1,20 @@
-"""deploy/varnish/default.vcl with a real varnishd in front of a real ``cutproxy serve``.
-
-The proxy's access log (one JSON line per request it answers) counts what reached it.
-"""
+"""deploy/varnish/default.vcl with a real varnishd in front of a real ``cutproxy serve``."""
 
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import shutil
-import signal
 import subprocess
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
 
 from tests.cdn.conftest import ADMIN, AUTH, JSON
-from tests.servers import REPO, Server, cutproxy, free_port, start
+from tests.cdn.stack import Stack, get_many, stop, wait_for
+from tests.servers import REPO, cutproxy, free_port, start
 
 VARNISHD = shutil.which("varnishd") or (
     "/usr/sbin/varnishd" if os.path.exists("/usr/sbin/varnishd") else None
@@ -45,40 +39,6 @@ def vcl_for(port: int, directory: Path) -> Path:
     path = directory / "default.vcl"
     path.write_text(text)
     return path
-
-
-@dataclass
-class Stack:
-    proxy: Server
-    varnish: subprocess.Popen[bytes]
-    front: str
-
-    def reached(self, path: str) -> int:
-        """How many requests for ``path`` the proxy answered (from its access log).
-
-        A line is written just after its response is sent: wait until the count settles.
-        """
-        count, since = self._count(path), time.monotonic()
-        deadline = since + 3.0
-        while time.monotonic() < deadline:
-            time.sleep(0.05)
-            now = self._count(path)
-            if now != count:
-                count, since = now, time.monotonic()
-            elif time.monotonic() - since >= 0.3:
-                break
-        return count
-
-    def _count(self, path: str) -> int:
-        count = 0
-        for line in self.proxy.log().splitlines():
-            try:
-                entry = json.loads(line)
-            except ValueError:
-                continue
-            if entry.get("msg") == "request" and entry.get("path") == path:
-                count += 1
-        return count
 
 
 @pytest.fixture
@@ -122,44 +82,18 @@ def stack(tmp_path: Path) -> Iterator[Stack]:
     )
     front = f"http://127.0.0.1:{varnish_port}"
     try:
-        _wait_for(front, varnish, tmp_path / "varnish.log")
+        wait_for(front, varnish, tmp_path / "varnish.log")
         yield Stack(proxy, varnish, front)
     finally:
-        os.killpg(varnish.pid, signal.SIGTERM)
-        try:
-            varnish.wait(10)
-        except subprocess.TimeoutExpired:
-            os.killpg(varnish.pid, signal.SIGKILL)
-            varnish.wait(10)
+        stop(varnish)
         proxy.stop()
-
-
-def _wait_for(front: str, varnish: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        if varnish.poll() is not None:
-            raise RuntimeError(f"varnishd exited {varnish.returncode}: {log.read_text()[-2000:]}")
-        try:
-            if httpx.get(f"{front}/health", timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    raise RuntimeError(f"varnishd did not answer: {log.read_text()[-2000:]}")
-
-
-async def _get_many(
-    url: str, n: int, headers: dict[str, str] | None = None
-) -> list[httpx.Response]:
-    async with httpx.AsyncClient(timeout=30, limits=httpx.Limits(max_connections=20)) as client:
-        return list(await asyncio.gather(*(client.get(url, headers=headers) for _ in range(n))))
 
 
 def test_varnish_keeps_redirects_as_long_as_allowed_and_drops_them_on_purge(
     stack: Stack,
 ) -> None:
     path = "/img/demo/320x320/ffffff.jpg"
-    answers = asyncio.run(_get_many(stack.front + path, 100))
+    answers = asyncio.run(get_many(stack.front + path, 100))
     assert {a.status_code for a in answers} == {302}
     assert len({a.headers["location"] for a in answers}) == 1
     assert stack.reached(path) == 1  # 100 requests, one reached the proxy

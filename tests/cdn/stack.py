@@ -1,0 +1,87 @@
+"""A real cache (Varnish, nginx) in front of a real ``cutproxy serve``: what both tests share.
+
+The proxy's access log (one JSON line per request it answers) counts what reached it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from tests.servers import Server
+
+
+@dataclass
+class Stack:
+    proxy: Server
+    cache: subprocess.Popen[bytes]
+    front: str
+
+    def reached(self, path: str) -> int:
+        """How many requests for ``path`` the proxy answered (from its access log).
+
+        A line is written just after its response is sent: wait until the count settles.
+        """
+        count, since = self._count(path), time.monotonic()
+        deadline = since + 3.0
+        while time.monotonic() < deadline:
+            time.sleep(0.05)
+            now = self._count(path)
+            if now != count:
+                count, since = now, time.monotonic()
+            elif time.monotonic() - since >= 0.3:
+                break
+        return count
+
+    def _count(self, path: str) -> int:
+        count = 0
+        for line in self.proxy.log().splitlines():
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                continue
+            if entry.get("msg") == "request" and entry.get("path") == path:
+                count += 1
+        return count
+
+
+def wait_for(front: str, cache: subprocess.Popen[bytes], log: Path) -> None:
+    """Wait until the cache at ``front`` passes ``/health`` through; fail with its log."""
+    name = Path(str(cache.args[0] if isinstance(cache.args, list) else cache.args)).name
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        if cache.poll() is not None:
+            raise RuntimeError(f"{name} exited {cache.returncode}: {log.read_text()[-2000:]}")
+        try:
+            if httpx.get(f"{front}/health", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"{name} did not answer: {log.read_text()[-2000:]}")
+
+
+def stop(cache: subprocess.Popen[bytes]) -> None:
+    """SIGTERM the cache's process group, then SIGKILL it if it does not exit in time."""
+    try:
+        os.killpg(cache.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    try:
+        cache.wait(10)
+    except subprocess.TimeoutExpired:
+        os.killpg(cache.pid, signal.SIGKILL)
+        cache.wait(10)
+
+
+async def get_many(url: str, n: int, headers: dict[str, str] | None = None) -> list[httpx.Response]:
+    async with httpx.AsyncClient(timeout=30, limits=httpx.Limits(max_connections=20)) as client:
+        return list(await asyncio.gather(*(client.get(url, headers=headers) for _ in range(n))))

@@ -1,0 +1,159 @@
+"""deploy/nginx/cutproxy.conf with a real nginx in front of a real ``cutproxy serve``."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.cdn.conftest import ADMIN, JSON
+from tests.cdn.stack import Stack, get_many, stop, wait_for
+from tests.servers import REPO, cutproxy, free_port, start
+
+NGINX = shutil.which("nginx") or ("/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx") else None)
+CONF = REPO / "deploy" / "nginx" / "cutproxy.conf"
+ENGINE_AUTH = {"Authorization": "Bearer engine-dev-key"}
+BROWSER = {"Accept": "image/avif,image/webp,*/*"}
+BROWSER_MAX_AGE = 300
+HIDDEN = ("surrogate-key", "cache-tag", "surrogate-control", "cdn-cache-control")
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(NGINX is None, reason="nginx is not installed (Debian package nginx-light)"),
+]
+
+
+def _max_age(cache_control: str) -> int:
+    found = re.search(r"(?:^|[,\s])max-age=(\d+)", cache_control)
+    assert found, cache_control
+    return int(found.group(1))
+
+
+def _replace(text: str, old: str, new: str) -> str:
+    assert old in text, f"deploy/nginx/cutproxy.conf no longer has {old!r}"
+    return text.replace(old, new)
+
+
+def conf_for(nginx_port: int, proxy_port: int, directory: Path) -> Path:
+    """The shipped server block on loopback ports, inside a top-level config of its own."""
+    site = CONF.read_text()
+    site = _replace(site, "listen 80;", f"listen 127.0.0.1:{nginx_port};")
+    site = _replace(site, "server 127.0.0.1:8080;", f"server 127.0.0.1:{proxy_port};")
+    site = _replace(
+        site, "proxy_cache_path /var/cache/nginx/cutproxy ", f"proxy_cache_path {directory}/cache "
+    )
+    (directory / "cutproxy.conf").write_text(site)
+    temp = {
+        name: directory / "temp" / name
+        for name in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+    }
+    for path in temp.values():
+        path.mkdir(parents=True, exist_ok=True)
+    user = "user root root;\n" if os.geteuid() == 0 else ""  # workers must reach tmp_path
+    top = directory / "nginx.conf"
+    top.write_text(
+        f"{user}daemon off;\nmaster_process on;\nworker_processes 1;\n"
+        f"pid {directory}/nginx.pid;\nerror_log {directory}/error.log;\n"
+        "events {}\n"
+        "http {\n"
+        + "".join(f"    {name}_temp_path {path};\n" for name, path in temp.items())
+        + f"    access_log {directory}/access.log;\n"
+        f"    include {directory}/cutproxy.conf;\n"
+        "}\n"
+    )
+    return top
+
+
+@pytest.fixture
+def stack(tmp_path: Path) -> Iterator[Stack]:
+    assert NGINX is not None
+    proxy = start(
+        cutproxy("serve", "--host", "127.0.0.1", "--port", "{port}", "--demo"),
+        port=free_port(),
+        log_path=tmp_path / "proxy.log",
+        env={
+            "PROXY_DATA_DIR": str(tmp_path / "data"),
+            "PROXY_ADMIN_TOKEN": ADMIN,
+            # nginx sends no Age: docs/cdn.md asks for this behind it.
+            "PROXY_BROWSER_MAX_AGE": str(BROWSER_MAX_AGE),
+            "PROXY_RETRY_ATTEMPTS": "1",
+        },
+        ready_path="/health",
+    )
+    nginx_port = free_port()
+    conf = conf_for(nginx_port, proxy.port, tmp_path)
+    # -e: the error log nginx opens before it has read the config.
+    args = [NGINX, "-p", f"{tmp_path}/", "-e", str(tmp_path / "error.log"), "-c", str(conf)]
+    nginx: subprocess.Popen[bytes] | None = None
+    try:
+        checked = subprocess.run([*args, "-t"], capture_output=True, timeout=30)
+        assert checked.returncode == 0, checked.stderr.decode(errors="replace")
+        nginx = subprocess.Popen(
+            args,
+            stdout=(tmp_path / "nginx.log").open("wb"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        wait_for(f"http://127.0.0.1:{nginx_port}", nginx, tmp_path / "error.log")
+        yield Stack(proxy, nginx, f"http://127.0.0.1:{nginx_port}")
+    finally:
+        if nginx is not None:
+            stop(nginx)
+        proxy.stop()
+
+
+def test_nginx_sends_one_request_per_variant_and_keeps_json_apart(stack: Stack) -> None:
+    path = "/img/demo/320x320/ffffff.jpg"
+    answers = asyncio.run(get_many(stack.front + path, 100, headers=BROWSER))
+    assert {a.status_code for a in answers} == {302}
+    assert len({a.headers["location"] for a in answers}) == 1
+    assert stack.reached(path) == 1  # 100 requests, one reached the proxy
+    assert sum(a.headers["x-cache"] == "HIT" for a in answers) >= 90
+    later = httpx.get(stack.front + path, headers=BROWSER, timeout=10)
+    assert later.status_code == 302 and later.headers["x-cache"] == "HIT"
+    for answer in (answers[0], later):
+        assert not [name for name in HIDDEN if name in answer.headers]
+        # No Age from nginx: the browser's lifetime must be short whatever the copy's age.
+        assert 0 < _max_age(answer.headers["cache-control"]) <= BROWSER_MAX_AGE
+
+    # Apps get their own copy: JSON, cached as well, not the redirect.
+    as_json = [httpx.get(stack.front + path, headers=JSON, timeout=10) for _ in range(3)]
+    assert {a.status_code for a in as_json} == {200}
+    assert as_json[0].json()["url"] == later.headers["location"]
+    assert [a.headers["x-cache"] for a in as_json[1:]] == ["HIT", "HIT"]
+    assert stack.reached(path) == 2
+
+    # A browser still gets the redirect, from the cache.
+    browser = httpx.get(stack.front + path, headers=BROWSER, timeout=10)
+    assert browser.status_code == 302 and browser.headers["x-cache"] == "HIT"
+    assert browser.headers["location"] == later.headers["location"]
+
+
+def test_nginx_never_keeps_a_5xx_and_keeps_the_admin_api_away(stack: Stack) -> None:
+    path = "/img/demo/300x300/ffffff.png"
+    down = httpx.put(
+        f"{stack.proxy.url}/_engine/faults", json={"mode": "down"}, headers=ENGINE_AUTH, timeout=5
+    )
+    assert down.status_code == 200, down.text
+    failures = [httpx.get(stack.front + path, timeout=30) for _ in range(3)]
+    assert all(f.status_code >= 500 for f in failures), [f.status_code for f in failures]
+    assert stack.reached(path) == 3  # every one went to the proxy: nothing was cached
+
+    up = httpx.put(
+        f"{stack.proxy.url}/_engine/faults", json={"mode": "ok"}, headers=ENGINE_AUTH, timeout=5
+    )
+    assert up.status_code == 200
+    healed = httpx.get(stack.front + path, timeout=30)
+    assert healed.status_code == 302
+    assert stack.reached(path) == 4
+
+    for private in ("/metrics", "/images/demo", "/admin/costs"):
+        assert httpx.get(stack.front + private, timeout=5).status_code == 403, private
+    assert httpx.get(f"{stack.front}/health", timeout=5).status_code == 200
