@@ -163,6 +163,10 @@ class DiskStore:
         with self._cache.transact():
             return {key: int(self._cache.get(key, 0)) / _UNITS_PER_CREDIT for key in keys}
 
+    def miss_limiter(self, rate: str, clock: Callable[[], float] = time.time) -> DiskClientLimiter:
+        """A per-client miss rate counted in this store: one count for every worker."""
+        return DiskClientLimiter(rate, self._cache, clock=clock)
+
 
 _UNITS_PER_CREDIT = 100
 _units = to_hundredths
@@ -326,6 +330,60 @@ class ClientLimiter:
             return None
         stats = await self._limiter.get_window_stats(self._item, self._namespace, client_id)
         return max(stats.reset_time - self._clock(), 0.0)
+
+
+class MissLimiter(Protocol):
+    """Counts a client's misses: :class:`ClientLimiter` or :class:`DiskClientLimiter`."""
+
+    @property
+    def rate(self) -> str: ...
+
+    async def hit(self, client_id: str) -> float | None:
+        """Count one miss for ``client_id``: None if allowed, else seconds to wait."""
+        ...
+
+
+class DiskClientLimiter:
+    """A moving window of each client's misses in a ``diskcache.Cache``, shared by workers.
+
+    Without Redis the worker processes of one host share ``PROXY_DATA_DIR``: keeping each
+    client's recent miss times there, changed inside one SQLite transaction, gives them one
+    count (``limits``' memory storage would give each worker a count of its own). Answers as
+    :class:`ClientLimiter` with the moving window does: the wait is until the oldest miss
+    leaves the window.
+    """
+
+    def __init__(
+        self,
+        rate: str,
+        cache: diskcache.Cache,
+        *,
+        clock: Callable[[], float] = time.time,
+        namespace: str = "misses",
+    ) -> None:
+        self._item = parse_rate(rate)
+        self._cache = cache
+        self._clock = clock
+        self._namespace = namespace
+
+    @property
+    def rate(self) -> str:
+        return str(self._item)
+
+    async def hit(self, client_id: str) -> float | None:
+        return await _in_thread(self._hit, client_id)
+
+    def _hit(self, client_id: str) -> float | None:
+        now = self._clock()
+        window = float(self._item.get_expiry())
+        key = f"{self._namespace}:{client_id}"
+        with self._cache.transact():
+            recent = [t for t in self._cache.get(key, ()) if t > now - window]
+            if len(recent) >= self._item.amount:
+                return max(recent[0] + window - now, 0.0)
+            recent.append(now)
+            self._cache.set(key, recent, expire=window)
+        return None
 
 
 # --- the client's address -------------------------------------------------------------------

@@ -48,6 +48,7 @@ from proxy.budget import (
     CreditBudget,
     DiskStore,
     IPNetwork,
+    MissLimiter,
     batching_saving,
     client_address,
     estimate_credits,
@@ -290,7 +291,7 @@ class MissGuard:
     budget: CreditBudget
     ledger: CostLedger
     index: VariantIndex
-    limiter: ClientLimiter | None = None
+    limiter: MissLimiter | None = None
     clock: Callable[[], float] = time.time
     events: CostEvents = field(default_factory=NoCostEvents)
     closers: list[Callable[[], Any]] = field(default_factory=list)
@@ -318,25 +319,24 @@ class MissGuard:
         counters: CounterStore
         index: VariantIndex
         closers: list[Callable[[], Any]] = []
-        storage: Any = "memory://"
+        rate = settings.client_miss_rate
+        limiter: MissLimiter | None = None
         if redis is not None:
             store = counters = redis.counters
             index = RedisVariantIndex(redis)
-            storage = redis.limiter_storage(settings)
+            if rate:
+                limiter = ClientLimiter(rate, storage=redis.limiter_storage(settings))
         else:
             disk = DiskStore.open(settings.data_dir / "guards")
             store = counters = disk
             index = DiskVariantIndex(settings.data_dir / "guards-index", clock)
             closers.append(disk.close)
+            if rate:
+                limiter = disk.miss_limiter(rate, clock)  # one count for the host's workers
         budget = CreditBudget(
             store,
             per_hour=settings.budget_credits_per_hour,
             per_day=settings.budget_credits_per_day,
-        )
-        limiter = (
-            ClientLimiter(settings.client_miss_rate, storage=storage)
-            if settings.client_miss_rate
-            else None
         )
         return cls(
             settings=settings,

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -15,6 +15,7 @@ from proxy.budget import (
     CostLedger,
     CreditBudget,
     DiskStore,
+    MissLimiter,
     Window,
     batching_saving,
     client_address,
@@ -149,8 +150,20 @@ def clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
     return fake
 
 
-async def test_a_client_over_its_miss_rate_is_told_how_long_to_wait(clock: FakeClock) -> None:
-    limiter = ClientLimiter("3/minute", clock=clock)
+@pytest.fixture(params=["memory", "disk"])
+def limiter_of(
+    request: pytest.FixtureRequest, clock: FakeClock, store: DiskStore
+) -> Callable[[str], MissLimiter]:
+    """Both miss limiters: limits' moving window in memory, and the one in the disk store."""
+    if request.param == "memory":
+        return lambda rate: ClientLimiter(rate, clock=clock)
+    return lambda rate: store.miss_limiter(rate, clock=clock)
+
+
+async def test_a_client_over_its_miss_rate_is_told_how_long_to_wait(
+    clock: FakeClock, limiter_of: Callable[[str], MissLimiter]
+) -> None:
+    limiter = limiter_of("3/minute")
     for _ in range(3):
         assert await limiter.hit("198.51.100.7") is None
         clock.now += 10
@@ -161,6 +174,24 @@ async def test_a_client_over_its_miss_rate_is_told_how_long_to_wait(clock: FakeC
     assert await limiter.hit("198.51.100.7") == pytest.approx(1)
     clock.now += 1.5  # waited as told (Retry-After rounds up)
     assert await limiter.hit("198.51.100.7") is None
+
+
+def _miss_many(directory: str, count: int) -> int:
+    async def run() -> int:
+        disk = DiskStore.open(directory)
+        limiter = disk.miss_limiter("40/hour")
+        try:
+            return sum([await limiter.hit("198.51.100.7") is None for _ in range(count)])
+        finally:
+            disk.close()
+
+    return asyncio.run(run())
+
+
+def test_worker_processes_share_one_miss_count_without_redis(tmp_path: Path) -> None:
+    with ProcessPoolExecutor(max_workers=4) as pool:
+        allowed = list(pool.map(_miss_many, [str(tmp_path)] * 4, [25] * 4))
+    assert sum(allowed) == 40  # not 4 x 25: every process counted into the same window
 
 
 async def test_fixed_window_limits_reset_at_the_window_edge(clock: FakeClock) -> None:
