@@ -102,10 +102,13 @@ class MemoryTier:
         )
 
     def get(self, key: str) -> CachedOutput | None:
-        output = self._data.get(key)
-        if output is not None and output.expires_at <= self._clock():
+        try:
+            output = self._data[key]  # one lookup (get() would look twice), expiry checked
+        except KeyError:
             return None
-        return output
+        # The cache drops an entry once its time has passed; this also refuses the very
+        # instant it expires.
+        return output if output.expires_at > self._clock() else None
 
     def set(self, key: str, output: CachedOutput) -> None:
         if output.expires_at > self._clock():
