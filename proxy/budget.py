@@ -278,7 +278,20 @@ def parse_rate(text: str) -> limits.RateLimitItem:
     return items[0]
 
 
-class ClientLimiter:
+class _PerClientRate:
+    """A miss rate per client: the limit, the clock and the namespace its counts live in."""
+
+    def __init__(self, rate: str, clock: Callable[[], float], namespace: str) -> None:
+        self._item = parse_rate(rate)
+        self._clock = clock
+        self._namespace = namespace
+
+    @property
+    def rate(self) -> str:
+        return str(self._item)
+
+
+class ClientLimiter(_PerClientRate):
     """How many cache misses one client may cause, over a ``limits`` storage.
 
     ``storage`` is a ``limits`` storage URI (``memory://`` in-process, ``redis://host`` to
@@ -296,7 +309,7 @@ class ClientLimiter:
         clock: Callable[[], float] = time.time,
         namespace: str = "misses",
     ) -> None:
-        self._item = parse_rate(rate)
+        super().__init__(rate, clock, namespace)
         if isinstance(storage, str):
             scheme, sep, rest = storage.partition("://")
             if not sep:
@@ -313,12 +326,6 @@ class ClientLimiter:
             if strategy == "moving-window"
             else limits.aio.strategies.FixedWindowRateLimiter(built)
         )
-        self._clock = clock
-        self._namespace = namespace
-
-    @property
-    def rate(self) -> str:
-        return str(self._item)
 
     async def hit(self, client_id: str) -> float | None:
         """Count one miss for ``client_id``: None if allowed, else seconds to wait.
@@ -343,7 +350,7 @@ class MissLimiter(Protocol):
         ...
 
 
-class DiskClientLimiter:
+class DiskClientLimiter(_PerClientRate):
     """A moving window of each client's misses in a ``diskcache.Cache``, shared by workers.
 
     Without Redis the worker processes of one host share ``PROXY_DATA_DIR``: keeping each
@@ -361,14 +368,8 @@ class DiskClientLimiter:
         clock: Callable[[], float] = time.time,
         namespace: str = "misses",
     ) -> None:
-        self._item = parse_rate(rate)
+        super().__init__(rate, clock, namespace)
         self._cache = cache
-        self._clock = clock
-        self._namespace = namespace
-
-    @property
-    def rate(self) -> str:
-        return str(self._item)
 
     async def hit(self, client_id: str) -> float | None:
         return await _in_thread(self._hit, client_id)

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import httpx
 
-from tests.servers import Server
+from tests.cdn.conftest import ADMIN
+from tests.servers import Server, cutproxy, free_port, start
 
 
 @dataclass
@@ -85,3 +86,42 @@ def stop(cache: subprocess.Popen[bytes]) -> None:
 async def get_many(url: str, n: int, headers: dict[str, str] | None = None) -> list[httpx.Response]:
     async with httpx.AsyncClient(timeout=30, limits=httpx.Limits(max_connections=20)) as client:
         return list(await asyncio.gather(*(client.get(url, headers=headers) for _ in range(n))))
+
+
+ENGINE_AUTH = {"Authorization": "Bearer engine-dev-key"}
+
+
+def start_demo_proxy(tmp_path: Path, **env: str) -> Server:
+    """``cutproxy serve --demo`` for a cache to stand in front of (one try per upstream call)."""
+    return start(
+        cutproxy("serve", "--host", "127.0.0.1", "--port", "{port}", "--demo"),
+        port=free_port(),
+        log_path=tmp_path / "proxy.log",
+        env={
+            "PROXY_DATA_DIR": str(tmp_path / "data"),
+            "PROXY_ADMIN_TOKEN": ADMIN,
+            "PROXY_RETRY_ATTEMPTS": "1",
+            **env,
+        },
+        ready_path="/health",
+    )
+
+
+def check_no_5xx_is_kept(stack: Stack) -> None:
+    """With the engine down, every request reaches the proxy; once it is up, a 302 again."""
+    path = "/img/demo/300x300/ffffff.png"
+    down = httpx.put(
+        f"{stack.proxy.url}/_engine/faults", json={"mode": "down"}, headers=ENGINE_AUTH, timeout=5
+    )
+    assert down.status_code == 200, down.text
+    failures = [httpx.get(stack.front + path, timeout=30) for _ in range(3)]
+    assert all(f.status_code >= 500 for f in failures), [f.status_code for f in failures]
+    assert stack.reached(path) == 3  # every one went to the proxy: nothing was cached
+
+    up = httpx.put(
+        f"{stack.proxy.url}/_engine/faults", json={"mode": "ok"}, headers=ENGINE_AUTH, timeout=5
+    )
+    assert up.status_code == 200
+    healed = httpx.get(stack.front + path, timeout=30)
+    assert healed.status_code == 302
+    assert stack.reached(path) == 4
