@@ -122,13 +122,18 @@ METRICS_DIR_PREFIX = "cutproxy-metrics-"
 
 
 def sweep_metrics_dirs(root: Path) -> list[Path]:
-    """Remove the metrics directories of earlier runs whose process is gone (a SIGKILL)."""
+    """Remove the metrics directories of earlier runs whose process is gone (a SIGKILL).
+
+    A directory is named after the ``serve`` that made it; one whose process this one can
+    see is left alone (so is another user's: it cannot be removed anyway).
+    """
     removed = []
     for path in root.glob(f"{METRICS_DIR_PREFIX}*-*"):
         pid = path.name.removeprefix(METRICS_DIR_PREFIX).split("-", 1)[0]
         if path.is_dir() and pid.isdigit() and not _alive(int(pid)):
             shutil.rmtree(path, ignore_errors=True)
-            removed.append(path)
+            if not path.exists():
+                removed.append(path)
     return removed
 
 
