@@ -84,12 +84,21 @@ async def _slow_engine(rig: Rig, seconds: float) -> None:
     assert answer.status_code == 200, answer.text
 
 
+async def _minted(rig: Rig, tokens: int) -> None:
+    """Wait until the engine has minted ``tokens`` in all: that mint's lease is held now."""
+    for _ in range(1000):
+        if (await rig.stats())["tokens_minted"] >= tokens:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"the engine never reached {tokens} tokens")
+
+
 async def test_a_warm_up_leaves_out_a_variant_a_visitor_is_minting(rig: Rig) -> None:
     assert (await rig.upload("mug", photo(3))).status_code == 201
     await _slow_engine(rig, 0.5)
     before = await rig.stats()
     visitor = asyncio.create_task(rig.client.get(SMALL))
-    await asyncio.sleep(0.2)  # the visitor's miss is waiting on the engine now
+    await _minted(rig, before["tokens_minted"] + 1)  # the visitor's miss is at the engine
     warmed = await rig.client.post(
         "/images/mug/warm", json={"sizes": ["320x320", "640x640"]}, headers=AUTH
     )
@@ -108,7 +117,7 @@ async def test_a_visitor_during_a_warm_up_waits_for_its_token(rig: Rig) -> None:
     warm = asyncio.create_task(
         rig.client.post("/images/mug/warm", json={"sizes": ["320x320", "640x640"]}, headers=AUTH)
     )
-    await asyncio.sleep(0.2)  # the warm-up's token is at the engine now
+    await _minted(rig, before["tokens_minted"] + 1)  # the warm-up's token is at the engine
     visitor = await rig.client.get(SMALL)
     body = (await warm).json()
     assert sorted(body["rendered"]) == [SMALL, LARGE] and body["pending"] == []

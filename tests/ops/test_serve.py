@@ -143,7 +143,11 @@ def test_metrics_add_up_across_worker_processes(tmp_path: Path) -> None:
                 break
         # Each worker adds its tally to the shared files within FLUSH_SECONDS; a scrape
         # answered by either worker then reports the sum of both.
-        time.sleep(FLUSH_SECONDS)
+        total = len(answers)
+        wait_for(
+            lambda: scrape(server).value("cutproxy_cache_results_total") == total,
+            FLUSH_SECONDS + 5,
+        )
         scrapes = [scrape(server) for _ in range(6)]
     finally:
         server.stop()
