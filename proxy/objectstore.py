@@ -1,0 +1,519 @@
+"""An S3-compatible object store, where store mode keeps image masters and derived variants.
+
+    ObjectStoreConfig        bucket, prefix, endpoint, region, keys, addressing style
+    ObjectStore              put / get / head / delete / delete_prefix / list / ensure_bucket
+
+    ServiceUnavailableError (proxy.errors)
+    └── ObjectStoreUnavailableError  503  the store is down, slow or failing (Retry-After)
+        └── ObjectStoreDeniedError   503  the store refused the credentials or the operation
+    ObjectStoreConfigError (ValueError)   a PROXY_STORE_* value is malformed: raised at start-up
+
+The client is ``obstore`` (Rust's ``object_store`` behind native asyncio awaitables; the work
+runs on its own threads, so the event loop never waits on a hash or a copy): docs/objectstore.md
+has the measurements against ``aiobotocore``. Every call has a deadline; whatever the client
+raises is translated here, and neither the keys nor the client's own message (which can quote
+the server's reply) ever reaches a public message or a log line. The client keeps no state
+that a store outage could spoil, so calls succeed again as soon as the store answers.
+
+Objects are written whole, in one PUT (never multipart), so a reader sees the old object, the
+new one or none, never a part. Keys are the proxy's own, relative to the configured prefix,
+and ``/``-separated; a prefix in ``list``/``delete_prefix`` is a whole folder (``"a"`` covers
+``a/x`` but not ``ab/x``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import datetime
+import logging
+import re
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal, TypeVar
+from urllib.parse import urlsplit
+
+import httpx
+import obstore
+import obstore.exceptions
+from obstore.store import S3Store
+
+from proxy.errors import ServiceUnavailableError
+
+if TYPE_CHECKING:
+    from obstore.store import ClientConfig, RetryConfig
+
+log = logging.getLogger("cutproxy.objectstore")
+
+AddressingStyle = Literal["path", "virtual"]
+
+DEFAULT_REGION = "us-east-1"
+DEFAULT_TIMEOUT = 10.0  # seconds for one call, retries included
+CONNECT_TIMEOUT = 2.0  # an unreachable store is known well before the call's deadline
+MAX_RETRIES = 2  # connection errors and 5xx, with object_store's jittered backoff
+RETRY_AFTER = 5.0  # what a 503 tells clients while the store is down
+PAGE = 1000  # keys per listing page and per DeleteObjects request (S3's limit)
+_SIGNED_URL_LIFETIME = datetime.timedelta(minutes=1)  # used at once, by us only
+
+# S3's bucket naming rules (the common subset every provider accepts).
+_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+
+T = TypeVar("T")
+
+# obstore raises the builtin FileNotFoundError for a missing object; its own class exists too.
+_NOT_FOUND: tuple[type[Exception], ...] = (FileNotFoundError, obstore.exceptions.NotFoundError)
+_EXISTS: tuple[type[Exception], ...] = (
+    obstore.exceptions.AlreadyExistsError,
+    obstore.exceptions.PreconditionError,
+)
+# What the caller handles: the store answered, just not with an object.
+_ANSWERS: tuple[type[Exception], ...] = (*_NOT_FOUND, *_EXISTS, StopAsyncIteration)
+_DENIED: tuple[type[Exception], ...] = (
+    obstore.exceptions.PermissionDeniedError,
+    obstore.exceptions.UnauthenticatedError,
+)
+
+
+class ObjectStoreUnavailableError(ServiceUnavailableError):
+    """The object store did not answer in time, refused the connection or failed (5xx)."""
+
+    code = "object_store_unavailable"
+
+    def __init__(self, message: str, *, retry_after: float = RETRY_AFTER, detail: str = "") -> None:
+        super().__init__(message, retry_after=retry_after)
+        self.detail = detail  # for operators' logs: scrubbed of the keys, never public
+
+
+class ObjectStoreDeniedError(ObjectStoreUnavailableError):
+    """The object store refused the credentials, or they may not do what was asked."""
+
+    code = "object_store_denied"
+
+
+class ObjectStoreConfigError(ValueError):
+    """A PROXY_STORE_* value is malformed or inconsistent; the message names the variable."""
+
+
+@dataclass(frozen=True)
+class ObjectStoreConfig:
+    """Where the objects live and how to reach them. Keys are masked in ``repr``."""
+
+    bucket: str
+    prefix: str = ""
+    endpoint: str | None = None  # unset: AWS, from the region
+    region: str = DEFAULT_REGION
+    access_key: str | None = None  # unset: the client's usual sources (env, instance role)
+    secret_key: str | None = None
+    addressing_style: AddressingStyle | None = None  # unset: path with an endpoint, else virtual
+    timeout: float = DEFAULT_TIMEOUT
+
+    def __post_init__(self) -> None:
+        if not _BUCKET.match(self.bucket) or ".." in self.bucket:
+            raise ObjectStoreConfigError(
+                f"PROXY_STORE_URL: bucket {self.bucket!r} is not a valid S3 bucket name "
+                "(3-63 characters: lower-case letters, digits, '.' and '-')"
+            )
+        if self.prefix and not _valid_key(self.prefix):
+            raise ObjectStoreConfigError(
+                f"PROXY_STORE_URL: prefix {self.prefix!r} must be '/'-separated names "
+                "without empty, '.' or '..' parts"
+            )
+        if self.endpoint is not None:
+            parts = urlsplit(self.endpoint)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ObjectStoreConfigError(
+                    "PROXY_STORE_ENDPOINT must be an http(s) URL such as http://127.0.0.1:8333"
+                )
+            if parts.path not in ("", "/") or parts.query or parts.fragment or "@" in parts.netloc:
+                raise ObjectStoreConfigError(
+                    "PROXY_STORE_ENDPOINT must be scheme://host[:port], without a path or "
+                    "credentials (those go in PROXY_STORE_ACCESS_KEY and PROXY_STORE_SECRET_KEY)"
+                )
+        if not self.region.strip():
+            raise ObjectStoreConfigError("PROXY_STORE_REGION must not be blank")
+        if (self.access_key is None) != (self.secret_key is None):
+            raise ObjectStoreConfigError(
+                "PROXY_STORE_ACCESS_KEY and PROXY_STORE_SECRET_KEY are set together or not at all"
+            )
+        if self.access_key is not None and not (self.access_key.strip() and self.secret_key):
+            raise ObjectStoreConfigError(
+                "PROXY_STORE_ACCESS_KEY and PROXY_STORE_SECRET_KEY must not be blank"
+            )
+        if self.addressing_style not in (None, "path", "virtual"):
+            raise ObjectStoreConfigError("PROXY_STORE_ADDRESSING must be path or virtual")
+        if not self.timeout > 0:
+            raise ObjectStoreConfigError("PROXY_STORE_TIMEOUT must be greater than 0")
+
+    @classmethod
+    def from_url(
+        cls,
+        url: str,
+        *,
+        endpoint: str | None = None,
+        region: str | None = None,
+        access_key: str | None = None,
+        secret_key: str | None = None,
+        addressing_style: str | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+    ) -> ObjectStoreConfig:
+        """Parse ``s3://bucket[/prefix]`` and the other PROXY_STORE_* values."""
+        parts = urlsplit(url.strip())
+        if parts.scheme != "s3" or not parts.netloc:
+            raise ObjectStoreConfigError(
+                "PROXY_STORE_URL must look like s3://bucket or s3://bucket/prefix"
+            )
+        if parts.query or parts.fragment or "@" in parts.netloc or ":" in parts.netloc:
+            raise ObjectStoreConfigError(
+                "PROXY_STORE_URL takes only a bucket and a prefix: s3://bucket/prefix "
+                "(the endpoint and keys have their own PROXY_STORE_* variables)"
+            )
+        if addressing_style not in (None, "path", "virtual"):
+            raise ObjectStoreConfigError("PROXY_STORE_ADDRESSING must be path or virtual")
+        return cls(
+            bucket=parts.netloc,
+            prefix=parts.path.strip("/"),
+            endpoint=endpoint.rstrip("/") if endpoint else None,
+            region=region or DEFAULT_REGION,
+            access_key=access_key or None,
+            secret_key=secret_key or None,
+            addressing_style=addressing_style,  # type: ignore[arg-type]  # checked above
+            timeout=timeout,
+        )
+
+    @property
+    def url(self) -> str:
+        return f"s3://{self.bucket}/{self.prefix}" if self.prefix else f"s3://{self.bucket}"
+
+    @property
+    def style(self) -> AddressingStyle:
+        if self.addressing_style is not None:
+            return self.addressing_style
+        return "path" if self.endpoint else "virtual"
+
+    def __repr__(self) -> str:
+        masked = "***" if self.access_key else None
+        return (
+            f"ObjectStoreConfig(url={self.url!r}, endpoint={self.endpoint!r}, "
+            f"region={self.region!r}, access_key={masked!r}, secret_key={masked!r}, "
+            f"addressing_style={self.style!r}, timeout={self.timeout!r})"
+        )
+
+    __str__ = __repr__
+
+    def client_kwargs(self, *, prefix: bool = True) -> dict[str, object]:
+        """``S3Store`` keyword arguments for this configuration (the bucket goes first)."""
+        kwargs: dict[str, object] = {
+            "region": self.region,
+            "virtual_hosted_style_request": self.style == "virtual",
+        }
+        if prefix and self.prefix:
+            kwargs["prefix"] = self.prefix
+        if self.endpoint:
+            endpoint = self.endpoint
+            if self.style == "virtual":  # object_store wants the bucket's own host then
+                parts = urlsplit(endpoint)
+                endpoint = f"{parts.scheme}://{self.bucket}.{parts.netloc}"
+            kwargs["endpoint"] = endpoint
+        if self.access_key and self.secret_key:
+            kwargs["access_key_id"] = self.access_key
+            kwargs["secret_access_key"] = self.secret_key
+        client: ClientConfig = {
+            "allow_http": bool(self.endpoint and self.endpoint.startswith("http://")),
+            "timeout": datetime.timedelta(seconds=self.timeout),
+            "connect_timeout": datetime.timedelta(seconds=min(CONNECT_TIMEOUT, self.timeout)),
+        }
+        retry: RetryConfig = {
+            "max_retries": MAX_RETRIES,
+            "retry_timeout": datetime.timedelta(seconds=self.timeout),
+        }
+        kwargs["client_options"] = client
+        kwargs["retry_config"] = retry
+        return kwargs
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    """What ``head`` knows about an object."""
+
+    key: str
+    size: int
+    etag: str | None
+    last_modified: datetime.datetime
+
+
+class ObjectStore:
+    """One bucket (under a prefix) of an S3-compatible store, for one process."""
+
+    def __init__(self, config: ObjectStoreConfig, *, page_size: int = PAGE) -> None:
+        self.config = config
+        self._page_size = page_size
+        self._store = S3Store(config.bucket, **config.client_kwargs())  # type: ignore[arg-type]
+        self._secrets = tuple(s for s in (config.access_key, config.secret_key) if s)
+        self.reachable = True
+        self.failures = 0  # calls that failed because of the store, since start
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"ObjectStore({self.config!r})"
+
+    # --- objects -----------------------------------------------------------------------
+
+    async def put(
+        self, key: str, data: bytes, content_type: str, *, write_once: bool = False
+    ) -> bool:
+        """Store ``data`` whole under ``key``: True. With ``write_once``, an object already
+        there is left as it is (``If-None-Match: *``) and the answer is False."""
+        _check_key(key)
+        try:
+            await self._call(
+                "put",
+                lambda: obstore.put_async(
+                    self._store,
+                    key,
+                    data,
+                    attributes={"Content-Type": content_type},
+                    mode="create" if write_once else "overwrite",
+                    use_multipart=False,  # one PUT: the object appears whole or not at all
+                ),
+            )
+        except _EXISTS:
+            return False
+        return True
+
+    async def get(self, key: str) -> bytes | None:
+        """The object's bytes, or None when there is no such object."""
+        _check_key(key)
+
+        async def fetch() -> bytes:
+            result = await obstore.get_async(self._store, key)
+            return bytes(await result.bytes_async())
+
+        try:
+            return await self._call("get", fetch)
+        except _NOT_FOUND:
+            return None
+
+    async def head(self, key: str) -> ObjectInfo | None:
+        """Size, ETag and time of the object, or None when there is no such object."""
+        _check_key(key)
+        try:
+            meta = await self._call("head", lambda: obstore.head_async(self._store, key))
+        except _NOT_FOUND:
+            return None
+        return ObjectInfo(key, meta["size"], meta["e_tag"], meta["last_modified"])
+
+    async def delete(self, key: str) -> None:
+        """Remove the object; removing one that is not there is not an error."""
+        _check_key(key)
+        try:
+            await self._call("delete", lambda: obstore.delete_async(self._store, key))
+        except _NOT_FOUND:
+            pass
+
+    async def list(self, prefix: str = "") -> AsyncIterator[str]:
+        """Every key in the folder ``prefix`` (all keys when empty), a page at a time."""
+        if prefix:
+            _check_key(prefix)
+        pages = obstore.list(
+            self._store, prefix or None, chunk_size=self._page_size
+        )  # lazy: no request yet
+        while True:
+            try:
+                page = await self._call("list", lambda: anext(pages))
+            except StopAsyncIteration:
+                return
+            for meta in page:
+                yield meta["path"]
+
+    async def delete_prefix(self, prefix: str) -> int:
+        """Remove every object in the folder ``prefix``; the number removed."""
+        _check_key(prefix)  # an empty prefix would empty the whole store: never by accident
+        removed = 0
+        batch: builtins.list[str] = []
+        async for key in self.list(prefix):
+            batch.append(key)
+            if len(batch) == self._page_size:
+                removed += await self._delete_many(batch)
+                batch = []
+        if batch:
+            removed += await self._delete_many(batch)
+        return removed
+
+    async def _delete_many(self, keys: builtins.list[str]) -> int:
+        # One DeleteObjects request (S3 takes up to 1000 keys).
+        try:
+            await self._call("delete", lambda: obstore.delete_async(self._store, keys))
+        except _NOT_FOUND:
+            pass
+        return len(keys)
+
+    # --- the bucket --------------------------------------------------------------------
+
+    async def ensure_bucket(self) -> bool:
+        """Create the bucket when it is missing and the credentials allow it: True if it was
+        created now. A bucket already there (or created by another replica meanwhile) is
+        fine; one that cannot be read or created raises, naming the settings to check."""
+        # object_store has no bucket calls: presign HEAD and PUT of the bucket itself with
+        # its signer (the same keys, region and addressing) and send them with httpx's bare
+        # transport, which (unlike httpx.AsyncClient) logs no URL: a signed one names the key.
+        signer = S3Store(self.config.bucket, **self.config.client_kwargs(prefix=False))  # type: ignore[arg-type]
+        async with httpx.AsyncHTTPTransport() as transport:
+            head = await self._bucket_request(transport, signer, "HEAD")
+            if head.status_code == 200:
+                return False
+            if head.status_code != 404:
+                raise self._bucket_refused(head, "read")
+            created = await self._bucket_request(transport, signer, "PUT", self._location())
+        if created.status_code == 200:
+            log.info("object store: created bucket %s", self.config.bucket)
+            return True
+        if created.status_code == 409 and b"BucketAlreadyOwnedByYou" in created.content:
+            return False
+        raise self._bucket_refused(created, "create")
+
+    def _location(self) -> bytes:
+        """CreateBucket's body: AWS wants the region named unless it is us-east-1."""
+        if self.config.region == DEFAULT_REGION:
+            return b""
+        return (
+            '<CreateBucketConfiguration xmlns="http://s3.amazonaws.com/doc/2006-03-01/">'
+            f"<LocationConstraint>{self.config.region}</LocationConstraint>"
+            "</CreateBucketConfiguration>"
+        ).encode()
+
+    async def _bucket_request(
+        self,
+        transport: httpx.AsyncHTTPTransport,
+        signer: S3Store,
+        method: Literal["HEAD", "PUT"],
+        body: bytes = b"",
+    ) -> httpx.Response:
+        url = await self._call(
+            "sign", lambda: obstore.sign_async(signer, method, "", _SIGNED_URL_LIFETIME)
+        )
+        timeout = httpx.Timeout(self.config.timeout, connect=CONNECT_TIMEOUT)
+        request = httpx.Request(
+            method, url, content=body, extensions={"timeout": timeout.as_dict()}
+        )
+
+        async def send() -> httpx.Response:
+            response = await transport.handle_async_request(request)
+            await response.aread()
+            if response.status_code >= 500:
+                raise httpx.HTTPStatusError(
+                    "server error", request=response.request, response=response
+                )
+            return response
+
+        return await self._call("bucket", send)
+
+    def _bucket_refused(self, response: httpx.Response, what: str) -> ObjectStoreDeniedError:
+        status = response.status_code
+        bucket = self.config.bucket
+        if status == 403 and what == "create":
+            message = (
+                f"the object store bucket {bucket!r} does not exist and the credentials may not "
+                "create it: create it, or grant them s3:CreateBucket"
+            )
+        elif status == 403:
+            message = (
+                f"the object store refused access to bucket {bucket!r}: check "
+                "PROXY_STORE_ACCESS_KEY, PROXY_STORE_SECRET_KEY and their permissions"
+            )
+        elif status in (301, 307, 400):
+            message = (
+                f"the object store answered {status} for bucket {bucket!r}: check "
+                "PROXY_STORE_REGION, PROXY_STORE_ENDPOINT and PROXY_STORE_ADDRESSING"
+            )
+        elif status == 409:
+            message = f"the object store bucket name {bucket!r} is taken by another account"
+        else:
+            message = f"the object store could not {what} bucket {bucket!r} (HTTP {status})"
+        log.error("%s", message)
+        return ObjectStoreDeniedError(message, detail=self._scrub(response.text))
+
+    # --- the boundary ------------------------------------------------------------------
+
+    async def _call(self, operation: str, call: Callable[[], Awaitable[T]]) -> T:
+        """Run one client call within the deadline; translate what it raises.
+
+        Absent objects, a failed write-once, the end of a listing and malformed keys pass
+        through for the caller; everything else becomes an ObjectStoreUnavailableError
+        raised ``from None``: the client's message can quote the server's reply, and that
+        can quote the access key.
+        """
+        if self._closed:
+            raise RuntimeError("the object store client is closed")
+        try:
+            async with asyncio.timeout(self.config.timeout):
+                result = await call()
+        except ValueError:
+            raise  # a malformed key: the caller's mistake, nothing was sent
+        except _ANSWERS:
+            self._succeeded()
+            raise
+        except _DENIED as exc:
+            self._succeeded()  # it answered
+            log.error(
+                "object store refused %s (%s): check PROXY_STORE_ACCESS_KEY, "
+                "PROXY_STORE_SECRET_KEY and their permissions",
+                operation,
+                type(exc).__name__,
+            )
+            raise ObjectStoreDeniedError(
+                "the object store refused the proxy's credentials", detail=self._scrub(str(exc))
+            ) from None
+        except (TimeoutError, obstore.exceptions.BaseError, OSError, httpx.HTTPError) as exc:
+            raise self._failed(operation, exc) from None
+        self._succeeded()
+        return result
+
+    def _failed(self, operation: str, exc: BaseException) -> ObjectStoreUnavailableError:
+        self.failures += 1
+        timed_out = isinstance(exc, TimeoutError | httpx.TimeoutException)
+        reason = f"did not answer within {self.config.timeout:g} s" if timed_out else "failed"
+        if self.reachable:
+            self.reachable = False
+            log.error(
+                "object store unavailable on %s: %s (%s); misses that need it answer 503",
+                operation,
+                reason,
+                type(exc).__name__,
+            )
+        return ObjectStoreUnavailableError(
+            f"the object store {reason}; retry later", detail=self._scrub(str(exc))
+        )
+
+    def _succeeded(self) -> None:
+        if not self.reachable:
+            self.reachable = True
+            log.warning("object store reachable again")
+
+    def _scrub(self, text: str) -> str:
+        """``text`` without the keys (an S3 error body can quote the access key), shortened."""
+        for secret in self._secrets:
+            text = text.replace(secret, "***")
+        return text[:500]
+
+    async def close(self) -> None:
+        """Stop using the store: later calls raise. (object_store holds nothing that needs an
+        orderly close; its connection pool goes with the client.)"""
+        self._closed = True
+
+    async def __aenter__(self) -> ObjectStore:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+
+def _valid_key(key: str) -> bool:
+    parts = key.split("/")
+    return all(part and part not in (".", "..") for part in parts)
+
+
+def _check_key(key: str) -> None:
+    if not key or not _valid_key(key):
+        raise ValueError(
+            f"object key {key!r} must be '/'-separated names without empty, '.' or '..' parts"
+        )
