@@ -254,11 +254,13 @@ class MasterCache:
                 return
             self._masters[key] = master
 
-    def get_or_decode(self, key: str, load: Callable[[], bytes]) -> Master:
+    def get_or_decode(
+        self, key: str, load: Callable[[], bytes], *, max_pixels: int = MAX_MASTER_PIXELS
+    ) -> Master:
         """The cached master for ``key``, or ``load()`` decoded (outside the lock) and kept."""
         master = self.get(key)
         if master is None:
-            master = decode_master(load())
+            master = decode_master(load(), max_pixels=max_pixels)
             self.put(key, master)
         return master
 

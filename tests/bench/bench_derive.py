@@ -268,7 +268,7 @@ def run() -> list[tuple[str, str, str]]:
     rows = [
         (
             f"derive: {MASTER_SIDE}x{MASTER_SIDE} RGBA master ({len(png) / 1e6:.1f} MB PNG), "
-            f"{os.cpu_count()} CPUs",
+            f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at the start",
             versions(),
             "",
         )

@@ -99,6 +99,25 @@ def test_frame_arithmetic(master_size: tuple[int, int], box: tuple[int, int]) ->
     assert covered.scaled[1] >= min(box[1], master_size[1])
 
 
+@pytest.mark.parametrize(
+    ("master_size", "box", "fit"),
+    [
+        ((997, 13), (100, 100), "contain"),
+        ((1, 1000), (50, 50), "pad"),
+        ((3001, 2003), (37, 29), "cover"),  # a large ratio: libvips shrinks, then reduces
+        ((3001, 2003), (37, 29), "contain"),
+        ((640, 480), (641, 479), "cover"),
+        ((640, 480), (639, 481), "contain"),
+    ],
+)
+def test_derived_size_is_the_computed_size(
+    master_size: tuple[int, int], box: tuple[int, int], fit: str
+) -> None:
+    blank = pyvips.Image.black(*master_size, bands=4).cast("uchar").pngsave_buffer()
+    out = opened(derive.derive(decode_master(blank), *box, fit, "ffffff", "png", 80))  # type: ignore[arg-type]
+    assert out.size == output_size(master_size, *box, fit)  # type: ignore[arg-type]
+
+
 def test_cover_fills_the_frame_and_crops_the_centre(master: Master) -> None:
     # A 4:1 box on a 4:3 disc master: scaled to 400 wide, the middle 100 rows kept.
     out = opened(derive.derive(master, 400, 100, "cover", "transparent", "png", 80))
