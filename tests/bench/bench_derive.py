@@ -264,7 +264,7 @@ def versions() -> str:
     return (
         f"pyvips {pyvips.__version__} / libvips {vips}; Pillow {Image.__version__} "
         f"(libavif {features.version('avif')}, libwebp {features.version('webp')}, "
-        f"libjpeg {features.version('jpg')})"
+        f"libjpeg-turbo {features.version_feature('libjpeg_turbo')})"
     )
 
 
