@@ -1,0 +1,335 @@
+"""Store mode's local work: every variant derived from one paid-for master, with libvips.
+
+A master is the upstream's transparent PNG cut-out (RGBA) at the original's resolution.
+:func:`decode_master` turns its bytes into a :class:`Master` (sRGB, 8-bit, premultiplied
+RGBA in memory); :func:`derive` turns a master into one encoded variant:
+
+    subject (the master; later: trimmed to its alpha box)
+      → placement: scale (never above 1) and where it sits in the frame    (:func:`place`)
+      → resize, Lanczos3 on premultiplied pixels (no dark fringes)
+      → frame: the scaled subject on a transparent canvas, centre-cropped or padded
+      → background: composite on the colour, or keep alpha (png, webp, avif)
+      → encode: sRGB, no metadata (no EXIF, XMP, ICC or text chunks)
+
+Everything is synchronous and CPU-bound: call it from a worker thread with a bounded limiter
+(libvips releases the GIL and runs each pipeline on its own small thread pool). libvips was
+chosen over Pillow by measurement: docs/derivation.md has the numbers.
+
+Framing by the product (trim to the alpha box, a fill ratio and an anchor) slots in as a crop
+before :func:`place` (:func:`alpha_box` finds the box) and as parameters of :func:`place`.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal, get_args
+
+import pyvips
+from cachetools import LRUCache
+
+from proxy.errors import BadRequestError, UpstreamError
+
+Fit = Literal["contain", "pad", "cover"]
+Format = Literal["jpg", "png", "webp", "avif"]
+FITS: tuple[str, ...] = get_args(Fit)
+FORMATS: tuple[str, ...] = get_args(Format)
+TRANSPARENT = "transparent"
+#: Formats that can keep the master's alpha; jpg always needs a background colour.
+ALPHA_FORMATS = ("png", "webp", "avif")
+CONTENT_TYPES = {
+    "jpg": "image/jpeg",
+    "png": "image/png",
+    "webp": "image/webp",
+    "avif": "image/avif",
+}
+#: The upstream caps its output at 12 MP; a master over it is refused before decoding.
+MAX_MASTER_PIXELS = 12_000_000
+#: A frame (pad, cover) can be larger than the master; it still has to fit in memory.
+MAX_FRAME_PIXELS = 12_000_000
+BYTES_PER_PIXEL = 4  # a decoded master is 8-bit RGBA
+
+PNG_COMPRESSION = 6  # zlib level; lossless either way, 6 is libvips' and zlib's default
+WEBP_EFFORT = 4  # libwebp "method" 4, as cwebp and Pillow default to
+#: AV1 effort 3 is libaom speed 6 (libvips sets speed = 9 - effort). libvips' default, 4,
+#: took 4.7x the CPU for an 11% smaller 640x640 variant: too slow to encode on request.
+AVIF_EFFORT = 3
+
+_HEX = re.compile(r"[0-9a-fA-F]{6}")
+
+# The proxy caches what it derives; libvips' own operation cache would hold decoded pixels
+# outside any byte limit, and never hits for a different variant anyway.
+pyvips.cache_set_max(0)
+
+
+class MasterError(UpstreamError):
+    """The master is not something variants can be derived from (not a PNG, no alpha, ...)."""
+
+    code = "bad_master"
+
+
+Box = tuple[int, int, int, int]  # left, top, right, bottom; right and bottom exclusive
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Master:
+    """A decoded master: sRGB, 8-bit, *premultiplied* RGBA pixels held in memory.
+
+    Premultiplied once at decode, so each derivation resizes 8-bit pixels directly (the
+    float premultiply of a 4 MP master costs more than the whole derivation).
+    """
+
+    image: Any  # pyvips.Image (untyped library): 4 bands, uchar, premultiplied, in memory
+    width: int
+    height: int
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.width, self.height
+
+    @property
+    def nbytes(self) -> int:
+        """What the decoded pixels take in memory: the cache's unit."""
+        return self.width * self.height * BYTES_PER_PIXEL
+
+
+def decode_master(
+    data: bytes, *, max_pixels: int = MAX_MASTER_PIXELS, what: str = "the master"
+) -> Master:
+    """Decode a master PNG: it must decode, have alpha and be at most ``max_pixels``.
+
+    Colour is converted to sRGB (an embedded ICC profile is applied, then dropped), 16-bit
+    is reduced to 8, grey becomes RGB. ``what`` names the master in error messages.
+    """
+    try:
+        # pngload only: the master is a PNG, and no other loader should see these bytes.
+        image = pyvips.Image.pngload_buffer(data, fail_on="error")
+    except pyvips.Error:
+        raise MasterError(f"{what} is not a PNG") from None
+    width, height = image.width, image.height
+    # Only the header is read so far: refuse a bomb before allocating its pixels.
+    if width * height > max_pixels:
+        raise MasterError(f"{what} is {width}x{height}, over the {max_pixels:,} pixel limit")
+    if not image.hasalpha():
+        raise MasterError(f"{what} has no alpha channel: it is not a cut-out")
+    try:
+        if image.get_typeof("icc-profile-data"):
+            image = image.icc_transform("srgb", embedded=True, intent="perceptual")
+        image = image.colourspace("srgb")
+        if image.format != "uchar":
+            image = image.cast("uchar")
+        # +0.5 then cast: round, not truncate, the premultiplied values (alpha is unchanged).
+        image = (image.premultiply() + 0.5).cast("uchar").copy_memory()
+    except pyvips.Error:
+        raise MasterError(f"{what} is corrupt or truncated") from None
+    return Master(image, width, height)
+
+
+@dataclass(frozen=True, slots=True)
+class Placement:
+    """Where the scaled subject sits: the frame's size and the subject's box in it.
+
+    ``offset`` may be negative (cover crops what sticks out of the frame).
+    """
+
+    frame: tuple[int, int]
+    scaled: tuple[int, int]
+    offset: tuple[int, int]
+
+
+def place(subject: tuple[int, int], width: int, height: int, fit: Fit) -> Placement:
+    """Scale and position a ``subject``-sized image for a ``width`` x ``height`` box.
+
+    - contain: fits inside the box, aspect kept; the frame *is* the scaled subject.
+    - pad: the frame is exactly the box; the subject fitted inside it, centred.
+    - cover: the frame is exactly the box; the subject scaled to fill it, centre-cropped.
+
+    The subject is never scaled above 1: when the box is larger than the master, contain
+    returns the master's size, and pad and cover fill the rest of the frame with background.
+    """
+    _check_box(width, height, fit)
+    sub_w, sub_h = subject
+    fits_inside = min(width / sub_w, height / sub_h)
+    scale = min(1.0, max(width / sub_w, height / sub_h) if fit == "cover" else fits_inside)
+    if scale >= 1.0:
+        scaled = subject
+    elif fit == "cover":
+        # At least the box on both sides, so the crop never leaves a background strip.
+        scaled = (max(width, round(sub_w * scale)), max(height, round(sub_h * scale)))
+    else:
+        # At most the box on both sides (the long side lands on it exactly).
+        scaled = (
+            max(1, min(width, round(sub_w * scale))),
+            max(1, min(height, round(sub_h * scale))),
+        )
+    if fit == "contain":
+        return Placement(scaled, scaled, (0, 0))
+    offset = ((width - scaled[0]) // 2, (height - scaled[1]) // 2)
+    return Placement((width, height), scaled, offset)
+
+
+def output_size(master_size: tuple[int, int], width: int, height: int, fit: Fit) -> tuple[int, int]:
+    """The size :func:`derive` will return, by arithmetic alone (no decoding)."""
+    return place(master_size, width, height, fit).frame
+
+
+def derive(
+    master: Master,
+    width: int,
+    height: int,
+    fit: Fit,
+    bg: str,
+    fmt: Format,
+    quality: int,
+) -> bytes:
+    """One variant of ``master``, encoded.
+
+    ``bg`` is ``rrggbb`` or ``transparent`` (png, webp, avif only); ``quality`` (1..100) is
+    the jpg, webp and avif quality; png is lossless. The output is sRGB with no metadata.
+    """
+    colour = _check_output(bg, fmt, quality)
+    placement = place(master.size, width, height, fit)
+    image = master.image
+    if placement.scaled != master.size:
+        image = image.resize(
+            placement.scaled[0] / master.width,
+            vscale=placement.scaled[1] / master.height,
+            kernel="lanczos3",
+        )
+    frame_w, frame_h = placement.frame
+    if (frame_w, frame_h) != placement.scaled:
+        # Premultiplied black is transparent: the padding takes the background below.
+        image = image.embed(*placement.offset, frame_w, frame_h, extend="black")
+    # Back to straight alpha at the output size only; +0.5 because cast truncates.
+    image = image.unpremultiply()
+    if colour is not None:
+        image = image.flatten(background=list(colour))
+    image = (image + 0.5).cast("uchar")
+    return _encode(image.copy(interpretation="srgb"), fmt, quality)
+
+
+def alpha_box(master: Master, *, threshold: int = 0) -> Box | None:
+    """The subject's bounding box: pixels with alpha over ``threshold``; None if none are.
+
+    The first step of trimming to the product (a crop of ``master.image`` to this box).
+    """
+    mask = master.image[3] > threshold
+    if mask.max() == 0:
+        return None
+    columns, rows = mask.profile()  # per column / row: how far the first subject pixel is
+    from_bottom, _ = mask.flip("vertical").profile()
+    _, from_right = mask.flip("horizontal").profile()
+    top, left = int(columns.min()), int(rows.min())
+    bottom = master.height - int(from_bottom.min())
+    right = master.width - int(from_right.min())
+    return left, top, right, bottom
+
+
+class MasterCache:
+    """Decoded masters, least recently used first out, bounded by their decoded bytes.
+
+    Thread-safe: derivations run in worker threads. A master larger than the whole budget
+    is returned but not kept. Two threads missing the same key at once both decode it (the
+    work is bounded by the caller's limiter; the second put just refreshes the entry).
+    """
+
+    def __init__(self, max_bytes: int) -> None:
+        if max_bytes < 0:
+            raise ValueError("max_bytes must be >= 0")
+        self._lock = threading.Lock()
+        self._masters: LRUCache[str, Master] = LRUCache(
+            maxsize=max_bytes, getsizeof=lambda master: master.nbytes
+        )
+
+    def get(self, key: str) -> Master | None:
+        with self._lock:
+            return self._masters.get(key)
+
+    def put(self, key: str, master: Master) -> None:
+        with self._lock:
+            if master.nbytes > self._masters.maxsize:
+                self._masters.pop(key, None)  # never keep a stale copy of a too-large one
+                return
+            self._masters[key] = master
+
+    def get_or_decode(
+        self, key: str, load: Callable[[], bytes], *, max_pixels: int = MAX_MASTER_PIXELS
+    ) -> Master:
+        """The cached master for ``key``, or ``load()`` decoded (outside the lock) and kept."""
+        master = self.get(key)
+        if master is None:
+            master = decode_master(load(), max_pixels=max_pixels)
+            self.put(key, master)
+        return master
+
+    def discard(self, key: str) -> None:
+        with self._lock:
+            self._masters.pop(key, None)
+
+    @property
+    def nbytes(self) -> int:
+        with self._lock:
+            return int(self._masters.currsize)
+
+    @property
+    def max_bytes(self) -> int:
+        return int(self._masters.maxsize)
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._masters)
+
+    def __contains__(self, key: object) -> bool:
+        with self._lock:
+            return key in self._masters
+
+
+def _check_box(width: int, height: int, fit: str) -> None:
+    if fit not in FITS:
+        raise BadRequestError(f"fit must be one of {', '.join(FITS)}, got {fit!r}", code="bad_fit")
+    if width < 1 or height < 1:
+        raise BadRequestError(f"size {width}x{height} must be at least 1x1", code="bad_size")
+    if width * height > MAX_FRAME_PIXELS:
+        raise BadRequestError(
+            f"size {width}x{height} is over {MAX_FRAME_PIXELS:,} pixels", code="bad_size"
+        )
+
+
+def _check_output(bg: str, fmt: str, quality: int) -> tuple[int, int, int] | None:
+    """The background colour (None: transparent), once ``bg``, ``fmt`` and quality are valid."""
+    if fmt not in FORMATS:
+        raise BadRequestError(
+            f"format must be one of {', '.join(FORMATS)}, got {fmt!r}", code="bad_format"
+        )
+    if not 1 <= quality <= 100:
+        raise BadRequestError(f"quality must be 1..100, got {quality}", code="bad_quality")
+    if bg == TRANSPARENT:
+        if fmt not in ALPHA_FORMATS:
+            raise BadRequestError(
+                f"{fmt} has no transparency: use png, webp or avif, or give a colour like ffffff",
+                code="bad_background",
+            )
+        return None
+    if not _HEX.fullmatch(bg):
+        raise BadRequestError(
+            f"background must be rrggbb hex or transparent, got {bg!r}", code="bad_background"
+        )
+    return int(bg[0:2], 16), int(bg[2:4], 16), int(bg[4:6], 16)
+
+
+def _encode(image: Any, fmt: str, quality: int) -> bytes:
+    """Encode with every metadata field dropped (keep="none"): untagged output is sRGB."""
+    data: bytes
+    if fmt == "jpg":
+        data = image.jpegsave_buffer(Q=quality, keep="none")
+    elif fmt == "png":
+        data = image.pngsave_buffer(compression=PNG_COMPRESSION, keep="none")
+    elif fmt == "webp":
+        data = image.webpsave_buffer(Q=quality, effort=WEBP_EFFORT, keep="none")
+    else:
+        data = image.heifsave_buffer(
+            Q=quality, compression="av1", effort=AVIF_EFFORT, bitdepth=8, keep="none"
+        )
+    return data
