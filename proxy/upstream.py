@@ -286,7 +286,12 @@ class UpstreamClient:
             with anyio.fail_after(timeout):
                 response = await self._client.request(method, url, timeout=timeout, **kwargs)
             outcome = str(response.status_code)
-        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+        except (
+            httpx.ConnectError,
+            httpx.ConnectTimeout,
+            httpx.PoolTimeout,
+            httpx.UnsupportedProtocol,
+        ) as exc:
             # No connection was made: nothing was sent, so nothing was charged.
             outcome = "timeout" if isinstance(exc, httpx.TimeoutException) else "unreachable"
             raise _Retryable(_failure("upstream_unreachable"), None) from exc
