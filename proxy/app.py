@@ -191,7 +191,13 @@ def build_state(
         note_upstream(seconds)
 
     on_mint = counting_mints(metrics.minted)  # the guards' books see who minted
-    upstream = UpstreamClient(config, transport=transport, on_call=on_call, on_mint=on_mint)
+    upstream = UpstreamClient(
+        config,
+        transport=transport,
+        on_call=on_call,
+        on_mint=on_mint,
+        on_ambiguous_mint=metrics.ambiguous_mint,
+    )
     # PROXY_REDIS_URL: every replica shares Redis; else this host's workers share the disk.
     redis = RedisStore.from_settings(settings, clock) if settings.redis_url else None
     if redis is not None:

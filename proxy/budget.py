@@ -472,15 +472,24 @@ def _ip(text: str) -> IPAddress | None:
 
 # --- the ledger -----------------------------------------------------------------------------
 
-LEDGER_FIELDS = ("spent", "saved_by_coalescing", "saved_by_batching")
+LEDGER_FIELDS = (
+    "spent",
+    "saved_by_coalescing",
+    "saved_by_batching",
+    "possibly_spent",
+    "ambiguous_mints",
+)
 
 
 class CostLedger:
-    """Running totals of estimated credits: spent, saved by coalescing, saved by batching.
+    """Running totals of estimated credits: spent, saved by coalescing, saved by batching,
+    and what ambiguous mints may have cost.
 
     "Saved by coalescing" is a mint that waiting requests did not make; "saved by batching"
-    is :func:`batching_saving` of a multi-variant mint. Totals live in a
-    :class:`CounterStore`, so every worker process adds to and reports the same numbers.
+    is :func:`batching_saving` of a multi-variant mint. An *ambiguous* mint failed after the
+    upstream may have charged it (a dropped connection, a timeout, a 5xx): it is counted in
+    ``ambiguous_mints`` and its price in ``possibly_spent``, not in ``spent``. Totals live in
+    a :class:`CounterStore`, so every worker process adds to and reports the same numbers.
     """
 
     def __init__(self, store: CounterStore, namespace: str = "ledger") -> None:
@@ -493,12 +502,16 @@ class CostLedger:
         spent: float = 0.0,
         saved_by_coalescing: float = 0.0,
         saved_by_batching: float = 0.0,
+        possibly_spent: float = 0.0,
+        ambiguous_mints: int = 0,
     ) -> None:
-        """Add to the totals (credits, never negative)."""
+        """Add to the totals (credits and a count, never negative)."""
         amounts = {
             "spent": spent,
             "saved_by_coalescing": saved_by_coalescing,
             "saved_by_batching": saved_by_batching,
+            "possibly_spent": possibly_spent,
+            "ambiguous_mints": float(ambiguous_mints),
         }
         if any(value < 0 for value in amounts.values()):
             raise ValueError("ledger amounts must not be negative")
@@ -507,6 +520,9 @@ class CostLedger:
             await self._store.add(nonzero)
 
     async def snapshot(self) -> dict[str, float]:
-        """``{"spent": ..., "saved_by_coalescing": ..., "saved_by_batching": ...}``."""
+        """``{"spent": ..., "saved_by_coalescing": ..., "saved_by_batching": ...,
+        "possibly_spent": ..., "ambiguous_mints": ...}`` (the count a whole number)."""
         values = await self._store.read(list(self._keys.values()))
-        return {name: values[key] for name, key in self._keys.items()}
+        totals = {name: values[key] for name, key in self._keys.items()}
+        totals["ambiguous_mints"] = round(totals["ambiguous_mints"])
+        return totals

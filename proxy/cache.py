@@ -6,12 +6,14 @@
 
 Every entry carries its absolute expiry (``expires_at``, wall-clock seconds). It is derived
 once, when the upstream hands out the URL: the smaller of the configured lifetime and any
-expiry the URL carries itself, minus a safety margin. Both tiers check it against the
-injected clock on every read, so an expired entry is never served.
+expiry the URL carries itself, minus a safety margin (at most half of what the URL's own
+expiry leaves). Both tiers check it against the injected clock on every read, so an
+expired entry is never served.
 """
 
 from __future__ import annotations
 
+import logging
 import re
 import time
 from collections.abc import Callable
@@ -26,6 +28,8 @@ import diskcache
 from cachetools import TLRUCache
 
 Clock = Callable[[], float]
+
+log = logging.getLogger("cutproxy.cache")
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,13 +73,60 @@ def url_expiry(url: str) -> float | None:
     return None
 
 
-def output_for(url: str, now: float, lifetime: float, margin: float) -> CachedOutput:
-    """Wrap a fresh output URL with its expiry: min(lifetime, URL expiry) minus the margin."""
-    dies_at = now + lifetime
+def output_for(
+    url: str,
+    now: float,
+    lifetime: float,
+    margin: float,
+    *,
+    on_short: Callable[[], None] | None = None,
+) -> CachedOutput:
+    """Wrap a fresh output URL with its expiry: min(lifetime, URL expiry) minus the margin.
+
+    A URL whose own expiry leaves less than twice the margin is kept for half of its
+    remaining life instead (rather than not at all, which would mint it again on every
+    request): the first such URL is logged once per process, and each one is reported
+    through ``on_short`` (a metric).
+    """
+    expires_at = now + lifetime - margin
     carried = url_expiry(url)
-    if carried is not None:
-        dies_at = min(dies_at, carried)
-    return CachedOutput(url=url, expires_at=dies_at - margin, created_at=now)
+    if carried is not None and carried - margin < expires_at:
+        life = carried - now
+        if margin <= life / 2:
+            expires_at = carried - margin
+        else:
+            expires_at = now + life / 2
+            _warn_short_lived(url, life, margin)
+            if on_short is not None:
+                on_short()
+    return CachedOutput(url=url, expires_at=expires_at, created_at=now)
+
+
+class _Once:
+    """True the first time only: a warning worth one log line per process."""
+
+    def __init__(self) -> None:
+        self.done = False
+
+    def first(self) -> bool:
+        first, self.done = not self.done, True
+        return first
+
+
+_short_lived_warning = _Once()
+
+
+def _warn_short_lived(url: str, life: float, margin: float) -> None:
+    if _short_lived_warning.first():
+        log.warning(
+            "output URLs from %s carry an expiry %.0fs away, less than twice "
+            "PROXY_TTL_MARGIN (%gs): each is kept for half its life, so its variant is "
+            "minted again that often; lower PROXY_TTL_MARGIN if the upstream's URLs are "
+            "this short-lived (logged once; counted in cutproxy_short_lived_outputs_total)",
+            urlsplit(url).hostname or "the upstream",
+            life,
+            margin,
+        )
 
 
 class SharedTier(Protocol):

@@ -138,9 +138,12 @@ class UpstreamError(ProxyError):
         code: str | None = None,
         retry_after: float | None = None,
         upstream_status: int | None = None,
+        maybe_charged: bool = False,
     ) -> None:
         super().__init__(message, code=code, retry_after=retry_after)
         self.upstream_status = upstream_status
+        # A mint that failed in a way that does not prove the upstream took no credits.
+        self.maybe_charged = maybe_charged
 
 
 class UpstreamTimeoutError(UpstreamError):

@@ -42,6 +42,7 @@ from proxy import grammar, ladder
 from proxy.admin import require_admin
 from proxy.batching import Batcher, Outcome, RenderMany
 from proxy.budget import (
+    LEDGER_FIELDS,
     ClientLimiter,
     CostLedger,
     CounterStore,
@@ -55,7 +56,7 @@ from proxy.budget import (
     parse_networks,
 )
 from proxy.cache import CachedOutput, TwoTierCache
-from proxy.errors import MissRefusedError, ProxyError, UpstreamError, UpstreamTimeoutError
+from proxy.errors import MissRefusedError, ProxyError, UpstreamError
 from proxy.registry import ImageRecord
 from proxy.settings import Settings
 from proxy.signing import EXPIRY_PARAM, SIGNATURE_PARAM, Signer
@@ -427,17 +428,21 @@ class MissGuard:
         specs = [output_variant(v, self.settings, outcome.record.original_size) for v in variants]
         reserved = sum(m.payload.credits for m in outcome.members)
         first = min(m.payload.at for m in outcome.members)
+        cost = estimate_credits(specs)
+        ambiguous = outcome.error is not None and _maybe_charged(outcome.error)
+        if ambiguous:
+            # The upstream may have charged: the books say "possibly spent", the budget keeps
+            # it counted, and nothing else remembers it (the next miss mints afresh).
+            await self.ledger.record(possibly_spent=cost, ambiguous_mints=1)
         if outcome.error is None or outcome.charged:
-            cost = estimate_credits(specs)
             saved = batching_saving(specs) if len(specs) > 1 else 0.0
             await self.ledger.record(spent=cost, saved_by_batching=saved)
             if saved:
                 self.events.credits_saved_by("batching", saved)
+        if outcome.error is None or outcome.charged or ambiguous:
             refund = max(0.0, round(reserved - cost, 2))
-        elif _refused_without_charge(outcome.error):
-            refund = reserved
         else:
-            return  # a timeout or a 5xx may have been charged: it stays counted
+            refund = reserved  # refused, or never sent: nothing was charged
         if refund and self.budget.limited:
             await self.budget.refund(refund, first)
             self._report(await self.budget.remaining(self.clock()))
@@ -522,18 +527,15 @@ class MissGuard:
         }
 
 
-def _refused_without_charge(error: BaseException) -> bool:
-    """No token was minted and the failure says nothing was charged.
+def _maybe_charged(error: BaseException) -> bool:
+    """Whether a mint that failed may still have been charged.
 
-    Errors raised before any upstream call, and upstream 4xx answers (a refusal), were not
-    charged; a timeout, an unreachable upstream or a 5xx might have been, so they stay counted.
+    The upstream client decides (:mod:`proxy.upstream`): a mint that never reached the
+    upstream, or that it refused (400, 401, 402, 429...), was not charged; one whose answer
+    was lost or was a 5xx is ambiguous (``maybe_charged``). Errors raised before any
+    upstream call are not upstream errors, and were not charged either.
     """
-    if not isinstance(error, UpstreamError):
-        return True
-    if isinstance(error, UpstreamTimeoutError) or error.code == "upstream_unreachable":
-        return False
-    status = error.upstream_status
-    return status is None or 400 <= status < 500
+    return isinstance(error, UpstreamError) and error.maybe_charged
 
 
 # --- the admin endpoint ----------------------------------------------------------------------
@@ -547,6 +549,6 @@ async def costs_endpoint(request: Request) -> Response:
     body: dict[str, Any] = (
         await guard.costs()
         if guard is not None
-        else {"spent": 0.0, "saved_by_coalescing": 0.0, "saved_by_batching": 0.0, "budget": {}}
+        else {**dict.fromkeys(LEDGER_FIELDS, 0.0), "ambiguous_mints": 0, "budget": {}}
     )
     return JSONResponse(body, headers={"Cache-Control": "no-store"})

@@ -240,6 +240,25 @@ class Metrics:
             "estimate: the upstream's own bill is authoritative).",
             registry=r,
         )
+        self.ambiguous_mints = Counter(
+            "cutproxy_ambiguous_mints",
+            "Mints that failed after the upstream may have charged for them (the connection "
+            "dropped after the request went out, a timeout, a 5xx): never retried, their "
+            "credits counted as possibly spent; by purpose (variants, upload).",
+            ["purpose"],
+            registry=r,
+        )
+        self.credits_possibly_spent = Counter(
+            "cutproxy_estimated_credits_possibly_spent",
+            "Credits the ambiguous mints would have cost if the upstream charged them.",
+            registry=r,
+        )
+        self.short_lived_outputs = Counter(
+            "cutproxy_short_lived_outputs",
+            "Output URLs whose own expiry left less than twice PROXY_TTL_MARGIN: cached for "
+            "half their remaining life instead.",
+            registry=r,
+        )
         self.reuploads = Counter(
             "cutproxy_reuploads",
             "Originals uploaded again for an image the proxy already knew (the upstream had "
@@ -283,6 +302,7 @@ class Metrics:
         self.tally = Tally(self.requests, self.request_seconds, self.cache_results)
         for purpose in ("variants", "upload"):
             self.tokens_minted.labels(purpose)
+            self.ambiguous_mints.labels(purpose)
 
     def name_shared_tier(self, shared: object) -> None:
         """Label the shared tier by its kind: ``DiskTier`` → disk, ``RedisTier`` → redis."""
@@ -315,6 +335,16 @@ class Metrics:
         self.tokens_minted.labels("variants" if unique_filename else "upload").inc()
         self.variants_minted.inc(len(output_variants))
         self.credits_spent.inc(estimate_credits(output_variants))
+
+    def ambiguous_mint(
+        self, output_variants: Sequence[Mapping[str, Any]], unique_filename: str | None
+    ) -> None:
+        """A mint failed after the upstream may have charged for it."""
+        self.ambiguous_mints.labels("variants" if unique_filename else "upload").inc()
+        self.credits_possibly_spent.inc(estimate_credits(output_variants))
+
+    def short_lived_output(self) -> None:
+        self.short_lived_outputs.inc()
 
     def reuploaded(self) -> None:
         self.reuploads.inc()

@@ -72,6 +72,9 @@ class ServiceEvents(Protocol):
     def reuploaded(self) -> None:
         """A kept original was uploaded again because the upstream forgot it."""
 
+    def short_lived_output(self) -> None:
+        """An output URL's own expiry left less than twice the margin: kept for half."""
+
 
 class NoEvents:
     def resolved(self, tier: str) -> None:
@@ -84,6 +87,9 @@ class NoEvents:
         pass
 
     def reuploaded(self) -> None:
+        pass
+
+    def short_lived_output(self) -> None:
         pass
 
 
@@ -279,7 +285,11 @@ class VariantService:
             if url is None:
                 raise UpstreamError(f"upstream answer has no output for {spec['variant_name']!r}")
             outputs[variant] = output_for(
-                url, now, self.settings.output_ttl, self.settings.ttl_margin
+                url,
+                now,
+                self.settings.output_ttl,
+                self.settings.ttl_margin,
+                on_short=self.events.short_lived_output,
             )
         log.info("minted %d variant(s) of %s", len(variants), record.image_id)
         return outputs

@@ -1,17 +1,29 @@
 """The upstream client: BackgroundCut's v3 token flow over one pooled httpx client.
 
 Foreign errors stop here: every httpx exception and every unusable answer is translated into
-the proxy's own hierarchy (``proxy.errors``) before it leaves this module. Retries (tenacity)
-cover 429, 5xx and connection failures, honour ``Retry-After`` and stop at an overall deadline;
-a 4xx other than 429 is never retried. A mint that timed out is not retried either: the
-upstream may have charged for it.
+the proxy's own hierarchy (``proxy.errors``) before it leaves this module, with a public
+message fixed per error code (:data:`PUBLIC_MESSAGES`). What the upstream said goes to the
+log only, with every form of the API key and the access token masked (:mod:`proxy.masking`).
+
+Retries (tenacity) honour ``Retry-After`` and stop at an overall deadline. A processing call
+is retried after 429, 5xx, timeouts and connection failures. A mint is where credits are
+charged, so it is retried only when it provably was not charged: the connection was never
+made (connect error, connect or pool timeout), or a 429. Any other failure of a mint (the
+connection dropped after the request went out, a read timeout, a 5xx, an undocumented 4xx)
+is *ambiguous*: it ends the attempt, carries ``maybe_charged`` for the books and is reported
+through ``on_ambiguous_mint``; nothing remembers it, so the next request decides afresh.
+
+Every call is bounded by its timeout as a whole, whatever the transport: httpx's timeouts
+are per phase, and ``httpx.ASGITransport`` (the embedded engine) applies none.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
 import math
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,6 +31,7 @@ from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import urlsplit
 
+import anyio
 import httpx
 from tenacity import (
     AsyncRetrying,
@@ -34,11 +47,37 @@ from proxy.errors import (
     UpstreamRateLimitedError,
     UpstreamTimeoutError,
 )
+from proxy.masking import mask
 from proxy.settings import Settings
 
 log = logging.getLogger("cutproxy.upstream")
 
-_MAX_MESSAGE = 200
+_MAX_MESSAGE = 200  # characters of the upstream's own text kept (in the log)
+
+# Public messages, one per error code: never the upstream's text, never a host name.
+PUBLIC_MESSAGES: dict[str, str] = {
+    "upstream_error": "the upstream failed or sent an answer the proxy cannot use",
+    "upstream_refused": "the upstream refused the request",
+    "upstream_auth": "the upstream rejected the API key: check PROXY_API_KEY",
+    "upstream_token_rejected": "the upstream rejected the processing token",
+    "upstream_out_of_credits": (
+        "the upstream account is out of credits: top up the BackgroundCut account"
+    ),
+    "upstream_upload_gone": "the upstream no longer has this image's upload",
+    "upstream_rate_limited": "the upstream's rate limit was reached; retry later",
+    "upstream_timeout": "the upstream did not answer in time",
+    "upstream_unreachable": "the upstream could not be reached or dropped the connection",
+    "output_host_not_allowed": (
+        "the upstream returned an output URL that is not allowed (see PROXY_ALLOWED_OUTPUT_HOSTS)"
+    ),
+}
+
+# Answers to a mint that the contract says take no credit: a refusal (400 invalid, 401/403
+# key, 402 out of credits, 404 unknown upload, 405, 413) or a rate limit (429). Any other
+# status may come after the charge.
+UNCHARGED_MINT_STATUSES = frozenset({400, 401, 402, 403, 404, 405, 413, 429})
+
+MintHook = Callable[[list[dict[str, Any]], str | None], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +127,11 @@ class _Retryable(Exception):
         self.retry_after = retry_after
 
 
+def _failure(code: str, kind: type[UpstreamError] = UpstreamError, **kwargs: Any) -> UpstreamError:
+    """The error for ``code``, with its fixed public message."""
+    return kind(PUBLIC_MESSAGES[code], code=code, **kwargs)
+
+
 class UpstreamClient:
     def __init__(
         self,
@@ -96,7 +140,8 @@ class UpstreamClient:
         transport: httpx.AsyncBaseTransport | None = None,
         sleep: Callable[[float], Any] | None = None,
         on_call: Callable[[str, str, float], None] | None = None,
-        on_mint: Callable[[list[dict[str, Any]], str | None], None] | None = None,
+        on_mint: MintHook | None = None,
+        on_ambiguous_mint: MintHook | None = None,
     ) -> None:
         self.config = config
         self._client = httpx.AsyncClient(
@@ -105,10 +150,11 @@ class UpstreamClient:
             headers={"User-Agent": "cutproxy"},
         )
         self._sleep = sleep
-        # on_call(endpoint, outcome, seconds) and on_mint(output_variants, unique_filename):
-        # hooks for metrics and access logs.
+        # on_call(endpoint, outcome, seconds), on_mint(output_variants, unique_filename) and
+        # on_ambiguous_mint(output_variants, unique_filename): hooks for metrics and logs.
         self._on_call = on_call
         self._on_mint = on_mint
+        self._on_ambiguous_mint = on_ambiguous_mint
 
     async def aclose(self) -> None:
         await self._client.aclose()
@@ -117,7 +163,11 @@ class UpstreamClient:
     async def mint(
         self, output_variants: list[dict[str, Any]], unique_filename: str | None = None
     ) -> str:
-        """Mint a token for ``output_variants`` (credits are charged here)."""
+        """Mint a token for ``output_variants`` (credits are charged here).
+
+        Raises an :class:`UpstreamError` with ``maybe_charged`` set when the mint failed
+        after the upstream may have charged for it; such a mint is never retried.
+        """
         body: dict[str, Any] = {"output_variants": output_variants}
         if unique_filename:
             body["unique_filename"] = unique_filename
@@ -128,17 +178,30 @@ class UpstreamClient:
                 "POST",
                 self.config.token_url,
                 timeout=self.config.token_timeout,
+                secrets=(),
                 headers={"Authorization": f"Bearer {self.config.api_key}"},
                 json=body,
-                retry_on_timeout=False,
             )
-            data = _json(response, "token")
+            data = self._json(response, "token", ())
             token = data.get("access_token")
             if not isinstance(token, str) or not token:
-                raise UpstreamError("upstream token answer has no access_token")
+                log.warning("upstream token answer has no access_token")
+                # Granted or not, a 2xx mint may have been charged.
+                raise _failure("upstream_error", maybe_charged=True)
             return token
 
-        token: str = await self._retrying(attempt)
+        try:
+            token: str = await self._retrying(attempt)
+        except UpstreamError as exc:
+            if exc.maybe_charged:
+                log.warning(
+                    "a mint failed after the upstream may have charged for it (%s): not "
+                    "retried, counted as an ambiguous mint",
+                    exc.code,
+                )
+                if self._on_ambiguous_mint is not None:
+                    self._on_ambiguous_mint(output_variants, unique_filename)
+            raise
         if self._on_mint is not None:
             self._on_mint(output_variants, unique_filename)
         return token
@@ -160,11 +223,11 @@ class UpstreamClient:
                 "POST",
                 self.config.process_url,
                 timeout=self.config.process_timeout,
+                secrets=(token,),
                 data={"token": token},
                 files=files,
-                retry_on_timeout=True,
             )
-            return self._parse_process(_json(response, "process"))
+            return self._parse_process(self._json(response, "process", (token,)))
 
         return await self._retrying(attempt)
 
@@ -172,7 +235,8 @@ class UpstreamClient:
         """Whether ``url`` answers a HEAD within ``timeout``: a health probe (no key, no
         retries, no credits). Any HTTP answer counts, or only a 2xx with ``need_success``."""
         try:
-            response = await self._client.head(url, timeout=timeout)
+            with anyio.fail_after(timeout):
+                response = await self._client.head(url, timeout=timeout)
         except Exception:  # every way of not answering means the same here
             return False
         return response.is_success or not need_success
@@ -202,7 +266,7 @@ class UpstreamClient:
                     return await attempt()
         except _Retryable as exc:
             raise exc.error from exc
-        raise UpstreamError("upstream retries ended without an answer")  # pragma: no cover
+        raise _failure("upstream_error")  # pragma: no cover
 
     async def _send(
         self,
@@ -211,107 +275,174 @@ class UpstreamClient:
         url: str,
         *,
         timeout: float,
-        retry_on_timeout: bool,
+        secrets: tuple[str, ...],
         **kwargs: Any,
     ) -> httpx.Response:
+        mint = endpoint == "token"  # a mint may be charged once the request went out
         started = time.monotonic()
         outcome = "error"
         try:
-            response = await self._client.request(method, url, timeout=timeout, **kwargs)
+            # The whole call, not each phase: httpx.ASGITransport applies no timeout at all.
+            with anyio.fail_after(timeout):
+                response = await self._client.request(method, url, timeout=timeout, **kwargs)
             outcome = str(response.status_code)
-        except httpx.TimeoutException as exc:
+        except (
+            httpx.ConnectError,
+            httpx.ConnectTimeout,
+            httpx.PoolTimeout,
+            httpx.UnsupportedProtocol,
+        ) as exc:
+            # No connection was made: nothing was sent, so nothing was charged.
+            outcome = "timeout" if isinstance(exc, httpx.TimeoutException) else "unreachable"
+            raise _Retryable(_failure("upstream_unreachable"), None) from exc
+        except (TimeoutError, httpx.TimeoutException) as exc:
             outcome = "timeout"
-            if isinstance(exc, httpx.ConnectTimeout):
-                raise _Retryable(_unreachable(endpoint), None) from exc
-            error = UpstreamTimeoutError(f"upstream {endpoint} call timed out after {timeout:g}s")
-            if retry_on_timeout:
-                raise _Retryable(error, None) from exc
-            raise error from exc
-        except httpx.HTTPError as exc:
+            log.warning("upstream %s call timed out after %gs", endpoint, timeout)
+            error = _failure("upstream_timeout", UpstreamTimeoutError, maybe_charged=mint)
+            if mint:
+                raise error from exc
+            raise _Retryable(error, None) from exc
+        except Exception as exc:  # dropped mid-call, or a broken transport: never a 500
             outcome = "unreachable"
-            raise _Retryable(_unreachable(endpoint), None) from exc
-        except Exception as exc:  # a broken transport must not escape as a 500
-            outcome = "unreachable"
-            log.warning("upstream %s transport failed: %s", endpoint, type(exc).__name__)
-            raise _Retryable(_unreachable(endpoint), None) from exc
+            log.warning("upstream %s call failed: %s", endpoint, type(exc).__name__)
+            error = _failure("upstream_unreachable", maybe_charged=mint)
+            if mint:
+                raise error from exc
+            raise _Retryable(error, None) from exc
         finally:
             if self._on_call is not None:
                 self._on_call(endpoint, outcome, time.monotonic() - started)
         if response.is_success:
             return response
-        raise self._status_error(endpoint, response)
+        raise self._status_error(endpoint, response, secrets)
 
-    def _status_error(self, endpoint: str, response: httpx.Response) -> Exception:
+    def _status_error(
+        self, endpoint: str, response: httpx.Response, secrets: tuple[str, ...]
+    ) -> Exception:
         status = response.status_code
-        detail = _scrub(error_message(response), self.config.api_key)
-        said = f" ({detail})" if detail else ""
-        if status == 429:
+        said = error_message(response, self.config.api_key, *secrets)
+        log.warning("upstream %s call answered %d: %s", endpoint, status, said or "(no text)")
+        if status == 429:  # a rate limit charges nothing: worth another try, even a mint
             retry_after = parse_retry_after(response.headers.get("retry-after"))
-            error: UpstreamError = UpstreamRateLimitedError(
-                f"upstream rate limit reached{said}; retry later",
+            limited = _failure(
+                "upstream_rate_limited",
+                UpstreamRateLimitedError,
                 retry_after=retry_after or 5.0,
                 upstream_status=status,
             )
-            return _Retryable(error, retry_after)
+            return _Retryable(limited, retry_after)
+        if endpoint == "token" and status not in UNCHARGED_MINT_STATUSES:
+            code = "upstream_error" if status >= 500 else "upstream_refused"
+            return _failure(code, upstream_status=status, maybe_charged=True)
         if status >= 500:
-            error = UpstreamError(
-                f"upstream {endpoint} call failed with {status}{said}", upstream_status=status
-            )
+            error = _failure("upstream_error", upstream_status=status)
             return _Retryable(error, parse_retry_after(response.headers.get("retry-after")))
         if status == 404:
-            return UpstreamGoneError(
-                f"upstream no longer has this image's upload{said}", upstream_status=status
-            )
-        if status in (401, 403) and endpoint == "token":
-            return UpstreamError(
-                f"upstream rejected the API key ({status}): check PROXY_API_KEY",
-                code="upstream_auth",
-                upstream_status=status,
-            )
+            return _failure("upstream_upload_gone", UpstreamGoneError, upstream_status=status)
         if status in (401, 403):
-            return UpstreamError(
-                f"upstream rejected the processing token ({status}){said}",
-                code="upstream_token_rejected",
-                upstream_status=status,
-            )
+            code = "upstream_auth" if endpoint == "token" else "upstream_token_rejected"
+            return _failure(code, upstream_status=status)
         if status == 402:
-            return UpstreamError(
-                "upstream account is out of credits (402): top up the BackgroundCut account",
-                code="upstream_out_of_credits",
-                upstream_status=status,
-            )
-        return UpstreamError(
-            f"upstream refused the {endpoint} call with {status}{said}",
-            code="upstream_refused",
-            upstream_status=status,
-        )
+            return _failure("upstream_out_of_credits", upstream_status=status)
+        return _failure("upstream_refused", upstream_status=status)
+
+    def _json(
+        self, response: httpx.Response, endpoint: str, secrets: tuple[str, ...]
+    ) -> dict[str, Any]:
+        try:
+            data = response.json()
+        except ValueError:
+            data, wrong = None, "not JSON"
+        else:
+            wrong = "not a JSON object"
+        if isinstance(data, dict):
+            return data
+        text = mask(response.text, self.config.api_key, *secrets)[:_MAX_MESSAGE]
+        log.warning("upstream %s answer is %s: %r", endpoint, wrong, text)
+        raise _failure("upstream_error", maybe_charged=endpoint == "token")
 
     def _parse_process(self, data: dict[str, Any]) -> ProcessResult:
         unique = data.get("unique_filename")
         urls = data.get("output_urls")
         if not isinstance(unique, str) or not isinstance(urls, dict):
-            raise UpstreamError("upstream processing answer lacks unique_filename/output_urls")
+            log.warning("upstream processing answer lacks unique_filename/output_urls")
+            raise _failure("upstream_error")
         checked: dict[str, str] = {}
         for name, url in urls.items():
             if not isinstance(url, str):
-                raise UpstreamError(f"upstream output URL for {name!r} is not a string")
-            self.check_output_url(url)
-            checked[str(name)] = url
+                log.warning("upstream output URL of a variant is not a string")
+                raise _failure("upstream_error")
+            checked[str(name)] = self.check_output_url(url)
         input_url = data.get("input_url")
         return ProcessResult(unique, checked, input_url if isinstance(input_url, str) else None)
 
-    def check_output_url(self, url: str) -> None:
-        """The proxy redirects only to allowed hosts: it is never an open redirect."""
-        parts = urlsplit(url)
-        host = (parts.hostname or "").lower()
-        if parts.scheme not in ("http", "https") or not host_allowed(
-            host, self.config.output_hosts
-        ):
-            raise UpstreamError(
-                "upstream returned an output URL on a host that is not allowed "
-                "(see PROXY_ALLOWED_OUTPUT_HOSTS)",
-                code="output_host_not_allowed",
-            )
+    def check_output_url(self, url: str) -> str:
+        """The output URL, normalised, if it is plainly ``http(s)://allowed-host/...``.
+
+        The proxy redirects only to allowed hosts: it is never an open redirect. A URL that
+        parsers might read differently (a backslash, userinfo, whitespace) is refused, and
+        callers use the normalised URL this returns, never the upstream's spelling.
+        """
+        try:
+            normal = normalise_output_url(url)
+        except ValueError as exc:
+            log.warning("refused an upstream output URL: %s", exc)
+            raise _failure("output_host_not_allowed") from None
+        host = urlsplit(normal).hostname or ""
+        if not host_allowed(host, self.config.output_hosts):
+            log.warning("refused an upstream output URL on host %r (not allowed)", host)
+            raise _failure("output_host_not_allowed")
+        return normal
+
+
+_LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
+_HOSTNAME = re.compile(rf"{_LABEL}(?:\.{_LABEL})*")
+_PORT = re.compile(r"[0-9]{1,5}")
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def normalise_output_url(url: str) -> str:
+    """``url`` rebuilt from its parts if it is plainly ``http(s)://host[:port]/...``.
+
+    Raises ValueError (saying why, never echoing the URL) for anything else: non-ASCII,
+    whitespace or control characters, a backslash (browsers read it as ``/``, Python does
+    not), userinfo (``user@``), another scheme, an empty or malformed host, a bad port.
+    The scheme and host come back lowercased, a default port dropped, an empty path as ``/``.
+    """
+    if not url.isascii() or any(c <= " " or c == "\x7f" for c in url):
+        raise ValueError("it has whitespace, control or non-ASCII characters")
+    if "\\" in url:
+        raise ValueError("it has a backslash")
+    scheme, sep, rest = url.partition("://")
+    scheme = scheme.lower()
+    if not sep or scheme not in _DEFAULT_PORTS:
+        raise ValueError("it is not an http(s) URL")
+    end = min((i for i in (rest.find(c) for c in "/?#") if i >= 0), default=len(rest))
+    authority, tail = rest[:end], rest[end:]
+    if "@" in authority:
+        raise ValueError("it has userinfo")
+    if authority.startswith("["):
+        inner, bracket, after = authority[1:].partition("]")
+        try:
+            host = f"[{ipaddress.IPv6Address(inner).compressed}]"
+        except ValueError:
+            raise ValueError("its host is not a valid IPv6 address") from None
+        if not bracket or (after and not after.startswith(":")):
+            raise ValueError("its host is malformed")
+        colon, port = after[:1], after[1:]
+    else:
+        host, colon, port = authority.partition(":")
+        host = host.lower()
+        if not _HOSTNAME.fullmatch(host):
+            raise ValueError("its host is empty or malformed")
+    if colon and not _PORT.fullmatch(port):
+        raise ValueError("its port is malformed")
+    if port and not 0 < int(port) < 65536:
+        raise ValueError("its port is out of range")
+    netloc = host if not port or int(port) == _DEFAULT_PORTS[scheme] else f"{host}:{int(port)}"
+    if not tail.startswith("/"):
+        tail = "/" + tail
+    return f"{scheme}://{netloc}{tail}"
 
 
 def host_allowed(host: str, allowed: tuple[str, ...]) -> bool:
@@ -342,14 +473,15 @@ def parse_retry_after(value: str | None) -> float | None:
     return min(seconds, 3600.0)
 
 
-def error_message(response: httpx.Response) -> str:
-    """A short message from any error body shape the upstream family uses."""
+def error_message(response: httpx.Response, *secrets: str) -> str:
+    """A short message from any error body shape the upstream family uses, for the log:
+    every form of each of ``secrets`` is masked before it is cut short."""
     text = response.text.strip()
     try:
-        data = json.loads(text)
+        message = _message_from(json.loads(text)) or text
     except ValueError:
-        return text[:_MAX_MESSAGE]
-    return _message_from(data)[:_MAX_MESSAGE]
+        message = text
+    return mask(message, *secrets)[:_MAX_MESSAGE]
 
 
 def _message_from(data: Any) -> str:
@@ -372,21 +504,3 @@ def _message_from(data: Any) -> str:
     if isinstance(data, list):
         return "; ".join(_message_from(v) for v in data)
     return ""
-
-
-def _json(response: httpx.Response, endpoint: str) -> dict[str, Any]:
-    try:
-        data = response.json()
-    except ValueError:
-        raise UpstreamError(f"upstream {endpoint} answer is not JSON") from None
-    if not isinstance(data, dict):
-        raise UpstreamError(f"upstream {endpoint} answer is not a JSON object")
-    return data
-
-
-def _scrub(text: str, secret: str) -> str:
-    return text.replace(secret, "***") if secret else text
-
-
-def _unreachable(endpoint: str) -> UpstreamError:
-    return UpstreamError(f"upstream unreachable ({endpoint} call)", code="upstream_unreachable")

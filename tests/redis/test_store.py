@@ -248,6 +248,8 @@ async def test_replicas_never_overspend_a_budget_between_them(redis_server: Redi
             "spent": 5.0,
             "saved_by_coalescing": 1.1,
             "saved_by_batching": 0.3,
+            "possibly_spent": 0.0,
+            "ambiguous_mints": 0,
         }
     finally:
         for s in stores:

@@ -278,6 +278,8 @@ async def test_the_ledger_totals_are_shared_by_every_worker(tmp_path: Path) -> N
             "spent": 1.35,
             "saved_by_coalescing": 1.1,
             "saved_by_batching": 0.85,
+            "possibly_spent": 0.0,
+            "ambiguous_mints": 0,
         }
         with pytest.raises(ValueError):
             await CostLedger(first).record(spent=-1)
