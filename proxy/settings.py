@@ -8,6 +8,7 @@ cannot drift apart.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import types
 import typing
@@ -346,6 +347,7 @@ class Settings:
         def bad(name: str, why: str) -> SettingsError:
             return SettingsError(f"{_env(name)}: {why}")
 
+        check_finite(self, _env)
         for name in ("token_url", "process_url", "public_url"):
             parts = urlsplit(getattr(self, name))
             if parts.scheme not in ("http", "https") or not parts.netloc:
@@ -532,6 +534,22 @@ _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 
 
+def _finite(number: float, given: Any) -> float:
+    """``number``, unless it is nan or ±inf: no setting means either, and NaN breaks every
+    comparison made with it (a NaN TTL is never "expired" nor "fresh")."""
+    if not math.isfinite(number):
+        raise ValueError(f"expected a finite number, got {given!r}")
+    return number
+
+
+def check_finite(settings: Any, env_name: typing.Callable[[str], str]) -> None:
+    """Refuse a nan or infinite float field (one set in code, past the loader's check)."""
+    for f in dataclasses.fields(settings):
+        value = getattr(settings, f.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise SettingsError(f"{env_name(f.name)}: expected a finite number, got {value!r}")
+
+
 def _coerce(raw: Any, hint: Any) -> Any:
     """Turn an environment string (or a CLI value) into the field's type."""
     origin = typing.get_origin(hint)
@@ -540,8 +558,8 @@ def _coerce(raw: Any, hint: Any) -> Any:
         inner = [a for a in args if a is not type(None)]
         return _coerce(raw, inner[0])
     if not isinstance(raw, str):
-        if hint is float and isinstance(raw, int):
-            return float(raw)
+        if hint is float and isinstance(raw, int | float) and not isinstance(raw, bool):
+            return _finite(float(raw), raw)
         if origin is tuple and isinstance(raw, list | tuple):
             return tuple(raw)
         return raw
@@ -559,9 +577,10 @@ def _coerce(raw: Any, hint: Any) -> Any:
             raise ValueError(f"expected a whole number, got {text!r}") from None
     if hint is float:
         try:
-            return float(text)
+            number = float(text)
         except ValueError:
             raise ValueError(f"expected a number, got {text!r}") from None
+        return _finite(number, text)
     if hint is Path:
         return Path(text).expanduser()
     if origin is tuple:

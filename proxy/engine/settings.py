@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 
 # The proxy's loader reads the environment for the engine too, so both read "true", "1.5"
 # and paths the same way and name a bad variable the same way.
-from proxy.settings import SettingsError, describe, load, setting
+from proxy.settings import SettingsError, check_finite, describe, load, setting
 
 DEV_API_KEY = "engine-dev-key"
 DEFAULT_PORT = 9000
@@ -151,6 +151,7 @@ class EngineSettings:
         def bad(name: str, why: str) -> SettingsError:
             return SettingsError(f"{env_name(name)}: {why}")
 
+        check_finite(self, env_name)
         if not self.api_key.strip():
             raise bad("api_key", "must not be blank")
         if self.public_url is not None:

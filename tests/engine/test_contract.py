@@ -311,6 +311,11 @@ async def test_rate_limit_is_429_with_retry_after(make_engine: MakeEngine) -> No
 async def test_injected_errors_and_latency(engine: Engine) -> None:
     assert (await engine.faults(key=None, error_rate=1.0)).status_code == 401
     assert (await engine.faults(error_rate=2)).status_code == 400
+    for number in (b"NaN", b"Infinity"):  # what Python's json reads, and no delay is
+        body = b'{"process_latency": %s}' % number
+        auth = {"Authorization": f"Bearer {engine.settings.api_key}"}
+        refused = await engine.client.put("/_engine/faults", content=body, headers=auth)
+        assert refused.status_code == 400, refused.text
     before = (await engine.stats())["rejections"].get("502", 0)
     changed = await engine.faults(error_rate=1.0, error_status=502)
     assert changed.json()["error_rate"] == 1.0
