@@ -36,7 +36,8 @@ from proxy.blobs import DirectoryBlobStore
 from proxy.cache import DiskTier, MemoryTier, SharedTier, TwoTierCache
 from proxy.cdn import Purger, add_tags, tagged
 from proxy.coalesce import DiskLease, Lease
-from proxy.engine.app import create_engine_app
+from proxy.engine.app import create_engine_app, public_engine_app
+from proxy.engine.keys import with_api_key
 from proxy.engine.settings import EngineSettings
 from proxy.errors import ProxyError
 from proxy.guards import Guards, MissGuard
@@ -63,9 +64,10 @@ def create_app(
     upstream_transport: httpx.AsyncBaseTransport | None = None,
     metrics_dir: Path | None = None,
 ) -> Starlette:
-    engine_app: ASGIApp | None = None
+    engine_app: Starlette | None = None
     if settings.embedded_engine:
-        engine_settings = engine_settings or embedded_engine_settings(settings)
+        # Its API key (the data dir's, unless configured) never leaves this process.
+        engine_settings = with_api_key(engine_settings or embedded_engine_settings(settings))
         engine_app = create_engine_app(engine_settings)
     metrics = Metrics(multiprocess_path=metrics_dir)
     state = build_state(
@@ -107,14 +109,15 @@ def create_app(
         Route("/admin/costs", guards.costs_endpoint, methods=["GET"]),
     ]
     if engine_app is not None:
-        routes.append(Mount("/_engine", app=engine_app))
+        public = public_engine_app(engine_app, faults_key=settings.admin_token)
+        routes.append(Mount("/_engine", app=public))
     if settings.demo:
         routes += demo_page.routes()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         async with contextlib.AsyncExitStack() as stack:
-            if isinstance(engine_app, Starlette):
+            if engine_app is not None:
                 await stack.enter_async_context(engine_app.router.lifespan_context(engine_app))
             if state.redis is not None:
                 memory, forget = state.variants.cache.memory, state.variants.forget
@@ -141,6 +144,9 @@ def create_app(
         },
         lifespan=lifespan,
     )
+    # A path off by a trailing slash is a 404, not Starlette's redirect: that one is
+    # absolute, built from the request's Host header, so it could send clients anywhere.
+    app.router.redirect_slashes = False
     app.state.proxy = state
     return app
 

@@ -9,7 +9,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.integration.conftest import Engine, product_png, register
+from tests.integration.conftest import ENGINE_KEY, Engine, product_png, register
 from tests.servers import Server, cutproxy, free_port, start
 
 WRK = shutil.which("wrk")
@@ -42,7 +42,11 @@ def start_engine(tmp: Path, **env: str) -> Engine:
         cutproxy("engine", "--host", "127.0.0.1", "--port", "{port}"),
         port=free_port(),
         log_path=tmp / "engine.log",
-        env={"PROXY_ENGINE_DATA_DIR": str(tmp / "engine-data"), **env},
+        env={
+            "PROXY_ENGINE_DATA_DIR": str(tmp / "engine-data"),
+            "PROXY_ENGINE_API_KEY": ENGINE_KEY,
+            **env,
+        },
         ready_path="/_engine/health",
     )
     return Engine(server)

@@ -23,7 +23,7 @@ from tests.servers import Server, cutproxy, free_port, start, wait_for
 
 pytestmark = pytest.mark.slow
 
-ENGINE_KEY = "engine-dev-key"
+ADMIN = "admin-token-for-tests-0123456789"
 VARIANT = "/img/demo/320x240/ffffff.png"
 
 
@@ -58,12 +58,12 @@ def scrape(server: Server) -> Scrape:
 
 
 def test_sigterm_lets_a_slow_miss_finish_and_keeps_it(tmp_path: Path) -> None:
-    first = serve(tmp_path, "first", "--demo")
+    first = serve(tmp_path, "first", "--demo", PROXY_ADMIN_TOKEN=ADMIN)
     try:
         slow = httpx.put(
             f"{first.url}/_engine/faults",
             json={"process_latency": 1.5},
-            headers={"Authorization": f"Bearer {ENGINE_KEY}"},
+            headers={"Authorization": f"Bearer {ADMIN}"},
             timeout=5,
         )
         assert slow.status_code == 200
