@@ -56,6 +56,7 @@ def start_uvicorn(target: str, tmp: Path, workers: int, env: dict[str, str], nam
     """``target`` under uvicorn with the options ``cutproxy serve`` gives it."""
     args = [sys.executable, "-m", "uvicorn", target, "--host", "127.0.0.1", "--port", "{port}"]
     args += ["--workers", str(workers), "--no-access-log", "--log-level", "warning"]
+    args += ["--no-proxy-headers"]
     return start(args, port=free_port(), log_path=tmp / f"{name}.log", env=env, ready_path="/")
 
 
