@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import time
@@ -70,8 +71,17 @@ def create_app(
         engine_settings = with_api_key(engine_settings or embedded_engine_settings(settings))
         engine_app = create_engine_app(engine_settings)
     metrics = Metrics(multiprocess_path=metrics_dir)
+    calls = health.UpstreamCalls(
+        settings.ready_upstream_failures, settings.ready_failure_window, clock
+    )
     state = build_state(
-        settings, clock, engine_app, engine_settings, upstream_transport, metrics=metrics
+        settings,
+        clock,
+        engine_app,
+        engine_settings,
+        upstream_transport,
+        metrics=metrics,
+        on_call=calls.note,
     )
     readiness = health.Readiness(
         data_dir=settings.data_dir,
@@ -85,6 +95,7 @@ def create_app(
         cache_seconds=settings.ready_cache,
         requires_upstream=settings.ready_requires_upstream,
         clock=clock,
+        calls=calls,
     )
 
     variant_route = Route(
@@ -123,7 +134,7 @@ def create_app(
                 memory, forget = state.variants.cache.memory, state.variants.forget
                 await stack.enter_async_context(state.redis.invalidations(memory, forget))
             if settings.demo:
-                await register_demo(state)
+                await stack.enter_async_context(demo_registered(state))
             try:
                 yield
             finally:
@@ -178,6 +189,7 @@ def build_state(
     transport: httpx.AsyncBaseTransport | None,
     *,
     metrics: Metrics | None = None,
+    on_call: Callable[[str, str, float], None] | None = None,
 ) -> AppState:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     if engine_app is not None and engine_settings is not None:
@@ -192,12 +204,16 @@ def build_state(
         config = UpstreamConfig.from_settings(settings)
     metrics = metrics or Metrics()
 
-    def on_call(endpoint: str, outcome: str, seconds: float) -> None:
+    watcher = on_call
+
+    def call_done(endpoint: str, outcome: str, seconds: float) -> None:
         metrics.upstream_call(endpoint, outcome, seconds)
         note_upstream(seconds)
+        if watcher is not None:
+            watcher(endpoint, outcome, seconds)
 
     on_mint = counting_mints(metrics.minted)  # the guards' books see who minted
-    upstream = UpstreamClient(config, transport=transport, on_call=on_call, on_mint=on_mint)
+    upstream = UpstreamClient(config, transport=transport, on_call=call_done, on_mint=on_mint)
     # PROXY_REDIS_URL: every replica shares Redis; else this host's workers share the disk.
     redis = RedisStore.from_settings(settings, clock) if settings.redis_url else None
     if redis is not None:
@@ -259,6 +275,44 @@ def _on_change(forget: Callable[[str], None], purger: Purger | None) -> Callable
         purger.notice(image_id)
 
     return changed
+
+
+DEMO_RETRY_SECONDS = 2.0
+
+
+@contextlib.asynccontextmanager
+async def demo_registered(
+    state: AppState, retry_every: float = DEMO_RETRY_SECONDS
+) -> AsyncIterator[None]:
+    """Register the demo before serving. With the store (Redis) or the upstream down, serve
+    anyway, not ready (``/health/ready`` says why), and keep trying in the background."""
+    retrying = None
+    try:
+        await register_demo(state)
+    except ProxyError as exc:
+        log.warning(
+            "could not register the demo image yet (%s); serving without it, retrying every %gs",
+            exc.message,
+            retry_every,
+        )
+        retrying = asyncio.ensure_future(_register_demo_later(state, retry_every))
+    try:
+        yield
+    finally:
+        if retrying is not None:
+            retrying.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await retrying
+
+
+async def _register_demo_later(state: AppState, every: float) -> None:
+    while True:
+        await anyio.sleep(every)
+        try:
+            await register_demo(state)
+            return
+        except ProxyError:
+            continue  # still down: the store's and the upstream's own logs say so
 
 
 async def register_demo(state: AppState) -> None:

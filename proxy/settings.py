@@ -267,6 +267,20 @@ class Settings:
         "Whether an unreachable upstream makes /health/ready answer 503 (false: it is only "
         "reported, so a fleet keeps serving cached hits through an upstream outage).",
     )
+    ready_upstream_failures: int = setting(
+        5,
+        "PROXY_READY_UPSTREAM_FAILURES",
+        "Upstream calls failing in a row (5xx, timeouts, no connection; each retry counts) "
+        "after which /health/ready reports the upstream down even though its probe answers. "
+        "0: only the probe counts.",
+    )
+    ready_failure_window: float = setting(
+        60.0,
+        "PROXY_READY_FAILURE_WINDOW",
+        "Seconds such a run of failures counts for: a successful upstream call, or this long "
+        "without a new failure, ends it (so an instance taken out of rotation comes back to "
+        "try again).",
+    )
     shutdown_timeout: float = setting(
         60.0,
         "PROXY_SHUTDOWN_TIMEOUT",
@@ -383,6 +397,10 @@ class Settings:
                 raise bad(name, "must be greater than 0")
         if self.ready_cache < 0:
             raise bad("ready_cache", "must not be negative")
+        if self.ready_upstream_failures < 0:
+            raise bad("ready_upstream_failures", "must not be negative (0 turns it off)")
+        if self.ready_failure_window <= 0:
+            raise bad("ready_failure_window", "must be greater than 0")
         self._validate_cdn(bad)
         if self.api_key is not None and not self.api_key.strip():
             raise bad("api_key", "must not be blank")
