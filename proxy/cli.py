@@ -200,7 +200,10 @@ def settings_markdown() -> str:
 def app_from_environment() -> Starlette:
     """uvicorn's factory in every worker: settings from the environment the CLI prepared."""
     from proxy.app import create_app
+    from proxy.decoding import return_large_blocks
     from proxy.engine.settings import EngineSettings
+
+    return_large_blocks()  # decoded uploads go back to the system once checked
 
     settings = _load_settings()
     engine_settings = None

@@ -18,6 +18,7 @@ import typer
 import uvicorn
 from starlette.applications import Starlette
 
+from proxy.decoding import return_large_blocks
 from proxy.engine.app import PROCESS_PATH, TOKEN_PATH, create_engine_app
 from proxy.engine.faults import Faults, FaultState
 from proxy.engine.keys import key_path, load_or_create
@@ -131,6 +132,7 @@ def run(*, host: str, port: int, workers: int, flags: dict[str, Any]) -> None:
         "timeout_graceful_shutdown": GRACEFUL_SHUTDOWN_SECONDS,
     }
     if workers == 1:
+        return_large_blocks()  # a render's buffers go back to the system once freed
         uvicorn.run(create_engine_app(settings, reset_faults=False), **common)
     else:
         uvicorn.run(
@@ -140,6 +142,7 @@ def run(*, host: str, port: int, workers: int, flags: dict[str, Any]) -> None:
 
 def app_from_environment() -> Starlette:
     """uvicorn's factory in each worker process: settings from the environment ``run`` set."""
+    return_large_blocks()
     return create_engine_app(EngineSettings.from_env(os.environ), reset_faults=False)
 
 
