@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import time
@@ -36,7 +37,8 @@ from proxy.blobs import DirectoryBlobStore
 from proxy.cache import DiskTier, MemoryTier, SharedTier, TwoTierCache
 from proxy.cdn import Purger, add_tags, tagged
 from proxy.coalesce import DiskLease, Lease
-from proxy.engine.app import create_engine_app
+from proxy.engine.app import create_engine_app, public_engine_app
+from proxy.engine.keys import with_api_key
 from proxy.engine.settings import EngineSettings
 from proxy.errors import ProxyError
 from proxy.guards import Guards, MissGuard
@@ -63,13 +65,23 @@ def create_app(
     upstream_transport: httpx.AsyncBaseTransport | None = None,
     metrics_dir: Path | None = None,
 ) -> Starlette:
-    engine_app: ASGIApp | None = None
+    engine_app: Starlette | None = None
     if settings.embedded_engine:
-        engine_settings = engine_settings or embedded_engine_settings(settings)
+        # Its API key (the data dir's, unless configured) never leaves this process.
+        engine_settings = with_api_key(engine_settings or embedded_engine_settings(settings))
         engine_app = create_engine_app(engine_settings)
     metrics = Metrics(multiprocess_path=metrics_dir)
+    calls = health.UpstreamCalls(
+        settings.ready_upstream_failures, settings.ready_failure_window, clock
+    )
     state = build_state(
-        settings, clock, engine_app, engine_settings, upstream_transport, metrics=metrics
+        settings,
+        clock,
+        engine_app,
+        engine_settings,
+        upstream_transport,
+        metrics=metrics,
+        on_call=calls.note,
     )
     readiness = health.Readiness(
         data_dir=settings.data_dir,
@@ -83,6 +95,7 @@ def create_app(
         cache_seconds=settings.ready_cache,
         requires_upstream=settings.ready_requires_upstream,
         clock=clock,
+        calls=calls,
     )
 
     variant_route = Route(
@@ -107,20 +120,21 @@ def create_app(
         Route("/admin/costs", guards.costs_endpoint, methods=["GET"]),
     ]
     if engine_app is not None:
-        routes.append(Mount("/_engine", app=engine_app))
+        public = public_engine_app(engine_app, faults_key=settings.admin_token)
+        routes.append(Mount("/_engine", app=public))
     if settings.demo:
         routes += demo_page.routes()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         async with contextlib.AsyncExitStack() as stack:
-            if isinstance(engine_app, Starlette):
+            if engine_app is not None:
                 await stack.enter_async_context(engine_app.router.lifespan_context(engine_app))
             if state.redis is not None:
                 memory, forget = state.variants.cache.memory, state.variants.forget
                 await stack.enter_async_context(state.redis.invalidations(memory, forget))
             if settings.demo:
-                await register_demo(state)
+                await stack.enter_async_context(demo_registered(state))
             try:
                 yield
             finally:
@@ -141,6 +155,9 @@ def create_app(
         },
         lifespan=lifespan,
     )
+    # A path off by a trailing slash is a 404, not Starlette's redirect: that one is
+    # absolute, built from the request's Host header, so it could send clients anywhere.
+    app.router.redirect_slashes = False
     app.state.proxy = state
     return app
 
@@ -172,6 +189,7 @@ def build_state(
     transport: httpx.AsyncBaseTransport | None,
     *,
     metrics: Metrics | None = None,
+    on_call: Callable[[str, str, float], None] | None = None,
 ) -> AppState:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     if engine_app is not None and engine_settings is not None:
@@ -186,15 +204,19 @@ def build_state(
         config = UpstreamConfig.from_settings(settings)
     metrics = metrics or Metrics()
 
-    def on_call(endpoint: str, outcome: str, seconds: float) -> None:
+    watcher = on_call
+
+    def call_done(endpoint: str, outcome: str, seconds: float) -> None:
         metrics.upstream_call(endpoint, outcome, seconds)
         note_upstream(seconds)
+        if watcher is not None:
+            watcher(endpoint, outcome, seconds)
 
     on_mint = counting_mints(metrics.minted)  # the guards' books see who minted
     upstream = UpstreamClient(
         config,
         transport=transport,
-        on_call=on_call,
+        on_call=call_done,
         on_mint=on_mint,
         on_ambiguous_mint=metrics.ambiguous_mint,
     )
@@ -259,6 +281,44 @@ def _on_change(forget: Callable[[str], None], purger: Purger | None) -> Callable
         purger.notice(image_id)
 
     return changed
+
+
+DEMO_RETRY_SECONDS = 2.0
+
+
+@contextlib.asynccontextmanager
+async def demo_registered(
+    state: AppState, retry_every: float = DEMO_RETRY_SECONDS
+) -> AsyncIterator[None]:
+    """Register the demo before serving. With the store (Redis) or the upstream down, serve
+    anyway, not ready (``/health/ready`` says why), and keep trying in the background."""
+    retrying = None
+    try:
+        await register_demo(state)
+    except ProxyError as exc:
+        log.warning(
+            "could not register the demo image yet (%s); serving without it, retrying every %gs",
+            exc.message,
+            retry_every,
+        )
+        retrying = asyncio.ensure_future(_register_demo_later(state, retry_every))
+    try:
+        yield
+    finally:
+        if retrying is not None:
+            retrying.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await retrying
+
+
+async def _register_demo_later(state: AppState, every: float) -> None:
+    while True:
+        await anyio.sleep(every)
+        try:
+            await register_demo(state)
+            return
+        except ProxyError:
+            continue  # still down: the store's and the upstream's own logs say so
 
 
 async def register_demo(state: AppState) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import logging
 import logging.config
 import math
@@ -22,6 +23,8 @@ from starlette.applications import Starlette
 from proxy.accesslog import logging_config
 from proxy.metrics import MULTIPROC_ENV, multiprocess_dir, reset_multiprocess_dir
 from proxy.settings import Settings, SettingsError, settings_table
+
+log = logging.getLogger("cutproxy")
 
 app = typer.Typer(
     name="cutproxy",
@@ -76,6 +79,13 @@ def serve(
     logging.config.dictConfig(log_config)
     mode = "the embedded local engine" if settings.embedded_engine else "BackgroundCut"
     typer.echo(f"cutproxy on http://{host}:{port} (upstream: {mode}, data: {settings.data_dir})")
+    if settings.embedded_engine and not is_loopback(host):
+        log.warning(
+            "the embedded local engine (a stand-in for BackgroundCut, for development) is "
+            "served on %s, not a loopback address: its output files and /_engine/stats are "
+            "public there; set PROXY_API_KEY to use the real upstream",
+            host,
+        )
     with _metrics_dir(workers):
         # uvicorn stops accepting on SIGTERM, lets in-flight requests finish, runs the
         # lifespan's shutdown, then raises the signal again: this handler makes that exit 0.
@@ -89,8 +99,21 @@ def serve(
             log_level=settings.log_level.lower(),
             log_config=log_config,
             access_log=False,
+            # The proxy alone decides whose X-Forwarded-For to believe (PROXY_TRUSTED_PROXIES);
+            # uvicorn's default would trust it from 127.0.0.1 and rewrite the client address.
+            proxy_headers=False,
             timeout_graceful_shutdown=math.ceil(settings.shutdown_timeout),
         )
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``--host`` only accepts connections from this machine."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:  # a host name, or "" (every address): reachable from elsewhere
+        return False
 
 
 @contextlib.contextmanager
@@ -177,7 +200,10 @@ def settings_markdown() -> str:
 def app_from_environment() -> Starlette:
     """uvicorn's factory in every worker: settings from the environment the CLI prepared."""
     from proxy.app import create_app
+    from proxy.decoding import return_large_blocks
     from proxy.engine.settings import EngineSettings
+
+    return_large_blocks()  # decoded uploads go back to the system once checked
 
     settings = _load_settings()
     engine_settings = None

@@ -6,7 +6,11 @@
   answers within ``PROXY_READY_TIMEOUT``. The answer is kept ``PROXY_READY_CACHE`` seconds
   and concurrent probes share one check, so probes never cost a stream of upstream calls.
   The upstream probe spends no credits: the embedded engine's health route, or any HTTP
-  answer from the real upstream's origin.
+  answer from the real upstream's origin. A probe can pass while every real call fails (an
+  upstream whose API is down behind a healthy front), so the upstream also counts as down
+  after ``PROXY_READY_UPSTREAM_FAILURES`` failed calls in a row (:class:`UpstreamCalls`),
+  until a call succeeds or ``PROXY_READY_FAILURE_WINDOW`` passes without a new failure.
+  Each worker counts the calls it made.
 """
 
 from __future__ import annotations
@@ -35,6 +39,40 @@ UpstreamProbe = Callable[[float], Awaitable[bool]]
 
 
 @dataclass
+class UpstreamCalls:
+    """The run of failed upstream calls, fed by the upstream client's ``on_call`` hook.
+
+    A failure is an answer that says the upstream is not doing its job: a 5xx, a timeout, no
+    connection. A 2xx ends the run; other 4xx (a bad image, a forgotten upload) are the
+    request's own trouble and change nothing, and so does a call cut short because its
+    request went away (outcome ``error``).
+    """
+
+    threshold: int  # failures in a row that make the upstream count as down; 0: never
+    window: float  # seconds the run counts for after its latest failure
+    clock: Callable[[], float] = time.time
+    failures: int = field(default=0, init=False)
+    _latest: tuple[float, str] | None = field(default=None, init=False)
+
+    def note(self, endpoint: str, outcome: str, seconds: float = 0.0) -> None:
+        if outcome.startswith("2"):
+            self.failures = 0
+        elif outcome in ("timeout", "unreachable") or outcome.startswith("5"):
+            self.failures += 1
+            self._latest = (self.clock(), f"{endpoint}: {outcome}")
+
+    def failing(self) -> str | None:
+        """Why the recent calls say the upstream is down, or None."""
+        if not self.threshold or self.failures < self.threshold or self._latest is None:
+            return None
+        at, what = self._latest
+        if self.clock() - at > self.window:
+            self.failures = 0  # quiet long enough: let calls show whether it is back
+            return None
+        return f"the last {self.failures} upstream calls failed (latest {what})"
+
+
+@dataclass
 class Readiness:
     """Runs the readiness checks and remembers the last answer for a short while."""
 
@@ -45,6 +83,7 @@ class Readiness:
     cache_seconds: float
     requires_upstream: bool = True
     clock: Callable[[], float] = time.time
+    calls: UpstreamCalls | None = None
     _last: tuple[float, dict[str, Any]] | None = field(default=None, init=False)
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock, init=False)
 
@@ -93,6 +132,9 @@ class Readiness:
             ok = False
         if not ok:
             return _failed(f"the upstream did not answer within {self.timeout:g}s", started)
+        failing = self.calls.failing() if self.calls is not None else None
+        if failing is not None:
+            return _failed(failing, started)
         return {"ok": True, "seconds": _since(started)}
 
 

@@ -28,6 +28,7 @@ from typing import Any, Literal
 import anyio.to_thread
 from PIL import Image
 
+from proxy import decoding
 from proxy.blobs import BlobStore
 from proxy.cache import TwoTierCache
 from proxy.coalesce import Lease
@@ -92,6 +93,8 @@ def inspect(data: bytes, max_pixels: int) -> Probe:
 
     415 for anything but PNG, JPEG or WebP; 400 when it does not decode to the end or
     declares more than ``max_pixels`` pixels (checked from the header, before decoding).
+    Memory stays bounded (:mod:`proxy.decoding`): a PNG is checked row by row, never held
+    whole; a JPEG is decoded at 1/8 scale; a WebP within ``max_pixels``.
     """
     content_type = sniff(data)
     if content_type is None:
@@ -108,12 +111,17 @@ def inspect(data: bytes, max_pixels: int) -> Probe:
                         "the file's contents do not match its type", code="undecodable_image"
                     )
                 _check_pixels(width, height, max_pixels)
-                if content_type == "image/jpeg":
-                    # Decoding at 1/8 scale still reads every entropy-coded byte, 64x cheaper.
-                    image.draft("RGB", (max(1, width // 8), max(1, height // 8)))
-                image.load()
-                # Only once it decoded: for PNG, reading EXIF decodes the whole image.
-                if quarter_turned(image):
+                if content_type == "image/png":
+                    # Pillow's getexif() would decode it whole: the chunks tell it instead.
+                    after = decoding.check_png(data)
+                    turned = quarter_turned(_metadata_only(image.info, after))
+                else:
+                    if content_type == "image/jpeg":
+                        # At 1/8 scale every entropy-coded byte is still read, 64x cheaper.
+                        image.draft("RGB", (max(1, width // 8), max(1, height // 8)))
+                    image.load()
+                    turned = quarter_turned(image)
+                if turned:
                     width, height = height, width
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise _bomb(max_pixels) from None
@@ -124,6 +132,14 @@ def inspect(data: bytes, max_pixels: int) -> Probe:
             "the image cannot be decoded (truncated or corrupt)", code="undecodable_image"
         ) from exc
     return Probe(content_type, width, height)
+
+
+def _metadata_only(*infos: Mapping[Any, Any]) -> Image.Image:
+    """A 1x1 image carrying ``infos``: Pillow's own getexif() reads the orientation from it."""
+    image = Image.new("L", (1, 1))
+    for info in infos:
+        image.info.update(info)
+    return image
 
 
 # EXIF orientations 5..8 turn the picture a quarter: its upright width is the stored height.

@@ -114,13 +114,15 @@ def connect(settings: Settings) -> redis.asyncio.Redis:
     """
     if settings.redis_url is None:
         raise ValueError("PROXY_REDIS_URL is not set")
+    # TCP keep-alive is a TCP option: redis-py's unix-socket connection refuses the argument.
+    tcp = not settings.redis_url.lower().startswith("unix:")
     pool = redis.asyncio.BlockingConnectionPool.from_url(
         settings.redis_url,
         max_connections=settings.redis_max_connections,
         timeout=settings.redis_timeout,  # waiting for a free connection
         socket_timeout=settings.redis_timeout,
         socket_connect_timeout=settings.redis_timeout,
-        socket_keepalive=True,
+        **({"socket_keepalive": True} if tcp else {}),
         health_check_interval=HEALTH_CHECK_INTERVAL,
         retry=Retry(NoBackoff(), 1),
     )
@@ -188,7 +190,7 @@ class RedisStore:
         """
         assert settings.redis_url is not None
         return limits.aio.storage.RedisStorage(
-            f"async+{settings.redis_url}",
+            limits_uri(settings.redis_url),
             implementation="redispy",
             key_prefix=f"{self.prefix}limits",
             wrap_exceptions=True,
@@ -203,6 +205,17 @@ class RedisStore:
 
     async def aclose(self) -> None:
         await self.client.aclose()
+
+
+def limits_uri(redis_url: str) -> str:
+    """``PROXY_REDIS_URL`` as the ``limits`` library names the same server.
+
+    It takes ``async+redis://`` and ``async+rediss://``, but a unix socket is
+    ``async+redis+unix://``: given ``async+unix://`` it would try Valkey instead.
+    """
+    scheme, sep, rest = redis_url.partition("://")
+    scheme = "redis+unix" if scheme.lower() == "unix" else scheme.lower()
+    return f"async+{scheme}{sep}{rest}"
 
 
 def unavailable(exc: BaseException) -> SharedStoreUnavailableError:

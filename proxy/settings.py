@@ -8,6 +8,7 @@ cannot drift apart.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import types
 import typing
@@ -266,6 +267,20 @@ class Settings:
         "Whether an unreachable upstream makes /health/ready answer 503 (false: it is only "
         "reported, so a fleet keeps serving cached hits through an upstream outage).",
     )
+    ready_upstream_failures: int = setting(
+        5,
+        "PROXY_READY_UPSTREAM_FAILURES",
+        "Upstream calls failing in a row (5xx, timeouts, no connection; each retry counts) "
+        "after which /health/ready reports the upstream down even though its probe answers. "
+        "0: only the probe counts.",
+    )
+    ready_failure_window: float = setting(
+        60.0,
+        "PROXY_READY_FAILURE_WINDOW",
+        "Seconds such a run of failures counts for: a successful upstream call, or this long "
+        "without a new failure, ends it (so an instance taken out of rotation comes back to "
+        "try again).",
+    )
     shutdown_timeout: float = setting(
         60.0,
         "PROXY_SHUTDOWN_TIMEOUT",
@@ -346,6 +361,7 @@ class Settings:
         def bad(name: str, why: str) -> SettingsError:
             return SettingsError(f"{_env(name)}: {why}")
 
+        check_finite(self, _env)
         for name in ("token_url", "process_url", "public_url"):
             parts = urlsplit(getattr(self, name))
             if parts.scheme not in ("http", "https") or not parts.netloc:
@@ -381,6 +397,10 @@ class Settings:
                 raise bad(name, "must be greater than 0")
         if self.ready_cache < 0:
             raise bad("ready_cache", "must not be negative")
+        if self.ready_upstream_failures < 0:
+            raise bad("ready_upstream_failures", "must not be negative (0 turns it off)")
+        if self.ready_failure_window <= 0:
+            raise bad("ready_failure_window", "must be greater than 0")
         self._validate_cdn(bad)
         if self.api_key is not None and not self.api_key.strip():
             raise bad("api_key", "must not be blank")
@@ -532,6 +552,22 @@ _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 
 
+def _finite(number: float, given: Any) -> float:
+    """``number``, unless it is nan or ±inf: no setting means either, and NaN breaks every
+    comparison made with it (a NaN TTL is never "expired" nor "fresh")."""
+    if not math.isfinite(number):
+        raise ValueError(f"expected a finite number, got {given!r}")
+    return number
+
+
+def check_finite(settings: Any, env_name: typing.Callable[[str], str]) -> None:
+    """Refuse a nan or infinite float field (one set in code, past the loader's check)."""
+    for f in dataclasses.fields(settings):
+        value = getattr(settings, f.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise SettingsError(f"{env_name(f.name)}: expected a finite number, got {value!r}")
+
+
 def _coerce(raw: Any, hint: Any) -> Any:
     """Turn an environment string (or a CLI value) into the field's type."""
     origin = typing.get_origin(hint)
@@ -540,8 +576,8 @@ def _coerce(raw: Any, hint: Any) -> Any:
         inner = [a for a in args if a is not type(None)]
         return _coerce(raw, inner[0])
     if not isinstance(raw, str):
-        if hint is float and isinstance(raw, int):
-            return float(raw)
+        if hint is float and isinstance(raw, int | float) and not isinstance(raw, bool):
+            return _finite(float(raw), raw)
         if origin is tuple and isinstance(raw, list | tuple):
             return tuple(raw)
         return raw
@@ -559,9 +595,10 @@ def _coerce(raw: Any, hint: Any) -> Any:
             raise ValueError(f"expected a whole number, got {text!r}") from None
     if hint is float:
         try:
-            return float(text)
+            number = float(text)
         except ValueError:
             raise ValueError(f"expected a number, got {text!r}") from None
+        return _finite(number, text)
     if hint is Path:
         return Path(text).expanduser()
     if origin is tuple:

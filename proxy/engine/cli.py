@@ -18,9 +18,11 @@ import typer
 import uvicorn
 from starlette.applications import Starlette
 
+from proxy.decoding import return_large_blocks
 from proxy.engine.app import PROCESS_PATH, TOKEN_PATH, create_engine_app
 from proxy.engine.faults import Faults, FaultState
-from proxy.engine.settings import DEFAULT_PORT, DEV_API_KEY, EngineSettings
+from proxy.engine.keys import key_path, load_or_create
+from proxy.engine.settings import DEFAULT_PORT, EngineSettings
 from proxy.engine.store import Store
 from proxy.settings import SettingsError
 
@@ -70,8 +72,6 @@ def _engine_command() -> Any:
     hints = typing.get_type_hints(EngineSettings)
     for f in dataclasses.fields(EngineSettings):
         default = "unset" if f.default is None else f.default
-        if f.metadata.get("secret") and f.default is not None:
-            default = f"{default}, a development default"
         # Parentheses, not brackets: typer's rich help would eat "[...]" as markup.
         text = f"{f.metadata['help']} (env {f.metadata['env']}; default {default})"
         params.append(
@@ -117,8 +117,14 @@ def run(*, host: str, port: int, workers: int, flags: dict[str, Any]) -> None:
     typer.echo(f"engine on http://{host}:{port} (data: {settings.data_dir})")
     typer.echo(f"  token URL:   {base}{TOKEN_PATH}")
     typer.echo(f"  process URL: {base}{PROCESS_PATH}")
-    if settings.api_key == DEV_API_KEY:
-        typer.echo(f"  API key: the development default {DEV_API_KEY!r} (set PROXY_ENGINE_API_KEY)")
+    if settings.api_key is None:
+        # Made here, once, before any worker needs it; the key itself is never printed.
+        try:
+            load_or_create(settings.data_dir)
+        except (OSError, SettingsError) as exc:
+            _fail(f"cannot keep the API key in {settings.data_dir}: {exc}")
+        where = key_path(settings.data_dir).resolve()
+        typer.echo(f"  API key: in {where} (or set PROXY_ENGINE_API_KEY)")
     common: dict[str, Any] = {
         "host": host,
         "port": port,
@@ -126,6 +132,7 @@ def run(*, host: str, port: int, workers: int, flags: dict[str, Any]) -> None:
         "timeout_graceful_shutdown": GRACEFUL_SHUTDOWN_SECONDS,
     }
     if workers == 1:
+        return_large_blocks()  # a render's buffers go back to the system once freed
         uvicorn.run(create_engine_app(settings, reset_faults=False), **common)
     else:
         uvicorn.run(
@@ -135,6 +142,7 @@ def run(*, host: str, port: int, workers: int, flags: dict[str, Any]) -> None:
 
 def app_from_environment() -> Starlette:
     """uvicorn's factory in each worker process: settings from the environment ``run`` set."""
+    return_large_blocks()
     return create_engine_app(EngineSettings.from_env(os.environ), reset_faults=False)
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import random
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -78,7 +79,8 @@ class FaultState:
 
 
 def _check(key: str, value: Any) -> Any:
-    number = isinstance(value, int | float) and not isinstance(value, bool)
+    # json.loads reads NaN and Infinity: neither is a number of seconds.
+    number = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
     if key in ("token_latency", "process_latency"):
         if not number or value < 0:
             raise InvalidRequestError(f"{key}: must be a number of seconds, 0 or more")

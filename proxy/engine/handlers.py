@@ -228,6 +228,10 @@ class EngineAPI:
 
     async def faults_endpoint(self, request: Request) -> Response:
         self._check_api_key(request.headers.get("authorization"))
+        return await self.fault_control(request)
+
+    async def fault_control(self, request: Request) -> Response:
+        """GET or PUT the fault state, for a caller its route has already let in."""
         if request.method == "PUT":
             state = await self.faults.change(await self._json_body(request))
             log.info("fault state changed: %s", state.as_json())
@@ -263,12 +267,9 @@ class EngineAPI:
 
     # --- helpers ------------------------------------------------------------------------------
     def _check_api_key(self, authorization: str | None) -> None:
-        scheme, _, key = (authorization or "").partition(" ")
-        if scheme.lower() != "bearer" or not key.strip():
-            raise UnauthorizedError("Authorization: a Bearer API key is required")
-        expected = self.settings.api_key.encode()
-        if not hmac.compare_digest(key.strip().encode(), expected):
-            raise UnauthorizedError("Authorization: invalid API key")
+        # create_engine_app resolved the key (configured, or the data dir's).
+        assert self.settings.api_key is not None
+        check_bearer(authorization, self.settings.api_key, "API key")
 
     async def _count_call(self) -> None:
         if self.rate_limit is None:
@@ -302,6 +303,15 @@ class EngineAPI:
 
     def _too_large(self) -> PayloadTooLargeError:
         return PayloadTooLargeError(f"image: larger than {self.settings.max_upload_mb:g} MiB")
+
+
+def check_bearer(authorization: str | None, expected: str, what: str) -> None:
+    """401 unless ``authorization`` is ``Bearer <expected>`` (compared in constant time)."""
+    scheme, _, given = (authorization or "").partition(" ")
+    if scheme.lower() != "bearer" or not given.strip():
+        raise UnauthorizedError(f"Authorization: a Bearer {what} is required")
+    if not hmac.compare_digest(given.strip().encode(), expected.encode()):
+        raise UnauthorizedError(f"Authorization: invalid {what}")
 
 
 class _BodyTooLarge(Exception):

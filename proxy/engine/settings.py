@@ -16,9 +16,8 @@ from urllib.parse import urlsplit
 
 # The proxy's loader reads the environment for the engine too, so both read "true", "1.5"
 # and paths the same way and name a bad variable the same way.
-from proxy.settings import SettingsError, describe, load, setting
+from proxy.settings import SettingsError, check_finite, describe, load, setting
 
-DEV_API_KEY = "engine-dev-key"
 DEFAULT_PORT = 9000
 MAX_RESOLUTION = 12_000_000
 RETENTION_SECONDS = 2 * 60 * 60
@@ -29,11 +28,11 @@ FAULT_MODES = ("ok", "down", "hang")
 @dataclass(frozen=True)
 class EngineSettings:
     # --- access -----------------------------------------------------------------------------
-    api_key: str = setting(
-        DEV_API_KEY,
+    api_key: str | None = setting(
+        None,
         "PROXY_ENGINE_API_KEY",
-        "The one API key accepted as Bearer on the token endpoint. The default is a "
-        "development key: set your own on any shared machine.",
+        "The one API key accepted as Bearer on the token and faults endpoints. Unset: a random "
+        "key is made once and kept in <data dir>/api-key (mode 0600).",
         secret=True,
     )
     public_url: str | None = setting(
@@ -151,7 +150,8 @@ class EngineSettings:
         def bad(name: str, why: str) -> SettingsError:
             return SettingsError(f"{env_name(name)}: {why}")
 
-        if not self.api_key.strip():
+        check_finite(self, env_name)
+        if self.api_key is not None and not self.api_key.strip():
             raise bad("api_key", "must not be blank")
         if self.public_url is not None:
             parts = urlsplit(self.public_url)

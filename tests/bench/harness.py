@@ -9,7 +9,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.integration.conftest import Engine, product_png, register
+from tests.integration.conftest import ENGINE_KEY, Engine, product_png, register
 from tests.servers import Server, cutproxy, free_port, start
 
 WRK = shutil.which("wrk")
@@ -42,7 +42,11 @@ def start_engine(tmp: Path, **env: str) -> Engine:
         cutproxy("engine", "--host", "127.0.0.1", "--port", "{port}"),
         port=free_port(),
         log_path=tmp / "engine.log",
-        env={"PROXY_ENGINE_DATA_DIR": str(tmp / "engine-data"), **env},
+        env={
+            "PROXY_ENGINE_DATA_DIR": str(tmp / "engine-data"),
+            "PROXY_ENGINE_API_KEY": ENGINE_KEY,
+            **env,
+        },
         ready_path="/_engine/health",
     )
     return Engine(server)
@@ -52,6 +56,7 @@ def start_uvicorn(target: str, tmp: Path, workers: int, env: dict[str, str], nam
     """``target`` under uvicorn with the options ``cutproxy serve`` gives it."""
     args = [sys.executable, "-m", "uvicorn", target, "--host", "127.0.0.1", "--port", "{port}"]
     args += ["--workers", str(workers), "--no-access-log", "--log-level", "warning"]
+    args += ["--no-proxy-headers"]
     return start(args, port=free_port(), log_path=tmp / f"{name}.log", env=env, ready_path="/")
 
 

@@ -88,7 +88,8 @@ async def get_many(url: str, n: int, headers: dict[str, str] | None = None) -> l
         return list(await asyncio.gather(*(client.get(url, headers=headers) for _ in range(n))))
 
 
-ENGINE_AUTH = {"Authorization": "Bearer engine-dev-key"}
+# The embedded engine's fault control answers to the proxy's admin token.
+ENGINE_AUTH = {"Authorization": f"Bearer {ADMIN}"}
 
 
 def start_demo_proxy(tmp_path: Path, **env: str) -> Server:

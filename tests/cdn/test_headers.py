@@ -10,8 +10,6 @@ from proxy.negotiation import wants_json
 from proxy.settings import Settings, SettingsError
 from tests.cdn.conftest import AUTH, JSON, AppFactory, Clock, image_size, minted, photo
 
-ENGINE_AUTH = {"Authorization": "Bearer engine-dev-key"}
-
 
 def directives(value: str) -> dict[str, str]:
     out = {}
@@ -80,7 +78,7 @@ async def test_a_404_is_short_lived_and_tagged_so_an_upload_can_purge_it(
 
 async def test_a_5xx_is_never_stored_by_anyone(make_app: AppFactory) -> None:
     async with make_app(retry_attempts=1) as (_, client):
-        faults = await client.put("/_engine/faults", json={"mode": "down"}, headers=ENGINE_AUTH)
+        faults = await client.put("/_engine/faults", json={"mode": "down"}, headers=AUTH)
         assert faults.status_code == 200, faults.text
         answer = await client.get("/img/demo/321x321/ffffff.jpg")
         assert answer.status_code >= 500

@@ -20,12 +20,14 @@ import pytest
 
 from proxy.engine.app import PROCESS_PATH, TOKEN_PATH, create_engine_app
 from proxy.engine.faults import FaultState
-from proxy.engine.settings import DEV_API_KEY, EngineSettings, env_name
+from proxy.engine.settings import EngineSettings, env_name
 from tests.servers import Server, cutproxy, free_port, start
 
 ASGI_BASE = "http://engine.test"
+#: The key these engines are given (unset, each data dir would make its own: test_parts.py).
+API_KEY = "engine-test-key-" + "0" * 16
 #: Real time passes on loopback: tokens and files expire quickly there.
-LOOPBACK_SETTINGS: dict[str, Any] = {"token_ttl": 2.0, "retention": 2.0}
+LOOPBACK_SETTINGS: dict[str, Any] = {"api_key": API_KEY, "token_ttl": 2.0, "retention": 2.0}
 
 
 class Clock:
@@ -52,7 +54,7 @@ class Engine:
         variants: list[dict[str, Any]] | None = None,
         *,
         unique_filename: str | None = None,
-        key: str | None = DEV_API_KEY,
+        key: str | None = API_KEY,
         body: Any = None,
     ) -> httpx.Response:
         if body is None:
@@ -83,7 +85,7 @@ class Engine:
         assert answer.status_code == 200
         return dict(answer.json())
 
-    async def faults(self, key: str | None = DEV_API_KEY, **changes: Any) -> httpx.Response:
+    async def faults(self, key: str | None = API_KEY, **changes: Any) -> httpx.Response:
         headers = {} if key is None else {"Authorization": f"Bearer {key}"}
         return await self.client.put("/_engine/faults", json=changes, headers=headers)
 
@@ -158,7 +160,7 @@ async def make_engine(
             return engine
         if transport == "asgi":
             settings = EngineSettings.from_env(
-                {}, data_dir=data_dir, public_url=ASGI_BASE, **overrides
+                {}, data_dir=data_dir, public_url=ASGI_BASE, **{"api_key": API_KEY, **overrides}
             )
             app = create_engine_app(settings, clock=clock)
             client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=ASGI_BASE)
@@ -201,7 +203,10 @@ def asgi_engine_factory(tmp_path: Path, clock: Clock) -> Iterator[Callable[..., 
 
     def make(**overrides: Any) -> Engine:
         settings = EngineSettings.from_env(
-            {}, data_dir=tmp_path / f"engine-{len(clients)}", public_url=ASGI_BASE, **overrides
+            {},
+            data_dir=tmp_path / f"engine-{len(clients)}",
+            public_url=ASGI_BASE,
+            **{"api_key": API_KEY, **overrides},
         )
         app = create_engine_app(settings, clock=clock)
         client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=ASGI_BASE)

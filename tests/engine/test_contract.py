@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from proxy.engine.app import PROCESS_PATH, TOKEN_PATH
-from tests.engine.conftest import Engine, MakeEngine
+from tests.engine.conftest import API_KEY, Engine, MakeEngine
 from tests.engine.photos import photo_jpeg, png_claiming_size
 
 PHOTO = photo_jpeg(size=(480, 360), box=(120, 80, 361, 281))
@@ -130,7 +130,7 @@ async def test_invalid_mints_are_400_naming_the_field(engine: Engine) -> None:
         assert answer.status_code == 400, body
         assert message(answer).startswith(f"{field}:"), (body, message(answer))
     not_json = await engine.client.post(
-        TOKEN_PATH, content=b"{nope", headers={"Authorization": "Bearer engine-dev-key"}
+        TOKEN_PATH, content=b"{nope", headers={"Authorization": f"Bearer {API_KEY}"}
     )
     assert not_json.status_code == 400 and message(not_json).startswith("body:")
     after = await engine.stats()
@@ -158,15 +158,15 @@ async def test_unusable_images_are_400_and_leave_the_token_usable(engine: Engine
 
 async def test_api_key_missing_or_wrong_is_401(engine: Engine) -> None:
     before = (await engine.stats())["rejections"].get("401", 0)
-    for key in (None, "not-the-key", "engine-dev-key-but-longer"):
+    for key in (None, "not-the-key", API_KEY + "-but-longer", "engine-dev-key"):
         answer = await engine.mint(key=key)
         assert answer.status_code == 401
         assert message(answer).startswith("Authorization:")
     wrong_scheme = await engine.client.post(
-        TOKEN_PATH, json={}, headers={"Authorization": "Basic engine-dev-key"}
+        TOKEN_PATH, json={}, headers={"Authorization": f"Basic {API_KEY}"}
     )
     assert wrong_scheme.status_code == 401
-    assert (await engine.stats())["rejections"]["401"] - before == 4
+    assert (await engine.stats())["rejections"]["401"] - before == 5
 
 
 def _forge(token: str) -> str:
@@ -311,6 +311,11 @@ async def test_rate_limit_is_429_with_retry_after(make_engine: MakeEngine) -> No
 async def test_injected_errors_and_latency(engine: Engine) -> None:
     assert (await engine.faults(key=None, error_rate=1.0)).status_code == 401
     assert (await engine.faults(error_rate=2)).status_code == 400
+    for number in (b"NaN", b"Infinity"):  # what Python's json reads, and no delay is
+        body = b'{"process_latency": %s}' % number
+        auth = {"Authorization": f"Bearer {engine.settings.api_key}"}
+        refused = await engine.client.put("/_engine/faults", content=body, headers=auth)
+        assert refused.status_code == 400, refused.text
     before = (await engine.stats())["rejections"].get("502", 0)
     changed = await engine.faults(error_rate=1.0, error_status=502)
     assert changed.json()["error_rate"] == 1.0
@@ -372,3 +377,16 @@ async def test_error_bodies_come_in_every_documented_shape(
     not_allowed = await engine.client.get(TOKEN_PATH)
     assert not_allowed.status_code == 405
     assert "Method Not Allowed" in not_allowed.text  # the same shape for routing errors
+
+
+async def test_no_redirect_takes_its_host_from_the_request(engine: Engine) -> None:
+    # Starlette's trailing-slash redirect would answer 307 to http://evil.example/...
+    for path in (
+        "/files/0123456789abcdef0123456789abcdef.png/",
+        "/_engine/stats/",
+        "/stats/",
+        TOKEN_PATH.rstrip("/"),
+    ):
+        answer = await engine.client.get(path, headers={"Host": "evil.example"})
+        assert "location" not in answer.headers, path
+        assert answer.status_code == 404, path

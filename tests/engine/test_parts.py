@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from proxy.engine.app import create_engine_app
 from proxy.engine.errors import UnauthorizedError
+from proxy.engine.keys import key_path, load_or_create
 from proxy.engine.pricing import estimate_credits
 from proxy.engine.ratelimit import ApiRateLimit
 from proxy.engine.render import fit
@@ -83,13 +84,16 @@ def test_tokens_are_signed_timed_and_opaque() -> None:
 
 def test_settings_come_from_the_environment_and_name_what_is_wrong() -> None:
     settings = EngineSettings.from_env(
-        {"PROXY_ENGINE_TOKEN_TTL": "30", "PROXY_ENGINE_SINGLE_USE": "false"}, retention=60
+        {
+            "PROXY_ENGINE_TOKEN_TTL": "30",
+            "PROXY_ENGINE_SINGLE_USE": "false",
+            "PROXY_ENGINE_API_KEY": "k" * 20,
+        },
+        retention=60,
     )
     assert (settings.token_ttl, settings.single_use, settings.retention) == (30.0, False, 60.0)
-    assert (
-        settings.api_key == "engine-dev-key"
-        and settings.describe()["PROXY_ENGINE_API_KEY"] == "***"
-    )
+    assert settings.api_key == "k" * 20 and settings.describe()["PROXY_ENGINE_API_KEY"] == "***"
+    assert EngineSettings().api_key is None  # no key in the source: see the next test
     assert EngineSettings().retention == 7200 and EngineSettings().token_ttl == 600
     for environ, named in (
         ({"PROXY_ENGINE_RATE_LIMIT_PER_MINUTE": "0"}, "PROXY_ENGINE_RATE_LIMIT_PER_MINUTE"),
@@ -101,6 +105,30 @@ def test_settings_come_from_the_environment_and_name_what_is_wrong() -> None:
             EngineSettings.from_env(environ)
     with pytest.raises(SettingsError, match="unknown"):
         EngineSettings.from_env({}, colour="red")
+
+
+async def test_without_a_configured_key_each_data_dir_makes_its_own_private_one(
+    tmp_path: Path,
+) -> None:
+    settings = EngineSettings(data_dir=tmp_path / "a", public_url=ASGI_BASE)
+    app = create_engine_app(settings)
+    path = key_path(settings.data_dir)
+    key = path.read_text().strip()
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert len(key) >= 32 and load_or_create(settings.data_dir) == key  # kept, not remade
+    assert load_or_create(tmp_path / "b") != key  # another data dir, another key
+    body = {"output_variants": [{"variant_name": "v"}]}
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url=ASGI_BASE
+    ) as client:
+        for given, status in (("engine-dev-key", 401), (key, 200)):
+            auth = {"Authorization": f"Bearer {given}"}
+            answer = await client.post("/api/v3/remove-bg/token/", json=body, headers=auth)
+            assert answer.status_code == status
+            assert key not in answer.text
+    path.chmod(0o644)  # restored from a backup with loose permissions: tightened on read
+    assert load_or_create(settings.data_dir) == key
+    assert path.stat().st_mode & 0o777 == 0o600
 
 
 def test_rate_limit_window_moves_with_the_clock(tmp_path: Path) -> None:
@@ -128,7 +156,7 @@ async def test_state_is_shared_by_apps_on_one_data_dir_and_survives_restarts(
         transport = httpx.ASGITransport(app=create_engine_app(settings))
         return httpx.AsyncClient(transport=transport, base_url=ASGI_BASE)
 
-    auth = {"Authorization": "Bearer engine-dev-key"}
+    auth = {"Authorization": f"Bearer {load_or_create(tmp_path)}"}
     body = {"output_variants": [{"variant_name": "v"}]}
     async with client() as first, client() as second:
         token = (await first.post("/api/v3/remove-bg/token/", json=body, headers=auth)).json()

@@ -14,7 +14,7 @@ from PIL import Image
 
 from proxy.engine.app import create_engine_app
 from proxy.engine.settings import EngineSettings
-from tests.engine.conftest import ASGI_BASE, Engine
+from tests.engine.conftest import API_KEY, ASGI_BASE, Engine
 from tests.engine.photos import BACKGROUND, BOX, SIZE, SUBJECT, encode, label_box, photo_jpeg
 
 FORMATS = ("png", "webp", "jpg")
@@ -33,7 +33,7 @@ def variants_for(fmt: str) -> list[dict[str, Any]]:
 
 
 async def _render_all(data_dir: Path) -> dict[str, Image.Image]:
-    settings = EngineSettings.from_env({}, data_dir=data_dir, public_url=ASGI_BASE)
+    settings = EngineSettings.from_env({}, data_dir=data_dir, public_url=ASGI_BASE, api_key=API_KEY)
     app = create_engine_app(settings)
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url=ASGI_BASE) as client:

@@ -15,11 +15,10 @@ import pytest
 
 from proxy.engine.app import PROCESS_PATH, TOKEN_PATH
 from proxy.engine.settings import EngineSettings
-from tests.engine.conftest import start_engine
+from tests.engine.conftest import API_KEY, start_engine
 from tests.engine.photos import BOX, SIZE, photo_jpeg
 from tests.servers import cutproxy
 
-KEY = {"Authorization": "Bearer engine-dev-key"}
 PHOTO = photo_jpeg(size=(480, 360), box=(120, 80, 361, 281))
 LARGE = [  # 12 MP out of a 12 MP photo
     {"variant_name": "png", "format": "png"},
@@ -47,7 +46,7 @@ def test_help_documents_every_setting() -> None:
         assert f.metadata["env"] in text
     for flag in ("--host", "--port", "--workers"):
         assert flag in text
-    assert "development default" in text
+    assert "kept in <data dir>/api-key" in text and "engine-dev-key" not in text
 
 
 @pytest.mark.parametrize(
@@ -73,6 +72,9 @@ async def test_workers_share_tokens_counters_and_files(tmp_path: Path) -> None:
     server = await anyio.to_thread.run_sync(
         start_engine, settings, tmp_path / "engine.log", "--workers", "2"
     )
+    # No key configured: the one made in the data dir, which both workers accept.
+    key = (tmp_path / "data" / "api-key").read_text().strip()
+    assert key not in server.log()
     fresh = {"Connection": "close"}  # every call on a new connection: any worker may take it
     try:
         async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
@@ -88,7 +90,7 @@ async def test_workers_share_tokens_counters_and_files(tmp_path: Path) -> None:
                 minted = await client.post(
                     TOKEN_PATH,
                     json={"output_variants": [{"variant_name": "v"}]},
-                    headers={**KEY, **fresh},
+                    headers={"Authorization": f"Bearer {key}", **fresh},
                 )
                 assert minted.status_code == 200
                 tokens.append(minted.json()["access_token"])
@@ -128,7 +130,7 @@ async def gather(*calls: Awaitable[httpx.Response]) -> list[httpx.Response]:
 
 
 async def test_two_large_renders_leave_the_engine_responsive(tmp_path: Path) -> None:
-    settings = {"data_dir": tmp_path / "data", "token_ttl": 120}
+    settings = {"data_dir": tmp_path / "data", "token_ttl": 120, "api_key": API_KEY}
     server = await anyio.to_thread.run_sync(start_engine, settings, tmp_path / "engine.log")
     scale = 4000 / SIZE[0]
     large = await anyio.to_thread.run_sync(
@@ -139,7 +141,9 @@ async def test_two_large_renders_leave_the_engine_responsive(tmp_path: Path) -> 
 
             async def mint(variants: list[dict[str, object]]) -> str:
                 answer = await client.post(
-                    TOKEN_PATH, json={"output_variants": variants}, headers=KEY
+                    TOKEN_PATH,
+                    json={"output_variants": variants},
+                    headers={"Authorization": f"Bearer {API_KEY}"},
                 )
                 return str(answer.json()["access_token"])
 

@@ -10,7 +10,6 @@ from proxy.guards import FALLBACK_HEADER
 from tests.guards.conftest import AUTH, HOUR_START, RigFactory
 
 CACHED = "/img/shoe/640x480/ffffff.jpg"
-ENGINE_AUTH = {"Authorization": "Bearer engine-dev-key"}
 
 
 def flood_paths(n: int, image_id: str = "shoe") -> list[str]:
@@ -190,7 +189,7 @@ async def test_a_mint_that_may_have_been_charged_stays_counted(make_rig: RigFact
     rig = await make_rig(budget_credits_per_hour=2.0, batch_window_ms=0, retry_attempts=1)
     await rig.upload("shoe")
     client = await rig.client()
-    fault = await client.put("/_engine/faults", json={"error_rate": 1.0}, headers=ENGINE_AUTH)
+    fault = await client.put("/_engine/faults", json={"error_rate": 1.0}, headers=AUTH)
     assert fault.status_code == 200, fault.text
     assert (await rig.get(CACHED)).status_code >= 500
     assert (await rig.costs())["budget"]["hour"]["spent"] == 0.5

@@ -73,13 +73,13 @@ async def test_warm_requests_go_through_the_url_grammar(rig: Rig) -> None:
     assert unknown.status_code == 404
 
 
-ENGINE_AUTH = {"Authorization": "Bearer engine-dev-key"}
 SMALL, LARGE = "/img/mug/320x320/ffffff.jpg", "/img/mug/640x640/ffffff.jpg"
 
 
 async def _slow_engine(rig: Rig, seconds: float) -> None:
-    answer = await rig.engine.put(
-        "/_engine/faults", json={"process_latency": seconds}, headers=ENGINE_AUTH
+    # Fault control through the proxy's port, with its admin token.
+    answer = await rig.client.put(
+        "/_engine/faults", json={"process_latency": seconds}, headers=AUTH
     )
     assert answer.status_code == 200, answer.text
 

@@ -13,7 +13,7 @@ from PIL import Image, ImageDraw
 
 from tests.servers import Server, cutproxy, free_port, start
 
-ENGINE_KEY = "engine-dev-key"
+ENGINE_KEY = "engine-key-for-tests-0123456789"
 ADMIN = "admin-token-for-tests-0123456789"
 
 
@@ -75,7 +75,10 @@ def engine(tmp_path: Path) -> Iterator[Engine]:
         cutproxy("engine", "--host", "127.0.0.1", "--port", "{port}"),
         port=port,
         log_path=tmp_path / "engine.log",
-        env={"PROXY_ENGINE_DATA_DIR": str(tmp_path / "engine-data")},
+        env={
+            "PROXY_ENGINE_DATA_DIR": str(tmp_path / "engine-data"),
+            "PROXY_ENGINE_API_KEY": ENGINE_KEY,
+        },
         ready_path="/_engine/health",
     )
     try:

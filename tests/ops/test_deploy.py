@@ -282,7 +282,6 @@ def test_the_compose_stack_runs_here_with_varnish_in_front(tmp_path: Path) -> No
             key: value.replace("http://engine:9000", engine.url)
             for key, value in _compose_env(services["proxy"]["environment"]).items()
         }
-        env["PROXY_ADMIN_TOKEN"] = "compose-admin-token-0123456789"
         argv = ["cutproxy", *services["proxy"]["command"]]
         proxy = serve_as_written(argv, tmp_path, env, "compose-proxy")
         varnish_port = free_port()
@@ -337,11 +336,21 @@ def _unit_text() -> str:
     return (DEPLOY / "systemd" / "cutproxy.service").read_text()
 
 
+#: What docs/deploying.md has the operator write to deploy/.env.
+DOTENV = {
+    "PROXY_ADMIN_TOKEN": "compose-admin-token-0123456789",
+    "ENGINE_API_KEY": "compose-engine-key-0123456789",
+}
+
+
 def _compose_env(environment: Mapping[str, str]) -> dict[str, str]:
-    """Compose's ``${VAR:-default}`` / ``${VAR:?message}`` with nothing set: the defaults."""
+    """Compose's ``${VAR:-default}`` / ``${VAR:?message}`` with deploy/.env's ``DOTENV``."""
+
+    def value_of(m: re.Match[str]) -> str:
+        return DOTENV.get(m[1]) or m[2] or ""
 
     def expand(value: str) -> str:
-        return re.sub(r"\$\{\w+(?::-([^}]*)|:\?[^}]*)\}", lambda m: m[1] or "", str(value))
+        return re.sub(r"\$\{(\w+)(?::-([^}]*)|:\?[^}]*)\}", value_of, str(value))
 
     return {key: expand(value) for key, value in environment.items()}
 

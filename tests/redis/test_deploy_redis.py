@@ -6,7 +6,6 @@ directly, with the compose hostnames (redis, engine) pointed at loopback servers
 
 from __future__ import annotations
 
-import re
 import shutil
 import subprocess
 import sys
@@ -19,6 +18,7 @@ import pytest
 import yaml
 
 from tests.integration.conftest import Engine
+from tests.ops.test_deploy import _compose_env
 from tests.redis.server import RedisServer
 from tests.servers import REPO, Server, cutproxy, free_port, start
 
@@ -147,8 +147,5 @@ def _replica(
 
 
 def _expand(environment: Mapping[str, str]) -> dict[str, str]:
-    """Compose's ``${VAR:-default}`` / ``${VAR:?message}`` with nothing set: the defaults."""
-    return {
-        key: re.sub(r"\$\{\w+(?::-([^}]*)|:\?[^}]*)\}", lambda m: m[1] or "", str(value))
-        for key, value in environment.items()
-    }
+    """Compose's ``${VAR:-default}`` / ``${VAR:?message}``, with deploy/.env as documented."""
+    return _compose_env(environment)

@@ -170,3 +170,18 @@ async def test_no_url_produces_a_500(
     assert answer.status_code < 500 or answer.status_code in (502, 503, 504)
     if answer.status_code >= 400:
         assert set(answer.json()) == {"error", "message"}
+
+
+async def test_without_an_admin_token_the_engines_faults_are_not_on_the_port(
+    tmp_path: Path, clock: Clock
+) -> None:
+    application = create_app(Settings(data_dir=tmp_path), clock=clock)
+    key = (tmp_path / "engine" / "api-key").read_text().strip()
+    async with application.router.lifespan_context(application):
+        transport = httpx.ASGITransport(app=application)
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1:8080") as c:
+            for given in ("engine-dev-key", key):
+                auth = {"Authorization": f"Bearer {given}"}
+                answer = await c.put("/_engine/faults", json={"mode": "down"}, headers=auth)
+                assert answer.status_code == 404
+            assert (await c.get("/_engine/stats")).json()["faults"]["mode"] == "ok"

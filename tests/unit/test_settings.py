@@ -68,3 +68,26 @@ def test_every_setting_is_in_the_table() -> None:
     names = [row[0] for row in settings_table()]
     assert "PROXY_API_KEY" in names and len(names) == len(set(names))
     assert all(name.startswith("PROXY_") for name in names)
+
+
+@pytest.mark.parametrize("text", ["nan", "NaN", "inf", "-inf", "Infinity", "1e999"])
+@pytest.mark.parametrize(
+    "env", ["PROXY_OUTPUT_TTL", "PROXY_READY_TIMEOUT", "PROXY_BUDGET_CREDITS_PER_HOUR"]
+)
+def test_nan_and_infinity_are_refused_naming_the_variable(text: str, env: str) -> None:
+    # A NaN TTL compares false with everything: every answer's lifetime broke (a 500 each).
+    with pytest.raises(SettingsError, match=f"{env}: expected a finite number"):
+        Settings.from_env({env: text})
+
+
+def test_the_engine_settings_refuse_nan_and_infinity_too() -> None:
+    from proxy.engine.settings import EngineSettings
+
+    with pytest.raises(SettingsError, match="PROXY_ENGINE_TOKEN_TTL: expected a finite"):
+        EngineSettings.from_env({"PROXY_ENGINE_TOKEN_TTL": "nan"})
+    with pytest.raises(SettingsError, match="--retention: expected a finite"):
+        EngineSettings.from_env({}, retention=float("inf"))
+    with pytest.raises(SettingsError, match="PROXY_ENGINE_ERROR_RATE: expected a finite"):
+        EngineSettings.from_env({}).replace(error_rate=float("nan"))
+    with pytest.raises(SettingsError, match="PROXY_TTL_MARGIN: expected a finite"):
+        Settings.from_env({}).replace(ttl_margin=float("nan"))
