@@ -3,15 +3,14 @@ mints that never reached it: retried, and given back to the budget when they all
 
 from __future__ import annotations
 
-from tests.guards.conftest import Rig, RigFactory
+from tests.guards.conftest import AUTH, Rig, RigFactory
 from tests.ops.conftest import Scrape
 
 CACHED = "/img/shoe/640x480/ffffff.jpg"
-ENGINE_AUTH = {"Authorization": "Bearer engine-dev-key"}
 
 
 async def faults(rig: Rig, **changes: object) -> None:
-    answer = await (await rig.client()).put("/_engine/faults", json=changes, headers=ENGINE_AUTH)
+    answer = await (await rig.client()).put("/_engine/faults", json=changes, headers=AUTH)
     assert answer.status_code == 200, answer.text
 
 

@@ -24,7 +24,6 @@ from tests.ops.conftest import (
 )
 from tests.unit.test_upstream_hardening import forms, leaked
 
-ENGINE_AUTH = {"Authorization": "Bearer engine-dev-key"}
 JSON = {"Accept": "application/json"}
 API_KEY = "sk-fake-upstream-key-0001"  # upstream_settings' key
 ACCESS_TOKEN = "eyJhbGciOiJIUzI1NiJ9.eyJ2IjpbImEiXX0.bm90LWEtcmVhbC1zaWduYXR1cmUtYXQtYWxs"
@@ -184,7 +183,7 @@ async def test_a_hanging_embedded_engine_gives_504_within_the_token_timeout(
     # Were the timeout ignored, the miss would wait PROXY_COALESCE_WAIT and answer 503.
     config = settings(tmp_path, demo=True, token_timeout=0.2, coalesce_wait=10)
     async with running(config, clock) as (_app, client):
-        hang = await client.put("/_engine/faults", json={"mode": "hang"}, headers=ENGINE_AUTH)
+        hang = await client.put("/_engine/faults", json={"mode": "hang"}, headers=AUTH)
         assert hang.status_code == 200, hang.text
         answer = await client.get("/img/demo/64x64/ffffff.png", headers=JSON)
         m = await scrape(client)
