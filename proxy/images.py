@@ -30,7 +30,7 @@ from PIL import Image
 
 from proxy.blobs import BlobStore
 from proxy.cache import TwoTierCache
-from proxy.coalesce import Lease
+from proxy.coalesce import Lease, renewing
 from proxy.errors import (
     BadRequestError,
     PayloadTooLargeError,
@@ -211,9 +211,17 @@ async def upload_original(
 
 
 class KeyedLock:
-    """Mutual exclusion per key: across tasks (asyncio) and across workers (the lease)."""
+    """Mutual exclusion per key: across tasks (asyncio) and across workers (the lease).
 
-    def __init__(self, lease: Lease, *, ttl: float = 30.0, wait: float = 30.0) -> None:
+    The lease is renewed every third of ``ttl`` while the lock is held, however long the
+    work takes (an upload may take minutes); if it is lost all the same (this process
+    stalled past ``ttl`` and another took the lease over), the work is stopped with
+    :class:`proxy.errors.LeaseLostError` rather than run on unguarded. A holder that died
+    leaves its lease behind: taken over at once on the same host (the lease names its
+    process), after ``ttl`` from another host (Redis).
+    """
+
+    def __init__(self, lease: Lease, *, ttl: float = 15.0, wait: float = 30.0) -> None:
         self._lease = lease
         self._ttl = ttl
         self._wait = wait
@@ -238,7 +246,8 @@ class KeyedLock:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 0.1)
             try:
-                yield
+                async with renewing(self._lease, name, token, self._ttl, abort=True):
+                    yield
             finally:
                 await self._lease.release(name, token)
 
@@ -271,6 +280,7 @@ class ImageService:
         lease: Lease,
         clock: Callable[[], float] = time.time,
         on_change: Callable[[str], None] | None = None,
+        locks: KeyedLock | None = None,
     ) -> None:
         self.settings = settings
         self.registry = registry
@@ -278,7 +288,8 @@ class ImageService:
         self.blobs = blobs
         self.cache = cache
         self.clock = clock
-        self.locks = KeyedLock(lease)
+        # One lock per image for every service that changes images (the variant service's).
+        self.locks = locks or KeyedLock(lease, ttl=settings.lease_ttl)
         # Told the id of every image whose bytes or mapping changed (the variant view).
         self._on_change = on_change
 

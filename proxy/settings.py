@@ -101,8 +101,9 @@ class Settings:
     lease_ttl: float = setting(
         15.0,
         "PROXY_LEASE_TTL",
-        "Seconds a mint lease lives unless its holder renews it (it does, every third of "
-        "this, while it mints): how soon another worker takes over from a crashed one.",
+        "Seconds a lease (a variant's mint, an image's lock) lives unless its holder renews "
+        "it (it does, every third of this, while it works): how soon a holder that crashed "
+        "on another host is replaced. On its own host, a crashed holder is replaced at once.",
     )
     coalesce_wait: float = setting(
         60.0,
