@@ -229,6 +229,7 @@ def build_state(
         lease=lease,
         clock=clock,
         on_change=_on_change(variants.forget, purger),
+        locks=variants.locks,
     )
     return AppState(
         settings,

@@ -35,7 +35,7 @@ from proxy.errors import (
     UpstreamGoneError,
 )
 from proxy.guards import MissGuard
-from proxy.images import record_version, upload_original
+from proxy.images import KeyedLock, record_version, upload_original
 from proxy.registry import ImageRecord, Registry
 from proxy.settings import Settings
 from proxy.upstream import ProcessResult, UpstreamClient
@@ -100,6 +100,7 @@ class VariantService:
     reuploads: SingleFlight = field(default_factory=SingleFlight)
     events: ServiceEvents = field(default_factory=NoEvents)
     guards: MissGuard | None = None  # rate, budget, batching and books for misses
+    locks: KeyedLock = field(init=False)  # per image; shared with the image service
     # image id → record, trusted for PROXY_IMAGE_VIEW_TTL: keeps the hit path free of I/O.
     records: TTLCache[str, ImageRecord] = field(init=False)
     # The last record seen of each image, kept while the shared store is unreachable.
@@ -112,6 +113,7 @@ class VariantService:
             timer=self.clock,
         )
         self.last_records = LRUCache(maxsize=self.settings.memory_cache_size)
+        self.locks = KeyedLock(self.lease, ttl=self.settings.lease_ttl)
 
     def key(self, variant: Variant, version: str) -> str:
         return f"{cache_key(variant, self.settings)}~{version}"
@@ -372,14 +374,20 @@ class VariantService:
             image_id=stale.image_id,
             content_type=stale.content_type,
         )
-        fresh = stale.evolve(unique_filename=result.unique_filename, uploaded_at=self.clock())
-        current = await self.registry.get(stale.image_id)
-        # Only the same bytes get the new upload: a replacement since then keeps its own.
-        if current is not None and current.sha256 == stale.sha256:
-            fresh = current.evolve(
-                unique_filename=result.unique_filename, uploaded_at=fresh.uploaded_at
-            )
-            await self.registry.put(fresh)
+        uploaded_at = self.clock()
+        fresh = stale.evolve(unique_filename=result.unique_filename, uploaded_at=uploaded_at)
+        # Read, check and write under the image's lock: a delete, a replacement or a purge
+        # (a new variants generation) that lands meanwhile is neither revived nor undone.
+        async with self.locks.held(f"image:{stale.image_id}"):
+            current = await self.registry.get(stale.image_id)
+            if current is not None and current.sha256 == stale.sha256:
+                # The same bytes (perhaps a new generation): they get the new upload.
+                fresh = current.evolve(
+                    unique_filename=result.unique_filename, uploaded_at=uploaded_at
+                )
+                await self.registry.put(fresh)
+            else:
+                log.info("image %s changed during its re-upload; left as it is", stale.image_id)
         self.events.reuploaded()
         log.info("re-uploaded the kept original of %s", stale.image_id)
         return fresh, result
