@@ -31,7 +31,6 @@ from proxy import (
     srcset_api,
 )
 from proxy.accesslog import AccessLog, note_upstream
-from proxy.batching import counting_mints
 from proxy.blobs import DirectoryBlobStore
 from proxy.cache import DiskTier, MemoryTier, SharedTier, TwoTierCache
 from proxy.cdn import Purger, add_tags, tagged
@@ -190,8 +189,7 @@ def build_state(
         metrics.upstream_call(endpoint, outcome, seconds)
         note_upstream(seconds)
 
-    on_mint = counting_mints(metrics.minted)  # the guards' books see who minted
-    upstream = UpstreamClient(config, transport=transport, on_call=on_call, on_mint=on_mint)
+    upstream = UpstreamClient(config, transport=transport, on_call=on_call, on_mint=metrics.minted)
     # PROXY_REDIS_URL: every replica shares Redis; else this host's workers share the disk.
     redis = RedisStore.from_settings(settings, clock) if settings.redis_url else None
     if redis is not None:
@@ -218,7 +216,9 @@ def build_state(
         clock=clock,
         blobs=blobs,
         events=metrics,
-        guards=MissGuard.from_settings(settings, clock=clock, redis=redis, events=metrics),
+        guards=MissGuard.from_settings(
+            settings, upstream=upstream, clock=clock, redis=redis, events=metrics
+        ),
     )
     images = ImageService(
         settings=settings,
@@ -229,6 +229,7 @@ def build_state(
         lease=lease,
         clock=clock,
         on_change=_on_change(variants.forget, purger),
+        minter=variants.minter,
         locks=variants.locks,
     )
     return AppState(

@@ -10,19 +10,18 @@ output. A window of 0 renders each miss at once, with no added latency.
 Only a variant's single-flight leader that also holds the variant's cross-process lease
 enters the batcher, so each variant of a batch is leased by the process minting it.
 
-Whoever minted a token is told through :func:`note_mint` (the upstream client's ``on_mint``
-hook): a :class:`MintWatch` opened around a render counts the tokens minted inside it, so a
-failed render can tell "refused before any charge" from "charged, then failed".
+The render runs inside ``pay``: the minter's account of what the members were admitted at
+(:meth:`proxy.minter.Minter.paying`), which the token draws on.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import contextvars
-from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import Generic, TypeVar
 
 from proxy.cache import CachedOutput
 from proxy.registry import ImageRecord
@@ -30,53 +29,6 @@ from proxy.variant import Variant
 
 P = TypeVar("P")
 RenderMany = Callable[[ImageRecord, list[Variant]], Awaitable[dict[Variant, CachedOutput]]]
-
-
-# --- who minted ---------------------------------------------------------------------------
-
-
-@dataclass
-class MintWatch:
-    """Tokens minted by the task that opened the watch (and tasks it started)."""
-
-    tokens: int = 0
-
-
-_watch: contextvars.ContextVar[MintWatch | None] = contextvars.ContextVar(
-    "cutproxy_mint_watch", default=None
-)
-
-
-@contextlib.contextmanager
-def watching_mints() -> Iterator[MintWatch]:
-    """Count the tokens minted until the block ends."""
-    watch = MintWatch()
-    reset = _watch.set(watch)
-    try:
-        yield watch
-    finally:
-        _watch.reset(reset)
-
-
-def note_mint(_output_variants: Sequence[Mapping[str, Any]], _unique_filename: str | None) -> None:
-    """The upstream client's ``on_mint`` hook: a token was minted (credits were charged)."""
-    watch = _watch.get()
-    if watch is not None:
-        watch.tokens += 1
-
-
-MintHook = Callable[[list[dict[str, Any]], str | None], None]
-
-
-def counting_mints(hook: MintHook | None = None) -> MintHook:
-    """An ``on_mint`` hook for the upstream client: ``hook`` (metrics), then :func:`note_mint`."""
-
-    def on_mint(output_variants: list[dict[str, Any]], unique_filename: str | None) -> None:
-        if hook is not None:
-            hook(output_variants, unique_filename)
-        note_mint(output_variants, unique_filename)
-
-    return on_mint
 
 
 # --- the batcher -----------------------------------------------------------------------------
@@ -91,19 +43,10 @@ class Member(Generic[P]):
     future: asyncio.Future[CachedOutput]
 
 
-@dataclass
-class Outcome(Generic[P]):
-    """What a batch did, for whoever keeps the books (budget refunds, the cost ledger)."""
-
-    record: ImageRecord
-    members: list[Member[P]]
-    charged: bool  # a token was minted: the upstream took credits
-    error: BaseException | None = None
-
-
 Price = Callable[[ImageRecord, list[Variant]], float]
 Admit = Callable[[float], Awaitable[P]]
-Settle = Callable[[Outcome[P]], Awaitable[None]]
+# Opens the books for one render, given its members' payloads; closes them after it.
+Pay = Callable[[list[P]], AbstractAsyncContextManager[None]]
 
 
 @dataclass
@@ -123,19 +66,18 @@ class Batcher(Generic[P]):
     Each miss is admitted (``admit``: rate and budget) at what it adds to its batch, by
     ``price``: the full rate when it is the first, 0.25 credit after (more if it is the
     first over 1 MP). Admissions of one batch take turns, so what its members were admitted
-    at adds up to what the batch costs; ``settle`` gives back any difference (a batch whose
-    mint failed without a charge gives back everything). ``settle`` is awaited once per batch,
-    after the render and before any waiter is answered, so the books are square by the
-    time a client sees its response.
+    at adds up to what the batch costs. The render runs inside ``pay`` (the minter's
+    account of those admissions), which gives back what no token used before any waiter is
+    answered, so the books are square by the time a client sees its response.
     """
 
-    def __init__(self, *, window: float, max_size: int, price: Price, settle: Settle[P]) -> None:
+    def __init__(self, *, window: float, max_size: int, price: Price, pay: Pay[P]) -> None:
         if window < 0 or max_size < 1:
             raise ValueError("window must be >= 0 and max_size >= 1")
         self.window = window
         self.max_size = max_size
         self._price = price
-        self._settle = settle
+        self._pay = pay
         self._open: dict[tuple[str, str], _Batch[P]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -196,22 +138,19 @@ class Batcher(Generic[P]):
         variants = list(dict.fromkeys(m.variant for m in batch.members))
         outputs: dict[Variant, CachedOutput] = {}
         error: BaseException | None = None
-        with watching_mints() as watch:
-            try:
-                outputs = await render_many(batch.record, variants)
-            except asyncio.CancelledError:
-                for member in batch.members:
-                    member.future.cancel()
-                raise
-            except Exception as exc:
-                error = exc
         try:
-            await self._settle(Outcome(batch.record, batch.members, watch.tokens > 0, error))
-        finally:
+            async with self._pay([m.payload for m in batch.members]):
+                outputs = await render_many(batch.record, variants)
+        except asyncio.CancelledError:
             for member in batch.members:
-                if member.future.done():
-                    continue
-                if error is not None:
-                    member.future.set_exception(error)
-                else:
-                    member.future.set_result(outputs[member.variant])
+                member.future.cancel()
+            raise
+        except Exception as exc:
+            error = exc
+        for member in batch.members:
+            if member.future.done():
+                continue
+            if error is not None:
+                member.future.set_exception(error)
+            else:
+                member.future.set_result(outputs[member.variant])

@@ -37,6 +37,7 @@ from proxy.errors import (
     ServiceUnavailableError,
     UnsupportedMediaError,
 )
+from proxy.minter import Minter
 from proxy.registry import ImageRecord, Registry
 from proxy.settings import Settings
 from proxy.upstream import ProcessResult, UpstreamClient
@@ -189,19 +190,19 @@ def record_version(record: ImageRecord) -> str:
 
 
 async def upload_original(
-    upstream: UpstreamClient,
+    minter: Minter,
     output_variants: Sequence[Mapping[str, Any]],
     data: bytes,
     *,
     image_id: str,
     content_type: str | None,
 ) -> ProcessResult:
-    """One token (no ``unique_filename``) and one processing call carrying the image."""
-    token = await upstream.mint([dict(v) for v in output_variants])
+    """One token (no ``unique_filename``, minted within the budget) and one processing call
+    carrying the image."""
     kind = content_type or "application/octet-stream"
-    return await upstream.process(
-        token,
-        data,
+    return await minter.render(
+        output_variants,
+        image=data,
         filename=f"{image_id}.{_EXTENSIONS.get(kind, 'bin')}",
         content_type=kind,
     )
@@ -280,6 +281,7 @@ class ImageService:
         lease: Lease,
         clock: Callable[[], float] = time.time,
         on_change: Callable[[str], None] | None = None,
+        minter: Minter | None = None,
         locks: KeyedLock | None = None,
     ) -> None:
         self.settings = settings
@@ -288,8 +290,10 @@ class ImageService:
         self.blobs = blobs
         self.cache = cache
         self.clock = clock
-        # One lock per image for every service that changes images (the variant service's).
+        # The variant service's lock and minter, so both services agree on who changes
+        # an image and every upload's token is within the budget and on the books.
         self.locks = locks or KeyedLock(lease, ttl=settings.lease_ttl)
+        self.minter = minter or Minter(upstream, clock=clock)
         # Told the id of every image whose bytes or mapping changed (the variant view).
         self._on_change = on_change
 
@@ -334,7 +338,7 @@ class ImageService:
             unique_filename, uploaded_at = twin.unique_filename, twin.uploaded_at
         else:
             result = await upload_original(
-                self.upstream,
+                self.minter,
                 [UPLOAD_VARIANT],
                 data,
                 image_id=image_id,

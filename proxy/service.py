@@ -4,7 +4,8 @@ Order on every request: image version (in-memory view of the registry) → memor
 I/O) → in-process single flight → shared tier → registry → cross-process lease → mint +
 process → store in both tiers. A miss this process leads passes the guards first
 (:class:`proxy.guards.MissGuard`: the client's miss rate, the credit budget, batching);
-hits, in either tier, never touch them.
+hits, in either tier, never touch them. Every token, a miss's, a warm-up's or a
+re-upload's, is minted by the guards' :class:`proxy.minter.Minter` (ladder, budget, books).
 
 Cache keys carry the image's version (its content hash), so when an image is replaced every
 worker stops serving the old variants within ``PROXY_IMAGE_VIEW_TTL``, without any message
@@ -36,6 +37,7 @@ from proxy.errors import (
 )
 from proxy.guards import MissGuard
 from proxy.images import KeyedLock, record_version, upload_original
+from proxy.minter import Minter
 from proxy.registry import ImageRecord, Registry
 from proxy.settings import Settings
 from proxy.upstream import ProcessResult, UpstreamClient
@@ -100,6 +102,8 @@ class VariantService:
     reuploads: SingleFlight = field(default_factory=SingleFlight)
     events: ServiceEvents = field(default_factory=NoEvents)
     guards: MissGuard | None = None  # rate, budget, batching and books for misses
+    # Every token goes through the guards' minter (budget, ladder, books); bare without guards.
+    minter: Minter = field(init=False)
     locks: KeyedLock = field(init=False)  # per image; shared with the image service
     # image id → record, trusted for PROXY_IMAGE_VIEW_TTL: keeps the hit path free of I/O.
     records: TTLCache[str, ImageRecord] = field(init=False)
@@ -113,6 +117,11 @@ class VariantService:
             timer=self.clock,
         )
         self.last_records = LRUCache(maxsize=self.settings.memory_cache_size)
+        self.minter = (
+            self.guards.minter
+            if self.guards is not None
+            else Minter(self.upstream, clock=self.clock)
+        )
         self.locks = KeyedLock(self.lease, ttl=self.settings.lease_ttl)
 
     def key(self, variant: Variant, version: str) -> str:
@@ -270,8 +279,10 @@ class VariantService:
     ) -> dict[Variant, CachedOutput]:
         """One token for all ``variants`` of one image (extra variants cost 0.25 credit each).
 
-        Callers own caching; this only spends the mint and reads the answer.
+        Callers own caching; this only spends the mint and reads the answer. A size off the
+        ladder is refused here too, whoever asks (400).
         """
+        self.minter.check(variants)
         specs = [output_variant(v, self.settings, record.original_size) for v in variants]
         result = await self._process(record, specs)
         now = self.clock()
@@ -309,8 +320,7 @@ class VariantService:
     async def _mint_and_process(
         self, record: ImageRecord, specs: list[dict[str, Any]]
     ) -> ProcessResult:
-        token = await self.upstream.mint(specs, unique_filename=record.unique_filename)
-        return await self.upstream.process(token)
+        return await self.minter.render(specs, unique_filename=record.unique_filename)
 
     def _expired(self, record: ImageRecord) -> bool:
         return (
@@ -368,7 +378,7 @@ class VariantService:
                 code="original_missing",
             )
         result = await upload_original(
-            self.upstream,
+            self.minter,
             specs,
             data,
             image_id=stale.image_id,

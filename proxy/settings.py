@@ -154,12 +154,14 @@ class Settings:
     budget_credits_per_hour: float | None = setting(
         None,
         "PROXY_BUDGET_CREDITS_PER_HOUR",
-        "Estimated credits misses may spend per UTC clock hour. Unset: unlimited.",
+        "Estimated credits every token may spend per UTC clock hour (misses, warm-ups, "
+        "uploads, re-uploads). Unset: unlimited.",
     )
     budget_credits_per_day: float | None = setting(
         None,
         "PROXY_BUDGET_CREDITS_PER_DAY",
-        "Estimated credits misses may spend per UTC day. Unset: unlimited.",
+        "Estimated credits every token may spend per UTC day (misses, warm-ups, uploads, "
+        "re-uploads). Unset: unlimited.",
     )
     client_miss_rate: str | None = setting(
         None,
