@@ -190,11 +190,13 @@ async def lead_or_follow(
     lead: Callable[[], Awaitable[T]],
     check: Callable[[], Awaitable[T | None]],
     poll: float = 0.05,
+    following: Callable[[], None] | None = None,
 ) -> T:
     """Run ``lead`` under the lease, or wait for its holder's result via ``check``.
 
     ``check`` looks for a finished result in the shared store; it runs once more after the
     lease is won, because the previous holder may have finished just before releasing.
+    ``following`` is called once, when the lease is first found held by another.
     """
     loop = asyncio.get_running_loop()
     deadline = loop.time() + wait
@@ -210,6 +212,9 @@ async def lead_or_follow(
                     return await lead()
             finally:
                 await lease.release(_lease_name(key), token)
+        if following is not None:
+            following()
+            following = None
         found = await check()
         if found is not None:
             return found

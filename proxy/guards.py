@@ -42,7 +42,7 @@ from starlette.responses import JSONResponse, Response
 
 from proxy import grammar, ladder
 from proxy.admin import require_admin
-from proxy.batching import Batcher, RenderMany
+from proxy.batching import Batcher, RenderMany, Ticket
 from proxy.budget import (
     ClientLimiter,
     CostLedger,
@@ -354,13 +354,17 @@ class MissGuard:
         variant: Variant,
         client: str | None,
         render_many: RenderMany,
+        ticket: Ticket | None = None,
     ) -> CachedOutput:
-        """Admit the miss (rate, budget), then mint it, batched with its image's others."""
+        """Admit the miss (rate, budget), then mint it, batched with its image's others.
+
+        ``ticket`` is the one :meth:`proxy.batching.Batcher.expect` gave the miss.
+        """
 
         async def admit(credits: float) -> Reservation:
             return await self.admit(client, credits)
 
-        return await self.batcher.render(record, variant, admit, render_many)
+        return await self.batcher.render(record, variant, admit, render_many, ticket)
 
     async def admit(self, client: str | None, credits: float) -> Reservation:
         """Count one miss for ``client`` and reserve ``credits``; MissRefusedError if over."""

@@ -16,6 +16,7 @@ shared by every request (and worker) that needs it.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import time
@@ -25,6 +26,7 @@ from typing import Any, Protocol
 
 from cachetools import LRUCache, TTLCache
 
+from proxy.batching import Ticket
 from proxy.blobs import BlobStore
 from proxy.cache import CachedOutput, TwoTierCache, output_for
 from proxy.coalesce import Lease, SingleFlight, lead_or_follow
@@ -230,6 +232,14 @@ class VariantService:
         return Resolved(output, "fallback", reason=refused.reason, served=served)
 
     async def _miss(self, variant: Variant, key: str, client: str | None = None) -> Resolved:
+        # Announced before the checks below, so a batch of this image knows one more may come.
+        ticket = self.guards.batcher.expect(variant.image_id) if self.guards else None
+        with ticket or contextlib.nullcontext():
+            return await self._checked_miss(variant, key, client, ticket)
+
+    async def _checked_miss(
+        self, variant: Variant, key: str, client: str | None, ticket: Ticket | None
+    ) -> Resolved:
         output, tier = await self.cache.get(key)
         if output is not None:
             return Resolved(output, tier)
@@ -246,7 +256,9 @@ class VariantService:
                 if self.guards is None:
                     fresh = await self.render(variant, record)
                 else:
-                    fresh = await self.guards.mint(record, variant, client, self.render_many)
+                    fresh = await self.guards.mint(
+                        record, variant, client, self.render_many, ticket
+                    )
             finally:
                 self.events.rendering(-1)
             await self.cache.set(key, fresh)
@@ -261,6 +273,7 @@ class VariantService:
             wait=self.settings.coalesce_wait,
             lead=lead,
             check=lambda: self.cache.shared.get(key),
+            following=ticket.leave if ticket is not None else None,
         )
         self.cache.memory.set(key, output)
         credits = 0.0 if self.guards is None else self.guards.estimate(variant, record)

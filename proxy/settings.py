@@ -178,8 +178,9 @@ class Settings:
     batch_window_ms: int = setting(
         30,
         "PROXY_BATCH_WINDOW_MS",
-        "Milliseconds a miss waits for more misses of the same image, to mint them in one "
-        "token (each extra variant costs 0.25 credit). 0: no batching.",
+        "Most milliseconds a miss waits for more misses of the same image, to mint them in "
+        "one token (each extra variant costs 0.25 credit); it waits only while another miss "
+        "of the image is on its way or minting, so a lone miss never does. 0: no batching.",
     )
     batch_max_variants: int = setting(
         10,

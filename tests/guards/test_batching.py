@@ -8,8 +8,9 @@ import io
 from PIL import Image
 
 from proxy.budget import batching_saving, estimate_credits
-from tests.guards.conftest import RigFactory
+from tests.guards.conftest import Rig, RigFactory
 
+ENGINE = {"Authorization": "Bearer engine-dev-key"}
 SIZES = ["160x160", "320x240", "480x360", "640x480", "400x400", "200x150"]
 
 
@@ -169,3 +170,60 @@ async def test_a_burst_that_fits_the_budget_as_one_token_is_minted_whole(
     assert after["tokens_minted"] - before["tokens_minted"] == 1
     assert round(after["credits_charged"] - before["credits_charged"], 2) == 1.0
     assert (await rig.costs())["budget"]["hour"]["remaining"] == 0
+
+
+# --- batching only when there is something to batch --------------------------------------------
+
+# A window no test would sit through: a miss that waited for it would fail the bounded wait.
+LONG_WINDOW_MS = 60_000
+
+
+async def test_a_lone_miss_does_not_wait_for_the_batch_window(make_rig: RigFactory) -> None:
+    rig = await make_rig(batch_window_ms=LONG_WINDOW_MS)
+    await rig.upload("shoe")
+    before = await rig.stats()
+    answer = await asyncio.wait_for(rig.get(paths("shoe")[0]), 20)
+    assert answer.status_code == 302, answer.text
+    assert (await rig.stats())["tokens_minted"] == before["tokens_minted"] + 1
+
+
+async def test_a_burst_is_minted_as_soon_as_every_miss_of_it_has_arrived(
+    make_rig: RigFactory,
+) -> None:
+    rig = await make_rig(batch_window_ms=LONG_WINDOW_MS)
+    await rig.upload("shoe")
+    before = await rig.stats()
+    answers = await asyncio.wait_for(asyncio.gather(*(rig.get(p) for p in paths("shoe"))), 20)
+    after = await rig.stats()
+    assert [a.status_code for a in answers] == [302] * 6
+    assert after["tokens_minted"] - before["tokens_minted"] == 1
+    assert after["last_token_variants"] == 6
+
+
+async def test_misses_arriving_while_their_image_is_minted_are_batched(
+    make_rig: RigFactory,
+) -> None:
+    rig = await make_rig(batch_window_ms=LONG_WINDOW_MS)
+    await rig.upload("shoe")
+    client = await rig.client()
+    slow = await client.put("/_engine/faults", json={"process_latency": 1.0}, headers=ENGINE)
+    assert slow.status_code == 200, slow.text
+    before = await rig.stats()
+    first = asyncio.ensure_future(rig.get(paths("shoe")[0]))
+    await _minted(rig, before["tokens_minted"] + 1)  # alone; its processing is slow
+    # Two more sizes meanwhile: they wait for each other (and for the first to finish).
+    later = asyncio.gather(*(rig.get(p) for p in paths("shoe")[1:3]))
+    answers = await asyncio.wait_for(asyncio.gather(first, later), 20)
+    assert [a.status_code for a in [answers[0], *answers[1]]] == [302] * 3
+    after = await rig.stats()
+    assert after["tokens_minted"] - before["tokens_minted"] == 2
+    assert after["last_token_variants"] == 2
+
+
+async def _minted(rig: Rig, tokens: int) -> None:
+    """Wait until the engine has minted ``tokens`` in all."""
+    for _ in range(1000):
+        if (await rig.stats())["tokens_minted"] >= tokens:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"the engine never reached {tokens} tokens")
