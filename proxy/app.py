@@ -32,7 +32,6 @@ from proxy import (
     srcset_api,
 )
 from proxy.accesslog import AccessLog, note_upstream
-from proxy.batching import counting_mints
 from proxy.blobs import DirectoryBlobStore
 from proxy.cache import DiskTier, MemoryTier, SharedTier, TwoTierCache
 from proxy.cdn import Purger, add_tags, tagged
@@ -212,12 +211,11 @@ def build_state(
         if watcher is not None:
             watcher(endpoint, outcome, seconds)
 
-    on_mint = counting_mints(metrics.minted)  # the guards' books see who minted
     upstream = UpstreamClient(
         config,
         transport=transport,
         on_call=call_done,
-        on_mint=on_mint,
+        on_mint=metrics.minted,
         on_ambiguous_mint=metrics.ambiguous_mint,
     )
     # PROXY_REDIS_URL: every replica shares Redis; else this host's workers share the disk.
@@ -246,7 +244,9 @@ def build_state(
         clock=clock,
         blobs=blobs,
         events=metrics,
-        guards=MissGuard.from_settings(settings, clock=clock, redis=redis, events=metrics),
+        guards=MissGuard.from_settings(
+            settings, upstream=upstream, clock=clock, redis=redis, events=metrics
+        ),
     )
     images = ImageService(
         settings=settings,
@@ -257,6 +257,8 @@ def build_state(
         lease=lease,
         clock=clock,
         on_change=_on_change(variants.forget, purger),
+        minter=variants.minter,
+        locks=variants.locks,
     )
     return AppState(
         settings,

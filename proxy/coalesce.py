@@ -5,24 +5,31 @@ task of its own, later ones await the same task (shielded, so a client that hang
 cancel work others wait for). Across processes (and, with Redis, machines), a lease in the
 shared store: only its holder mints; the others poll the shared cache until the result
 appears, the lease frees up (then one of them takes over), or their wait runs out (503).
+
 A lease expires on its own unless its holder keeps renewing it (every third of the TTL while
-it mints), so a crashed leader blocks followers for at most one TTL.
+it works), so a crashed holder on another machine blocks the others for at most one TTL. On
+one host it blocks nobody: a lease names its holder (host, process id, a random part), and a
+contender on the same host that finds the holder's process gone takes the lease at once.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
+import os
 import secrets
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
+from types import TracebackType
 from typing import Any, Protocol, TypeVar
 
 import anyio.to_thread
 import diskcache
 
-from proxy.errors import ProxyError, ServiceUnavailableError
+from proxy.errors import LeaseLostError, ProxyError, ServiceUnavailableError
 
 T = TypeVar("T")
 log = logging.getLogger("cutproxy.coalesce")
@@ -32,7 +39,7 @@ class Lease(Protocol):
     """A named, expiring lock in the shared store, released only by its holder."""
 
     async def acquire(self, key: str, ttl: float) -> str | None:
-        """A holder token when the lease was free, else None."""
+        """A holder token when the lease was free (or its holder's process is gone), else None."""
         ...
 
     async def release(self, key: str, token: str) -> None: ...
@@ -44,6 +51,59 @@ class Lease(Protocol):
     async def close(self) -> None: ...
 
 
+# --- who holds a lease ------------------------------------------------------------------------
+
+
+@functools.cache
+def host_identity() -> str:
+    """Names the process table this process lives in: the host name, plus (on Linux) the
+    kernel's boot id and the PID namespace, so two containers that share a volume or a Redis
+    never read each other's process ids as their own."""
+    name = socket.gethostname().replace(":", "-")
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()[:8]
+        namespace = os.readlink("/proc/self/ns/pid").partition("[")[2].rstrip("]")
+    except OSError:
+        return name
+    return f"{name}/{boot}/{namespace}"
+
+
+def holder_token() -> str:
+    """A fresh lease token naming its holder: ``host:pid:random``."""
+    return f"{host_identity()}:{os.getpid()}:{secrets.token_hex(8)}"
+
+
+def holder_gone(token: str) -> bool:
+    """Whether ``token`` names a process of this host that no longer runs.
+
+    Only a same-host holder can be checked (``kill(pid, 0)``, or a zombie in ``/proc``); a
+    holder elsewhere, or a token of another shape, counts as alive: its lease lapses by TTL.
+    """
+    host, _, rest = token.partition(":")
+    pid_text, _, _ = rest.partition(":")
+    if host != host_identity() or not pid_text.isdigit():
+        return False
+    pid = int(pid_text)
+    if pid == os.getpid() or pid <= 1:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # EPERM: it runs, as another user
+        return False
+    return _zombie(pid)
+
+
+def _zombie(pid: int) -> bool:
+    """A killed process its parent has not reaped yet: dead, whatever ``kill`` says."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rpartition(")")[2].split()[:1] == ["Z"]
+
+
 class DiskLease:
     """Leases in a diskcache shared by the worker processes of one host."""
 
@@ -51,9 +111,16 @@ class DiskLease:
         self._cache = diskcache.Cache(str(directory), eviction_policy="none")
 
     def _acquire(self, key: str, ttl: float) -> str | None:
-        token = secrets.token_hex(8)
-        # add() is SQLite insert-if-absent and treats an expired row as absent.
-        return token if self._cache.add(key, token, expire=ttl) else None
+        token = holder_token()
+        with self._cache.transact():
+            # get() treats an expired row as absent.
+            current = self._cache.get(key)
+            if current is not None:
+                if not holder_gone(str(current)):
+                    return None
+                log.warning("took over the lease on %s: its holder %s is gone", key, current)
+            self._cache.set(key, token, expire=ttl)
+        return token
 
     def _release(self, key: str, token: str) -> None:
         with self._cache.transact():
@@ -123,11 +190,13 @@ async def lead_or_follow(
     lead: Callable[[], Awaitable[T]],
     check: Callable[[], Awaitable[T | None]],
     poll: float = 0.05,
+    following: Callable[[], None] | None = None,
 ) -> T:
     """Run ``lead`` under the lease, or wait for its holder's result via ``check``.
 
     ``check`` looks for a finished result in the shared store; it runs once more after the
     lease is won, because the previous holder may have finished just before releasing.
+    ``following`` is called once, when the lease is first found held by another.
     """
     loop = asyncio.get_running_loop()
     deadline = loop.time() + wait
@@ -139,10 +208,13 @@ async def lead_or_follow(
                 found = await check()
                 if found is not None:
                     return found
-                async with _renewing(lease, _lease_name(key), token, ttl):
+                async with renewing(lease, _lease_name(key), token, ttl):
                     return await lead()
             finally:
                 await lease.release(_lease_name(key), token)
+        if following is not None:
+            following()
+            following = None
         found = await check()
         if found is not None:
             return found
@@ -174,7 +246,7 @@ async def holding(lease: Lease, keys: Sequence[str], *, ttl: float) -> AsyncIter
                 tokens[key] = token
         async with contextlib.AsyncExitStack() as stack:
             for key, token in tokens.items():
-                await stack.enter_async_context(_renewing(lease, _lease_name(key), token, ttl))
+                await stack.enter_async_context(renewing(lease, _lease_name(key), token, ttl))
             yield set(tokens)
     finally:
         for key, token in tokens.items():
@@ -185,28 +257,84 @@ def _lease_name(key: str) -> str:
     return f"lease:{key}"
 
 
-@contextlib.asynccontextmanager
-async def _renewing(lease: Lease, key: str, token: str, ttl: float) -> AsyncIterator[None]:
-    """Keep extending a held lease while its work runs.
+def renewing(
+    lease: Lease, key: str, token: str, ttl: float, *, abort: bool = False
+) -> LeaseHeartbeat:
+    """``async with renewing(...)``: keep a held lease alive while the body runs."""
+    return LeaseHeartbeat(lease, key, token, ttl, abort=abort)
 
-    So the TTL only has to outlast a heartbeat, not the slowest mint: a live leader keeps its
-    lease however long the upstream takes, a dead one loses it within ``ttl`` seconds.
+
+class LeaseHeartbeat:
+    """Keeps extending a held lease while its work runs.
+
+    So the TTL only has to outlast a heartbeat, not the slowest mint or upload: a live
+    holder keeps its lease however long the upstream takes, a dead one loses it within
+    ``ttl`` seconds (at once on its own host, see :func:`holder_gone`).
+
+    The heartbeat never raises into the work: a store that fails to answer is logged and
+    tried again at the next beat (the lease lapses if it stays down). If the lease is found
+    taken by another holder, ``abort=True`` stops the work (the task is cancelled and
+    :class:`LeaseLostError` raised in its place); without it the loss is only logged, for
+    work already paid for, such as a mint.
     """
 
-    async def beat() -> None:
-        while True:
-            await asyncio.sleep(ttl / 3)
-            try:
-                if not await lease.extend(key, token, ttl):
-                    log.warning("lost the lease on %s while minting; another worker may mint", key)
-                    return
-            except ProxyError as exc:  # the shared store is down: the lease will lapse
-                log.warning("could not extend the lease on %s: %s", key, exc.message)
+    def __init__(self, lease: Lease, key: str, token: str, ttl: float, *, abort: bool = False):
+        self._lease = lease
+        self._key = key
+        self._token = token
+        self._ttl = ttl
+        self._abort = abort
+        self._done = False
+        self._stopped_owner = False
+        self._owner: asyncio.Task[Any] | None = None
+        self._beat: asyncio.Task[None] | None = None
 
-    task = asyncio.ensure_future(beat())
-    try:
-        yield
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+    async def __aenter__(self) -> None:
+        self._owner = asyncio.current_task()
+        self._beat = asyncio.ensure_future(self._heartbeat())
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._done = True
+        assert self._beat is not None
+        self._beat.cancel()
+        await asyncio.wait([self._beat])  # raises only if the work itself is being cancelled
+        if not self._beat.cancelled() and self._beat.exception() is not None:
+            log.error("the lease heartbeat on %s failed: %r", self._key, self._beat.exception())
+        if self._stopped_owner:
+            assert self._owner is not None
+            # Cancelled by the loss alone (not also from outside): the loss is the error.
+            if self._owner.uncancel() == 0 and isinstance(exc, asyncio.CancelledError):
+                raise LeaseLostError(
+                    "this change lost its lock to another worker while it ran; retry shortly",
+                    retry_after=1.0,
+                ) from None
+
+    async def _heartbeat(self) -> None:
+        while True:
+            await asyncio.sleep(self._ttl / 3)
+            try:
+                kept = await self._lease.extend(self._key, self._token, self._ttl)
+            except ProxyError as error:  # the shared store is down: the lease may lapse
+                log.warning("could not extend the lease on %s: %s", self._key, error.message)
+                continue
+            except Exception as error:  # never over the work it guards: log it and beat on
+                log.error("could not extend the lease on %s: %r", self._key, error)
+                continue
+            if self._done:
+                return
+            if kept:
+                continue
+            if self._abort and self._owner is not None:
+                log.warning("lost the lease on %s to another holder; stopping its work", self._key)
+                self._stopped_owner = True
+                self._owner.cancel()
+            else:
+                log.warning(
+                    "lost the lease on %s while minting; another worker may mint", self._key
+                )
+            return

@@ -10,7 +10,8 @@
     ├── TooManyRequestsError       429  a budget or rate limit is spent (Retry-After)
     │   └── MissRefusedError       429  a miss over the client's rate or the credit budget
     ├── ServiceUnavailableError    503  busy: coalescing wait ran out, upstream rate-limited
-    │   └── SharedStoreUnavailableError 503  the shared store (Redis) is unreachable
+    │   ├── SharedStoreUnavailableError 503  the shared store (Redis) is unreachable
+    │   └── LeaseLostError         503  a lock's lease was taken over while its work ran
     └── UpstreamError              502  the upstream failed or answered something unusable
         └── UpstreamTimeoutError   504  the upstream did not answer in time
 
@@ -123,6 +124,12 @@ class SharedStoreUnavailableError(ServiceUnavailableError):
     """The shared store (Redis) did not answer: misses cannot be coalesced, so none are minted."""
 
     code = "shared_store_unavailable"
+
+
+class LeaseLostError(ServiceUnavailableError):
+    """A lock's lease lapsed and another holder took it over: the work under it was stopped."""
+
+    code = "lock_lost"
 
 
 class UpstreamError(ProxyError):

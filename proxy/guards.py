@@ -9,8 +9,10 @@ request passes the guards in imgproxy's order::
 :class:`Guards` is the request side (used by the ``/img`` handler): signature, ladder,
 the client's address, and how a fallback answer looks. :class:`MissGuard` is the miss side
 (used by :class:`proxy.service.VariantService`, which alone knows a request is a miss): it
-admits or refuses a mint, batches the admitted ones, keeps the books (budget refunds and the
-:class:`proxy.budget.CostLedger`) and finds the nearest cached size when a miss is refused.
+admits or refuses a miss (the client's rate, then a budget reservation), batches the
+admitted ones, and finds the nearest cached size when a miss is refused. Every token, a
+miss's or not, is minted by its :class:`proxy.minter.Minter`, which holds the budget and
+keeps the books (:class:`proxy.budget.CostLedger`).
 
 Signed non-canonical URLs: the signature is checked against the path as requested; the
 308 to the canonical spelling or the ladder's size carries a fresh signature (first key,
@@ -25,7 +27,7 @@ import logging
 import math
 import re
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -40,7 +42,7 @@ from starlette.responses import JSONResponse, Response
 
 from proxy import grammar, ladder
 from proxy.admin import require_admin
-from proxy.batching import Batcher, Outcome, RenderMany
+from proxy.batching import Batcher, RenderMany, Ticket
 from proxy.budget import (
     LEDGER_FIELDS,
     ClientLimiter,
@@ -50,16 +52,17 @@ from proxy.budget import (
     DiskStore,
     IPNetwork,
     MissLimiter,
-    batching_saving,
     client_address,
     estimate_credits,
     parse_networks,
 )
 from proxy.cache import CachedOutput, TwoTierCache
-from proxy.errors import MissRefusedError, ProxyError, UpstreamError
+from proxy.errors import MissRefusedError, ProxyError
+from proxy.minter import CostEvents, Minter, NoCostEvents, Reservation
 from proxy.registry import ImageRecord
 from proxy.settings import Settings
 from proxy.signing import EXPIRY_PARAM, SIGNATURE_PARAM, Signer
+from proxy.upstream import UpstreamClient
 from proxy.variant import Variant, output_variant
 
 if TYPE_CHECKING:
@@ -161,38 +164,7 @@ def _canonical_variant(target: grammar.Canonical, limits: grammar.Limits) -> Var
 
 # --- the books -------------------------------------------------------------------------------
 
-
-class CostEvents(Protocol):
-    """What the miss guard reports; :class:`proxy.metrics.Metrics` listens."""
-
-    def credits_saved_by(self, by: str, credits: float) -> None:
-        """Credits not spent, ``by`` coalescing or batching."""
-
-    def budget_remaining(self, window: str, credits: float) -> None:
-        """Credits left in the budget ``window`` (hour, day)."""
-
-    def miss_refused(self, reason: str, answer: str) -> None:
-        """A miss was refused for ``reason`` (client_rate, budget), answered by ``answer``
-        (fallback, 429)."""
-
-
-class NoCostEvents:
-    def credits_saved_by(self, by: str, credits: float) -> None:
-        pass
-
-    def budget_remaining(self, window: str, credits: float) -> None:
-        pass
-
-    def miss_refused(self, reason: str, answer: str) -> None:
-        pass
-
-
-@dataclass(frozen=True, slots=True)
-class Reservation:
-    """Credits counted against the budget before a mint, and when (for a refund)."""
-
-    credits: float
-    at: float
+# The minter keeps them (:mod:`proxy.minter`): what is spent, saved and reserved.
 
 
 # --- the per-image index of cached variants (for fallbacks) ----------------------------------
@@ -283,14 +255,15 @@ def _text(value: bytes | str) -> str:
 
 # --- miss side -------------------------------------------------------------------------------
 
+_NO_TOTALS = {**dict.fromkeys(LEDGER_FIELDS, 0.0), "ambiguous_mints": 0}
+
 
 @dataclass
 class MissGuard:
-    """Admits or refuses misses, batches the admitted ones, keeps the books."""
+    """Admits or refuses misses and batches the admitted ones; the minter keeps the books."""
 
     settings: Settings
-    budget: CreditBudget
-    ledger: CostLedger
+    minter: Minter
     index: VariantIndex
     limiter: MissLimiter | None = None
     clock: Callable[[], float] = time.time
@@ -303,7 +276,7 @@ class MissGuard:
             window=self.settings.batch_window_ms / 1000,
             max_size=self.settings.batch_max_variants,
             price=self._price,
-            settle=self._settle,
+            pay=self.minter.paying,
         )
 
     @classmethod
@@ -311,6 +284,7 @@ class MissGuard:
         cls,
         settings: Settings,
         *,
+        upstream: UpstreamClient,
         clock: Callable[[], float] = time.time,
         redis: RedisStore | None = None,
         events: CostEvents | None = None,
@@ -339,14 +313,23 @@ class MissGuard:
             per_hour=settings.budget_credits_per_hour,
             per_day=settings.budget_credits_per_day,
         )
-        return cls(
-            settings=settings,
+        events = events or NoCostEvents()
+        minter = Minter(
+            upstream,
             budget=budget,
             ledger=CostLedger(counters),
+            ladder=ladder.Ladder.from_settings(settings),
+            policy=settings.ladder_policy,
+            clock=clock,
+            events=events,
+        )
+        return cls(
+            settings=settings,
+            minter=minter,
             index=index,
             limiter=limiter,
             clock=clock,
-            events=events or NoCostEvents(),
+            events=events,
             closers=closers,
         )
 
@@ -372,13 +355,17 @@ class MissGuard:
         variant: Variant,
         client: str | None,
         render_many: RenderMany,
+        ticket: Ticket | None = None,
     ) -> CachedOutput:
-        """Admit the miss (rate, budget), then mint it, batched with its image's others."""
+        """Admit the miss (rate, budget), then mint it, batched with its image's others.
+
+        ``ticket`` is the one :meth:`proxy.batching.Batcher.expect` gave the miss.
+        """
 
         async def admit(credits: float) -> Reservation:
             return await self.admit(client, credits)
 
-        return await self.batcher.render(record, variant, admit, render_many)
+        return await self.batcher.render(record, variant, admit, render_many, ticket)
 
     async def admit(self, client: str | None, credits: float) -> Reservation:
         """Count one miss for ``client`` and reserve ``credits``; MissRefusedError if over."""
@@ -398,69 +385,18 @@ class MissGuard:
                     reason="client_rate",
                     client=client,
                 )
-        now = self.clock()
-        if self.budget.limited:
-            if not await self.budget.try_spend(credits, now):
-                windows = await self.budget.remaining(now)
-                self._report(windows)
-                spent = [name for name, w in windows.items() if w["remaining"] < credits]
-                retry = await self.budget.retry_after(credits, now)
-                raise MissRefusedError(
-                    f"the credit budget for this {' and '.join(spent) or 'hour'} is spent; "
-                    "sizes already cached are still served",
-                    code="credit_budget_spent",
-                    retry_after=max(1.0, retry if retry is not None else 60.0),
-                    reason="budget",
-                    client=client,
-                )
-            self._report(await self.budget.remaining(now))
-        return Reservation(credits, now)
-
-    async def _settle(self, outcome: Outcome[Reservation]) -> None:
-        """After a batch: count what it spent and saved; give back what was not charged."""
-        try:
-            await self._keep_books(outcome)
-        except ProxyError as exc:  # the shared store is down: the books lose one entry
-            log.warning("could not record a mint's cost: %s", exc.message)
-
-    async def _keep_books(self, outcome: Outcome[Reservation]) -> None:
-        variants = list(dict.fromkeys(m.variant for m in outcome.members))
-        specs = [output_variant(v, self.settings, outcome.record.original_size) for v in variants]
-        reserved = sum(m.payload.credits for m in outcome.members)
-        first = min(m.payload.at for m in outcome.members)
-        cost = estimate_credits(specs)
-        ambiguous = outcome.error is not None and _maybe_charged(outcome.error)
-        if ambiguous:
-            # The upstream may have charged: the books say "possibly spent", the budget keeps
-            # it counted, and nothing else remembers it (the next miss mints afresh).
-            await self.ledger.record(possibly_spent=cost, ambiguous_mints=1)
-        if outcome.error is None or outcome.charged:
-            saved = batching_saving(specs) if len(specs) > 1 else 0.0
-            await self.ledger.record(spent=cost, saved_by_batching=saved)
-            if saved:
-                self.events.credits_saved_by("batching", saved)
-        if outcome.error is None or outcome.charged or ambiguous:
-            refund = max(0.0, round(reserved - cost, 2))
-        else:
-            refund = reserved  # refused, or never sent: nothing was charged
-        if refund and self.budget.limited:
-            await self.budget.refund(refund, first)
-            self._report(await self.budget.remaining(self.clock()))
+        return await self.minter.reserve(credits, client=client)
 
     async def coalesced(self, credits: float) -> None:
         """A request got a mint another request paid for: one mint saved."""
-        if credits <= 0:
+        if credits <= 0 or self.minter.ledger is None:
             return
         try:
-            await self.ledger.record(saved_by_coalescing=credits)
+            await self.minter.ledger.record(saved_by_coalescing=credits)
         except ProxyError as exc:
             log.warning("could not record a coalescing saving: %s", exc.message)
             return
         self.events.credits_saved_by("coalescing", credits)
-
-    def _report(self, windows: Mapping[str, Mapping[str, float]]) -> None:
-        for name, window in windows.items():
-            self.events.budget_remaining(name, window["remaining"])
 
     # -- fallbacks ----------------------------------------------------------------------------
     async def remember(self, variant: Variant, key: str, output: CachedOutput) -> None:
@@ -514,9 +450,11 @@ class MissGuard:
     # -- the admin view -----------------------------------------------------------------------
     async def costs(self) -> dict[str, Any]:
         now = self.clock()
-        totals = await self.ledger.snapshot()
-        windows = await self.budget.remaining(now)
-        self._report(windows)
+        budget, ledger = self.minter.budget, self.minter.ledger
+        totals = await ledger.snapshot() if ledger is not None else _NO_TOTALS
+        windows = await budget.remaining(now) if budget is not None else {}
+        for name, window in windows.items():
+            self.events.budget_remaining(name, window["remaining"])
         for window in windows.values():
             window["resets_in"] = math.ceil(window["resets_in"])
         return {
@@ -525,17 +463,6 @@ class MissGuard:
             "client_miss_rate": self.limiter.rate if self.limiter is not None else None,
             "batch_window_ms": self.settings.batch_window_ms,
         }
-
-
-def _maybe_charged(error: BaseException) -> bool:
-    """Whether a mint that failed may still have been charged.
-
-    The upstream client decides (:mod:`proxy.upstream`): a mint that never reached the
-    upstream, or that it refused (400, 401, 402, 429...), was not charged; one whose answer
-    was lost or was a 5xx is ambiguous (``maybe_charged``). Errors raised before any
-    upstream call are not upstream errors, and were not charged either.
-    """
-    return isinstance(error, UpstreamError) and error.maybe_charged
 
 
 # --- the admin endpoint ----------------------------------------------------------------------
@@ -547,8 +474,6 @@ async def costs_endpoint(request: Request) -> Response:
     require_admin(request, state.settings.admin_token)
     guard: MissGuard | None = state.variants.guards
     body: dict[str, Any] = (
-        await guard.costs()
-        if guard is not None
-        else {**dict.fromkeys(LEDGER_FIELDS, 0.0), "ambiguous_mints": 0, "budget": {}}
+        await guard.costs() if guard is not None else {**_NO_TOTALS, "budget": {}}
     )
     return JSONResponse(body, headers={"Cache-Control": "no-store"})

@@ -31,13 +31,14 @@ from PIL import Image
 from proxy import decoding
 from proxy.blobs import BlobStore
 from proxy.cache import TwoTierCache
-from proxy.coalesce import Lease
+from proxy.coalesce import Lease, renewing
 from proxy.errors import (
     BadRequestError,
     PayloadTooLargeError,
     ServiceUnavailableError,
     UnsupportedMediaError,
 )
+from proxy.minter import Minter
 from proxy.registry import ImageRecord, Registry
 from proxy.settings import Settings
 from proxy.upstream import ProcessResult, UpstreamClient
@@ -205,19 +206,19 @@ def record_version(record: ImageRecord) -> str:
 
 
 async def upload_original(
-    upstream: UpstreamClient,
+    minter: Minter,
     output_variants: Sequence[Mapping[str, Any]],
     data: bytes,
     *,
     image_id: str,
     content_type: str | None,
 ) -> ProcessResult:
-    """One token (no ``unique_filename``) and one processing call carrying the image."""
-    token = await upstream.mint([dict(v) for v in output_variants])
+    """One token (no ``unique_filename``, minted within the budget) and one processing call
+    carrying the image."""
     kind = content_type or "application/octet-stream"
-    return await upstream.process(
-        token,
-        data,
+    return await minter.render(
+        output_variants,
+        image=data,
         filename=f"{image_id}.{_EXTENSIONS.get(kind, 'bin')}",
         content_type=kind,
     )
@@ -227,9 +228,17 @@ async def upload_original(
 
 
 class KeyedLock:
-    """Mutual exclusion per key: across tasks (asyncio) and across workers (the lease)."""
+    """Mutual exclusion per key: across tasks (asyncio) and across workers (the lease).
 
-    def __init__(self, lease: Lease, *, ttl: float = 30.0, wait: float = 30.0) -> None:
+    The lease is renewed every third of ``ttl`` while the lock is held, however long the
+    work takes (an upload may take minutes); if it is lost all the same (this process
+    stalled past ``ttl`` and another took the lease over), the work is stopped with
+    :class:`proxy.errors.LeaseLostError` rather than run on unguarded. A holder that died
+    leaves its lease behind: taken over at once on the same host (the lease names its
+    process), after ``ttl`` from another host (Redis).
+    """
+
+    def __init__(self, lease: Lease, *, ttl: float = 15.0, wait: float = 30.0) -> None:
         self._lease = lease
         self._ttl = ttl
         self._wait = wait
@@ -254,7 +263,8 @@ class KeyedLock:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 0.1)
             try:
-                yield
+                async with renewing(self._lease, name, token, self._ttl, abort=True):
+                    yield
             finally:
                 await self._lease.release(name, token)
 
@@ -287,6 +297,8 @@ class ImageService:
         lease: Lease,
         clock: Callable[[], float] = time.time,
         on_change: Callable[[str], None] | None = None,
+        minter: Minter | None = None,
+        locks: KeyedLock | None = None,
     ) -> None:
         self.settings = settings
         self.registry = registry
@@ -294,7 +306,10 @@ class ImageService:
         self.blobs = blobs
         self.cache = cache
         self.clock = clock
-        self.locks = KeyedLock(lease)
+        # The variant service's lock and minter, so both services agree on who changes
+        # an image and every upload's token is within the budget and on the books.
+        self.locks = locks or KeyedLock(lease, ttl=settings.lease_ttl)
+        self.minter = minter or Minter(upstream, clock=clock)
         # Told the id of every image whose bytes or mapping changed (the variant view).
         self._on_change = on_change
 
@@ -339,7 +354,7 @@ class ImageService:
             unique_filename, uploaded_at = twin.unique_filename, twin.uploaded_at
         else:
             result = await upload_original(
-                self.upstream,
+                self.minter,
                 [UPLOAD_VARIANT],
                 data,
                 image_id=image_id,

@@ -276,7 +276,8 @@ async def warm_image(request: Request) -> Response:
 
 
 def warm_variants(image_id: str, body: Any, state: AppState) -> list[Variant]:
-    """The body's sizes × bg × ext as canonical variants, through the URL grammar's limits."""
+    """The body's sizes × bg × ext as canonical variants, through the URL grammar's limits
+    and the size ladder."""
     if not isinstance(body, dict):
         raise BadRequestError("the body must be a JSON object", code="bad_body")
     unknown = set(body) - {"sizes", "bg", "ext"}
@@ -302,5 +303,7 @@ def warm_variants(image_id: str, body: Any, state: AppState) -> list[Variant]:
             _, _, canon_id, canon_size, canon_file = parsed.path.split("/")
             parsed = grammar.parse(canon_id, canon_size, canon_file, state.limits)
         assert isinstance(parsed, Variant)
-        variants[parsed.path] = parsed
+        # The ladder, as for a visitor's URL: its rung under snap, a 400 under strict.
+        held = state.variants.minter.hold(parsed)
+        variants[held.path] = held
     return list(variants.values())

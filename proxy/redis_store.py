@@ -21,10 +21,7 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
 import re
-import secrets
-import socket
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -36,6 +33,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from proxy.cache import CachedOutput, Clock, MemoryTier
+from proxy.coalesce import holder_gone, holder_token
 from proxy.engine.pricing import to_hundredths
 from proxy.errors import SharedStoreUnavailableError
 from proxy.registry import ImageRecord
@@ -457,30 +455,49 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[
 return 0
 """
 
+# KEYS: the lease. ARGV: the dead holder's token, the new token, the ttl (ms).
+_TAKE_OVER = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3]) and 1 or 0
+end
+return 0
+"""
+
 
 class RedisLease:
     """:class:`proxy.coalesce.Lease` across machines: ``SET key token NX PX ttl``.
 
     Only the holder's token releases or extends it (compare-and-act in Lua, atomic in Redis).
-    The token names its holder (``host:pid:random``) so an operator can see who is minting.
+    The token names its holder (``host:pid:random``) so an operator can see who is minting,
+    and so a contender on the holder's own host that finds its process gone takes the lease
+    over at once; a holder that died on another host is waited for until its TTL lapses.
     """
 
     def __init__(self, client: redis.asyncio.Redis, *, prefix: str, health: RedisHealth) -> None:
         self._client = client
         self._prefix = prefix
         self._health = health
-        self._holder = f"{socket.gethostname()}:{os.getpid()}"
         self._release = client.register_script(_RELEASE)
         self._extend = client.register_script(_EXTEND)
+        self._take_over = client.register_script(_TAKE_OVER)
 
     def _key(self, key: str) -> str:
         return f"{self._prefix}{key}"
 
     async def acquire(self, key: str, ttl: float) -> str | None:
-        token = f"{self._holder}:{secrets.token_hex(8)}"
+        token = holder_token()
         with self._health.guard("lease"):
-            won = await self._client.set(self._key(key), token, nx=True, px=_ms(ttl))
-        return token if won else None
+            if await self._client.set(self._key(key), token, nx=True, px=_ms(ttl)):
+                return token
+            raw = await self._client.get(self._key(key))
+            holder = None if raw is None else _text(raw)
+            if holder is None or not holder_gone(holder):
+                return None
+            args: list[str | int] = [holder, token, _ms(ttl)]
+            if not await self._take_over(keys=[self._key(key)], args=args):
+                return None
+        log.warning("took over the lease on %s: its holder %s is gone", key, holder)
+        return token
 
     async def release(self, key: str, token: str) -> None:
         """Best effort: an unreleased lease lapses by itself after its TTL."""

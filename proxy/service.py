@@ -4,7 +4,8 @@ Order on every request: image version (in-memory view of the registry) → memor
 I/O) → in-process single flight → shared tier → registry → cross-process lease → mint +
 process → store in both tiers. A miss this process leads passes the guards first
 (:class:`proxy.guards.MissGuard`: the client's miss rate, the credit budget, batching);
-hits, in either tier, never touch them.
+hits, in either tier, never touch them. Every token, a miss's, a warm-up's or a
+re-upload's, is minted by the guards' :class:`proxy.minter.Minter` (ladder, budget, books).
 
 Cache keys carry the image's version (its content hash), so when an image is replaced every
 worker stops serving the old variants within ``PROXY_IMAGE_VIEW_TTL``, without any message
@@ -15,6 +16,7 @@ shared by every request (and worker) that needs it.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import time
@@ -24,6 +26,7 @@ from typing import Any, Protocol
 
 from cachetools import LRUCache, TTLCache
 
+from proxy.batching import Ticket
 from proxy.blobs import BlobStore
 from proxy.cache import CachedOutput, TwoTierCache, output_for
 from proxy.coalesce import Lease, SingleFlight, lead_or_follow
@@ -35,7 +38,8 @@ from proxy.errors import (
     UpstreamGoneError,
 )
 from proxy.guards import MissGuard
-from proxy.images import record_version, upload_original
+from proxy.images import KeyedLock, record_version, upload_original
+from proxy.minter import Minter
 from proxy.registry import ImageRecord, Registry
 from proxy.settings import Settings
 from proxy.upstream import ProcessResult, UpstreamClient
@@ -106,6 +110,9 @@ class VariantService:
     reuploads: SingleFlight = field(default_factory=SingleFlight)
     events: ServiceEvents = field(default_factory=NoEvents)
     guards: MissGuard | None = None  # rate, budget, batching and books for misses
+    # Every token goes through the guards' minter (budget, ladder, books); bare without guards.
+    minter: Minter = field(init=False)
+    locks: KeyedLock = field(init=False)  # per image; shared with the image service
     # image id → record, trusted for PROXY_IMAGE_VIEW_TTL: keeps the hit path free of I/O.
     records: TTLCache[str, ImageRecord] = field(init=False)
     # The last record seen of each image, kept while the shared store is unreachable.
@@ -118,6 +125,12 @@ class VariantService:
             timer=self.clock,
         )
         self.last_records = LRUCache(maxsize=self.settings.memory_cache_size)
+        self.minter = (
+            self.guards.minter
+            if self.guards is not None
+            else Minter(self.upstream, clock=self.clock)
+        )
+        self.locks = KeyedLock(self.lease, ttl=self.settings.lease_ttl)
 
     def key(self, variant: Variant, version: str) -> str:
         return f"{cache_key(variant, self.settings)}~{version}"
@@ -225,6 +238,14 @@ class VariantService:
         return Resolved(output, "fallback", reason=refused.reason, served=served)
 
     async def _miss(self, variant: Variant, key: str, client: str | None = None) -> Resolved:
+        # Announced before the checks below, so a batch of this image knows one more may come.
+        ticket = self.guards.batcher.expect(variant.image_id) if self.guards else None
+        with ticket or contextlib.nullcontext():
+            return await self._checked_miss(variant, key, client, ticket)
+
+    async def _checked_miss(
+        self, variant: Variant, key: str, client: str | None, ticket: Ticket | None
+    ) -> Resolved:
         output, tier = await self.cache.get(key)
         if output is not None:
             return Resolved(output, tier)
@@ -241,7 +262,9 @@ class VariantService:
                 if self.guards is None:
                     fresh = await self.render(variant, record)
                 else:
-                    fresh = await self.guards.mint(record, variant, client, self.render_many)
+                    fresh = await self.guards.mint(
+                        record, variant, client, self.render_many, ticket
+                    )
             finally:
                 self.events.rendering(-1)
             await self.cache.set(key, fresh)
@@ -256,6 +279,7 @@ class VariantService:
             wait=self.settings.coalesce_wait,
             lead=lead,
             check=lambda: self.cache.shared.get(key),
+            following=ticket.leave if ticket is not None else None,
         )
         self.cache.memory.set(key, output)
         credits = 0.0 if self.guards is None else self.guards.estimate(variant, record)
@@ -274,8 +298,10 @@ class VariantService:
     ) -> dict[Variant, CachedOutput]:
         """One token for all ``variants`` of one image (extra variants cost 0.25 credit each).
 
-        Callers own caching; this only spends the mint and reads the answer.
+        Callers own caching; this only spends the mint and reads the answer. A size off the
+        ladder is refused here too, whoever asks (400).
         """
+        self.minter.check(variants)
         specs = [output_variant(v, self.settings, record.original_size) for v in variants]
         result = await self._process(record, specs)
         now = self.clock()
@@ -317,8 +343,7 @@ class VariantService:
     async def _mint_and_process(
         self, record: ImageRecord, specs: list[dict[str, Any]]
     ) -> ProcessResult:
-        token = await self.upstream.mint(specs, unique_filename=record.unique_filename)
-        return await self.upstream.process(token)
+        return await self.minter.render(specs, unique_filename=record.unique_filename)
 
     def _expired(self, record: ImageRecord) -> bool:
         return (
@@ -376,20 +401,26 @@ class VariantService:
                 code="original_missing",
             )
         result = await upload_original(
-            self.upstream,
+            self.minter,
             specs,
             data,
             image_id=stale.image_id,
             content_type=stale.content_type,
         )
-        fresh = stale.evolve(unique_filename=result.unique_filename, uploaded_at=self.clock())
-        current = await self.registry.get(stale.image_id)
-        # Only the same bytes get the new upload: a replacement since then keeps its own.
-        if current is not None and current.sha256 == stale.sha256:
-            fresh = current.evolve(
-                unique_filename=result.unique_filename, uploaded_at=fresh.uploaded_at
-            )
-            await self.registry.put(fresh)
+        uploaded_at = self.clock()
+        fresh = stale.evolve(unique_filename=result.unique_filename, uploaded_at=uploaded_at)
+        # Read, check and write under the image's lock: a delete, a replacement or a purge
+        # (a new variants generation) that lands meanwhile is neither revived nor undone.
+        async with self.locks.held(f"image:{stale.image_id}"):
+            current = await self.registry.get(stale.image_id)
+            if current is not None and current.sha256 == stale.sha256:
+                # The same bytes (perhaps a new generation): they get the new upload.
+                fresh = current.evolve(
+                    unique_filename=result.unique_filename, uploaded_at=uploaded_at
+                )
+                await self.registry.put(fresh)
+            else:
+                log.info("image %s changed during its re-upload; left as it is", stale.image_id)
         self.events.reuploaded()
         log.info("re-uploaded the kept original of %s", stale.image_id)
         return fresh, result

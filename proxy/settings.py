@@ -102,8 +102,9 @@ class Settings:
     lease_ttl: float = setting(
         15.0,
         "PROXY_LEASE_TTL",
-        "Seconds a mint lease lives unless its holder renews it (it does, every third of "
-        "this, while it mints): how soon another worker takes over from a crashed one.",
+        "Seconds a lease (a variant's mint, an image's lock) lives unless its holder renews "
+        "it (it does, every third of this, while it works): how soon a holder that crashed "
+        "on another host is replaced. On its own host, a crashed holder is replaced at once.",
     )
     coalesce_wait: float = setting(
         60.0,
@@ -154,12 +155,14 @@ class Settings:
     budget_credits_per_hour: float | None = setting(
         None,
         "PROXY_BUDGET_CREDITS_PER_HOUR",
-        "Estimated credits misses may spend per UTC clock hour. Unset: unlimited.",
+        "Estimated credits every token may spend per UTC clock hour (misses, warm-ups, "
+        "uploads, re-uploads). Unset: unlimited.",
     )
     budget_credits_per_day: float | None = setting(
         None,
         "PROXY_BUDGET_CREDITS_PER_DAY",
-        "Estimated credits misses may spend per UTC day. Unset: unlimited.",
+        "Estimated credits every token may spend per UTC day (misses, warm-ups, uploads, "
+        "re-uploads). Unset: unlimited.",
     )
     client_miss_rate: str | None = setting(
         None,
@@ -176,8 +179,9 @@ class Settings:
     batch_window_ms: int = setting(
         30,
         "PROXY_BATCH_WINDOW_MS",
-        "Milliseconds a miss waits for more misses of the same image, to mint them in one "
-        "token (each extra variant costs 0.25 credit). 0: no batching.",
+        "Most milliseconds a miss waits for more misses of the same image, to mint them in "
+        "one token (each extra variant costs 0.25 credit); it waits only while another miss "
+        "of the image is on its way or minting, so a lone miss never does. 0: no batching.",
     )
     batch_max_variants: int = setting(
         10,

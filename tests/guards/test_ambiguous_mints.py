@@ -22,7 +22,7 @@ async def test_a_mint_answered_5xx_is_not_retried_and_is_booked_as_ambiguous(
     make_rig: RigFactory,
 ) -> None:
     rig = await make_rig(budget_credits_per_hour=2.0, batch_window_ms=0, retry_attempts=3)
-    await rig.upload("shoe")
+    await rig.upload("shoe")  # its first token is booked too: 0.5
     await faults(rig, error_rate=1.0, error_status=503)
 
     failed = await rig.get(CACHED)
@@ -33,16 +33,16 @@ async def test_a_mint_answered_5xx_is_not_retried_and_is_booked_as_ambiguous(
     assert m.value("cutproxy_estimated_credits_possibly_spent_total") == 0.5
     costs = await rig.costs()
     assert costs["ambiguous_mints"] == 1 and costs["possibly_spent"] == 0.5
-    assert costs["spent"] == 0
-    assert costs["budget"]["hour"]["spent"] == 0.5  # it may have been charged: kept
+    assert costs["spent"] == 0.5  # the upload's token only
+    assert costs["budget"]["hour"]["spent"] == 1.0  # it may have been charged: kept
 
     # The failure is not remembered: the next request asks the upstream afresh.
     await faults(rig, error_rate=0.0)
     again = await rig.get(CACHED)
     assert again.status_code == 302
     costs = await rig.costs()
-    assert costs["spent"] == 0.5 and costs["ambiguous_mints"] == 1
-    assert costs["budget"]["hour"]["spent"] == 1.0
+    assert costs["spent"] == 1.0 and costs["ambiguous_mints"] == 1
+    assert costs["budget"]["hour"]["spent"] == 1.5
 
 
 async def test_a_mint_that_never_connected_is_retried_and_given_back(
@@ -51,7 +51,7 @@ async def test_a_mint_that_never_connected_is_retried_and_given_back(
     rig = await make_rig(
         budget_credits_per_hour=2.0, batch_window_ms=0, retry_attempts=3, retry_backoff=0
     )
-    await rig.upload("shoe")
+    await rig.upload("shoe")  # 0.5, booked and kept
     await faults(rig, mode="down")  # through ASGITransport: a ConnectError, nothing sent
 
     failed = await rig.get(CACHED)
@@ -61,4 +61,4 @@ async def test_a_mint_that_never_connected_is_retried_and_given_back(
     assert m.value("cutproxy_ambiguous_mints_total") == 0
     costs = await rig.costs()
     assert costs["ambiguous_mints"] == 0 and costs["possibly_spent"] == 0
-    assert costs["budget"]["hour"]["spent"] == 0  # provably not charged: given back
+    assert costs["budget"]["hour"]["spent"] == 0.5  # the mint, provably not charged: given back

@@ -8,7 +8,7 @@ import io
 from PIL import Image
 
 from proxy.budget import batching_saving, estimate_credits
-from tests.guards.conftest import RigFactory
+from tests.guards.conftest import AUTH, Rig, RigFactory
 
 SIZES = ["160x160", "320x240", "480x360", "640x480", "400x400", "200x150"]
 
@@ -58,9 +58,11 @@ async def test_the_ledger_reports_what_batching_saved_and_the_engine_agrees(
     await asyncio.gather(*(rig.get(path) for path in paths("shoe")))
 
     costs = await rig.costs()
-    charged = (await rig.stats())["credits_charged"] - charged_before
+    stats = await rig.stats()
     # Six sizes under 1 MP: 0.5 + 5 * 0.25 together, instead of 6 * 0.5 apart.
-    assert costs["spent"] == 1.75 == round(charged, 2)
+    assert round(stats["credits_charged"] - charged_before, 2) == 1.75
+    # The upload's token (0.5) is on the books too: they match the engine's whole bill.
+    assert costs["spent"] == round(stats["credits_charged"], 2) == 2.25
     assert costs["saved_by_batching"] == 1.25
     assert batching_saving([{"max_resolution": 100}] * 6) == 1.25
     metrics = (await rig.get("/metrics")).text
@@ -155,8 +157,9 @@ async def test_two_workers_never_mint_the_same_variant_twice(make_rig: RigFactor
 async def test_a_burst_that_fits_the_budget_as_one_token_is_minted_whole(
     make_rig: RigFactory,
 ) -> None:
-    # Three sizes under 1 MP: 1.5 credits minted apart, 1.0 together; the budget is 1.0.
-    rig = await make_rig(batch_window_ms=300, budget_credits_per_hour=1.0)
+    # Three sizes under 1 MP: 1.5 credits minted apart, 1.0 together; the budget is 1.0
+    # after the upload's 0.5.
+    rig = await make_rig(batch_window_ms=300, budget_credits_per_hour=1.5)
     await rig.upload("shoe")
     before = await rig.stats()
     answers = await asyncio.gather(*(rig.get(path) for path in paths("shoe", SIZES[:3])))
@@ -166,3 +169,60 @@ async def test_a_burst_that_fits_the_budget_as_one_token_is_minted_whole(
     assert after["tokens_minted"] - before["tokens_minted"] == 1
     assert round(after["credits_charged"] - before["credits_charged"], 2) == 1.0
     assert (await rig.costs())["budget"]["hour"]["remaining"] == 0
+
+
+# --- batching only when there is something to batch --------------------------------------------
+
+# A window no test would sit through: a miss that waited for it would fail the bounded wait.
+LONG_WINDOW_MS = 60_000
+
+
+async def test_a_lone_miss_does_not_wait_for_the_batch_window(make_rig: RigFactory) -> None:
+    rig = await make_rig(batch_window_ms=LONG_WINDOW_MS)
+    await rig.upload("shoe")
+    before = await rig.stats()
+    answer = await asyncio.wait_for(rig.get(paths("shoe")[0]), 20)
+    assert answer.status_code == 302, answer.text
+    assert (await rig.stats())["tokens_minted"] == before["tokens_minted"] + 1
+
+
+async def test_a_burst_is_minted_as_soon_as_every_miss_of_it_has_arrived(
+    make_rig: RigFactory,
+) -> None:
+    rig = await make_rig(batch_window_ms=LONG_WINDOW_MS)
+    await rig.upload("shoe")
+    before = await rig.stats()
+    answers = await asyncio.wait_for(asyncio.gather(*(rig.get(p) for p in paths("shoe"))), 20)
+    after = await rig.stats()
+    assert [a.status_code for a in answers] == [302] * 6
+    assert after["tokens_minted"] - before["tokens_minted"] == 1
+    assert after["last_token_variants"] == 6
+
+
+async def test_misses_arriving_while_their_image_is_minted_are_batched(
+    make_rig: RigFactory,
+) -> None:
+    rig = await make_rig(batch_window_ms=LONG_WINDOW_MS)
+    await rig.upload("shoe")
+    client = await rig.client()
+    slow = await client.put("/_engine/faults", json={"process_latency": 1.0}, headers=AUTH)
+    assert slow.status_code == 200, slow.text
+    before = await rig.stats()
+    first = asyncio.ensure_future(rig.get(paths("shoe")[0]))
+    await _minted(rig, before["tokens_minted"] + 1)  # alone; its processing is slow
+    # Two more sizes meanwhile: they wait for each other (and for the first to finish).
+    later = asyncio.gather(*(rig.get(p) for p in paths("shoe")[1:3]))
+    answers = await asyncio.wait_for(asyncio.gather(first, later), 20)
+    assert [a.status_code for a in [answers[0], *answers[1]]] == [302] * 3
+    after = await rig.stats()
+    assert after["tokens_minted"] - before["tokens_minted"] == 2
+    assert after["last_token_variants"] == 2
+
+
+async def _minted(rig: Rig, tokens: int) -> None:
+    """Wait until the engine has minted ``tokens`` in all."""
+    for _ in range(1000):
+        if (await rig.stats())["tokens_minted"] >= tokens:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"the engine never reached {tokens} tokens")

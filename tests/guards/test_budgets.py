@@ -52,23 +52,23 @@ async def test_a_flood_of_1000_sizes_spends_at_most_the_budget_and_hits_keep_wor
             statuses[kind] = statuses.get(kind, 0) + 1
 
     end = await rig.stats()
-    charged = round(end["credits_charged"] - start["credits_charged"], 2)
-    assert charged <= budget, f"spent {charged} credits with a budget of {budget}"
+    bill = round(end["credits_charged"], 2)  # the upload's token included
+    assert bill <= budget, f"spent {bill} credits with a budget of {budget}"
     assert end["variants_minted"] - start["variants_minted"] <= 20
     assert set(statuses) <= {"302", "fallback", "429"}, statuses
     assert statuses.get("fallback", 0) > 900, statuses
     costs = await rig.costs()
-    assert costs["spent"] == charged
+    assert costs["spent"] == bill
     assert costs["budget"]["hour"]["spent"] <= budget
-    print(f"flood: charged {charged} of {budget} credits; answers {statuses}")
+    print(f"flood: charged {bill} of {budget} credits; answers {statuses}")
 
 
 async def test_a_spent_budget_serves_the_nearest_cached_size_or_429_until_the_hour_ends(
     make_rig: RigFactory,
 ) -> None:
-    rig = await make_rig(budget_credits_per_hour=1.0, batch_window_ms=0)
+    rig = await make_rig(budget_credits_per_hour=1.5, batch_window_ms=0)
     await rig.upload("shoe")
-    await rig.upload("bag")
+    await rig.upload("bag")  # the same photo: one upload token between them, 0.5
     small = await rig.get("/img/shoe/200x150/ffffff.jpg")
     large = await rig.get(CACHED)
     assert small.status_code == large.status_code == 302  # 0.5 + 0.5: the budget is spent
@@ -100,7 +100,7 @@ async def test_a_spent_budget_serves_the_nearest_cached_size_or_429_until_the_ho
 
     # Hits are never limited: memory, and another worker's empty memory (the shared tier).
     assert is_plain_hit(await rig.get(CACHED), large.headers["location"])
-    worker = await make_rig(budget_credits_per_hour=1.0, data_dir=rig.settings.data_dir)
+    worker = await make_rig(budget_credits_per_hour=1.5, data_dir=rig.settings.data_dir)
     worker.clock.now = rig.clock.now
     assert is_plain_hit(await worker.get(CACHED), large.headers["location"])
     assert (await worker.get("/img/bag/640x480/ffffff.jpg")).status_code == 429, "one budget"
@@ -112,9 +112,9 @@ async def test_a_spent_budget_serves_the_nearest_cached_size_or_429_until_the_ho
 
 async def test_the_daily_budget_outlasts_the_hour(make_rig: RigFactory) -> None:
     rig = await make_rig(
-        budget_credits_per_hour=10.0, budget_credits_per_day=0.5, batch_window_ms=0
+        budget_credits_per_hour=10.0, budget_credits_per_day=1.0, batch_window_ms=0
     )
-    await rig.upload("shoe")
+    await rig.upload("shoe")  # 0.5 of the day's 1.0
     assert (await rig.get(CACHED)).status_code == 302
     rig.clock.advance(3600)
     refused = await rig.get("/img/shoe/100x100/000000.jpg")
@@ -180,9 +180,9 @@ async def test_a_refused_mint_is_given_back_to_the_budget(make_rig: RigFactory) 
     failed = await rig.get(CACHED)
     assert failed.status_code >= 500
     costs = await rig.costs()
-    assert costs["spent"] == 0
-    assert costs["budget"]["hour"]["spent"] == 0
-    assert costs["budget"]["hour"]["remaining"] == 2.0
+    assert costs["spent"] == 0.5 == (await rig.stats())["credits_charged"]  # the upload
+    assert costs["budget"]["hour"]["spent"] == 0.5
+    assert costs["budget"]["hour"]["remaining"] == 1.5
 
 
 async def test_a_mint_that_may_have_been_charged_stays_counted(make_rig: RigFactory) -> None:
@@ -192,7 +192,7 @@ async def test_a_mint_that_may_have_been_charged_stays_counted(make_rig: RigFact
     fault = await client.put("/_engine/faults", json={"error_rate": 1.0}, headers=AUTH)
     assert fault.status_code == 200, fault.text
     assert (await rig.get(CACHED)).status_code >= 500
-    assert (await rig.costs())["budget"]["hour"]["spent"] == 0.5
+    assert (await rig.costs())["budget"]["hour"]["spent"] == 0.5 + 0.5  # the upload's, and it
 
 
 async def test_the_cost_endpoint_is_for_admins_and_matches_the_metrics(
@@ -209,16 +209,16 @@ async def test_the_cost_endpoint_is_for_admins_and_matches_the_metrics(
     answer = await rig.get("/admin/costs", headers=AUTH)
     assert answer.headers["cache-control"] == "no-store"
     costs = answer.json()
-    assert costs["spent"] == 0.5
+    assert costs["spent"] == 0.5 + 0.5  # the upload's token and the miss's
     assert costs["saved_by_coalescing"] == 0
     assert costs["saved_by_batching"] == 0
     assert costs["budget"]["hour"] == {
         "limit": 5.0,
-        "spent": 0.5,
-        "remaining": 4.5,
+        "spent": 1.0,
+        "remaining": 4.0,
         "resets_in": 3600 - 60,
     }
-    assert costs["budget"]["day"]["remaining"] == 19.5
+    assert costs["budget"]["day"]["remaining"] == 19.0
     metrics = (await rig.get("/metrics")).text
-    assert 'cutproxy_credits_budget_remaining{window="hour"} 4.5' in metrics
-    assert 'cutproxy_credits_budget_remaining{window="day"} 19.5' in metrics
+    assert 'cutproxy_credits_budget_remaining{window="hour"} 4.0' in metrics
+    assert 'cutproxy_credits_budget_remaining{window="day"} 19.0' in metrics

@@ -23,9 +23,9 @@ async def replicas(
 async def test_replicas_share_the_budget_and_fall_back_to_each_others_sizes(
     make_rig: RigFactory, redis_server: RedisServer, tmp_path: Path
 ) -> None:
-    a, b = await replicas(make_rig, redis_server, tmp_path, budget_credits_per_hour=1.0)
+    a, b = await replicas(make_rig, redis_server, tmp_path, budget_credits_per_hour=1.5)
     await a.upload("shoe")
-    await a.upload("bag")
+    await a.upload("bag")  # the same photo: one upload token between them, 0.5
     first = await a.get("/img/shoe/640x480/ffffff.jpg")
     second = await b.get("/img/shoe/200x150/ffffff.jpg")
     assert first.status_code == second.status_code == 302  # 1.0 spent between them
@@ -36,8 +36,8 @@ async def test_replicas_share_the_budget_and_fall_back_to_each_others_sizes(
     fallback = await b.get("/img/shoe/600x450/ffffff.jpg")  # minted on a, found via Redis
     assert fallback.headers[FALLBACK_HEADER] == "budget"
     assert fallback.headers["location"] == first.headers["location"]
-    assert (await b.costs())["budget"]["hour"]["spent"] == 1.0
-    assert (await a.costs())["spent"] == 1.0
+    assert (await b.costs())["budget"]["hour"]["spent"] == 1.5
+    assert (await a.costs())["spent"] == 1.5
 
 
 async def test_replicas_share_a_clients_miss_rate(

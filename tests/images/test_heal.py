@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from typing import Any
 
+import httpx
 import pytest
 
 from proxy.engine.settings import RETENTION_SECONDS
+from proxy.images import VARIANTS_GENERATION
+from proxy.registry import ImageRecord
 from tests.images.conftest import AUTH, Rig, photo
 
 
@@ -104,3 +108,60 @@ async def test_a_missing_original_is_named(rig: Rig) -> None:
     assert (await rig.upload("mug", photo(6))).json()["status"] == "unchanged"
     assert len(rig.originals()) == 1
     assert (await rig.client.get("/img/mug/320x320/ffffff.jpg")).status_code == 302
+
+
+# --- a change to the image while it is uploaded again -------------------------------------------
+
+
+async def _change_lands_at_the_reuploads_write(
+    rig: Rig, image_id: str, change: Callable[[], Awaitable[httpx.Response]]
+) -> list[asyncio.Task[httpx.Response]]:
+    """Make ``change`` (an admin request, as from another worker) land the moment the
+    re-upload writes the registry: before the write if nothing keeps it out (the image's lock
+    is free), else left waiting for that lock. The tasks of the changes started."""
+    state = rig.app.state.proxy
+    registry = state.registry
+    put = registry.put
+    started: list[asyncio.Task[httpx.Response]] = []
+
+    async def put_with_a_change_landing(record: ImageRecord) -> None:
+        if record.image_id == image_id and not started:  # the re-upload's write
+            started.append(asyncio.ensure_future(change()))
+            token = await state.variants.lease.acquire(f"lock:image:{image_id}", 5.0)
+            if token is not None:  # the lock is free: the change lands first
+                await state.variants.lease.release(f"lock:image:{image_id}", token)
+                await started[0]
+        await put(record)
+
+    registry.put = put_with_a_change_landing
+    return started
+
+
+async def test_a_delete_during_a_reupload_is_not_revived(rig: Rig) -> None:
+    assert (await rig.upload("mug", photo(7))).status_code == 201
+    await expire_upstream_uploads(rig)
+    changes = await _change_lands_at_the_reuploads_write(
+        rig, "mug", lambda: rig.client.delete("/images/mug", headers=AUTH)
+    )
+
+    answer = await rig.client.get("/img/mug/320x320/ffffff.jpg")  # asked before the delete
+    assert answer.status_code == 302, answer.text
+    assert len(changes) == 1 and (await changes[0]).status_code == 200
+    assert (await rig.client.get("/images/mug", headers=AUTH)).status_code == 404
+    assert (await rig.client.get("/img/mug/320x320/ffffff.jpg")).status_code == 404
+
+
+async def test_a_purge_during_a_reupload_is_not_undone(rig: Rig) -> None:
+    assert (await rig.upload("mug", photo(8))).status_code == 201
+    first = (await rig.client.get("/images/mug", headers=AUTH)).json()["unique_filename"]
+    await expire_upstream_uploads(rig)
+    changes = await _change_lands_at_the_reuploads_write(
+        rig, "mug", lambda: rig.client.delete("/images/mug/variants", headers=AUTH)
+    )
+
+    assert (await rig.client.get("/img/mug/320x320/ffffff.jpg")).status_code == 302
+    assert len(changes) == 1 and (await changes[0]).status_code == 200
+    record = await rig.app.state.proxy.registry.get("mug")
+    assert record is not None
+    assert record.extra.get(VARIANTS_GENERATION) == 1, "the purge's new generation stands"
+    assert record.unique_filename != first, "and so does the re-upload"
