@@ -3,14 +3,20 @@
     python -m tests.store.worker put <dir> <max_bytes> <key> <file>   put the file's bytes
     python -m tests.store.worker get <dir> <max_bytes> <key>          print the ETag or "miss"
     python -m tests.store.worker put-loop <dir> <max_bytes> <values>  put values until killed
-    python -m tests.store.worker master-loop <root> <values>          put masters until killed
+    python -m tests.store.worker master-loop <root> <values> <tag>    put masters until killed
 
 The loops print the number of values written so far after each one, so the parent can kill
-them (SIGKILL) in the middle of the next write.
+them (SIGKILL) in the middle of the next write. With ``WORKER_DIE_PAST=<bytes>`` in the
+environment a loop dies *inside* the first write that takes a file past that size: the
+kernel writes up to the limit, then kills the process with SIGXFSZ (Python ignores that
+signal by default; the worker restores its default action, so no cleanup runs).
 """
 
 from __future__ import annotations
 
+import os
+import resource
+import signal
 import sys
 import time
 from itertools import count
@@ -25,13 +31,16 @@ def _values(folder: str) -> list[bytes]:
 
 
 def main(command: str, *args: str) -> None:
+    if limit := os.environ.get("WORKER_DIE_PAST"):
+        signal.signal(signal.SIGXFSZ, signal.SIG_DFL)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (int(limit), int(limit)))
     if command == "master-loop":
-        root, folder = args
+        root, folder, tag = args
         masters = DiskMasterStore(Path(root))
         values = _values(folder)
         for i in count():
-            # A few images, rewritten over and over: a kill can land on a replacement too.
-            key = MasterKey(f"img{i % 5}", f"v{i % 3}", "medium")
+            # This writer's own images, each written twice: a kill can land on a replacement.
+            key = MasterKey(f"{tag}-img{i // 2}", "v1", "medium")
             masters.put_sync(key, values[i % len(values)])
             print(i + 1, flush=True)
         return
@@ -45,12 +54,11 @@ def main(command: str, *args: str) -> None:
         found = store.get_sync(args[2])
         print("miss" if found is None else found.etag, flush=True)
     elif command == "put-loop":
-        values = _values(args[2])
-        tag = f"w{id(store)}-{time.monotonic_ns()}"
+        variants = [StoredVariant.of(d, "image/png", 1, 1, time.time()) for d in _values(args[2])]
+        tag = f"w{os.getpid()}-{time.monotonic_ns()}"
         for i in count():
-            data = values[i % len(values)]
             key = f"/img/{tag}/{i % 40}#v1"  # replacements, new keys and evictions alike
-            store.put_sync(key, StoredVariant.of(data, "image/png", 1, 1, time.time()))
+            store.put_sync(key, variants[i % len(variants)])
             print(i + 1, flush=True)
     else:
         raise SystemExit(f"unknown command {command!r}")
