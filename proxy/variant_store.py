@@ -319,14 +319,19 @@ class DiskBytes:
 
     def get_sync(self, key: str) -> StoredVariant | None:
         db = self._db()
-        row = db.execute(f"SELECT {_COLUMNS} FROM variants WHERE key = ?", (key,)).fetchone()
-        if row is None:
-            return None
-        file, size, content_type, etag, width, height, created_at, used = row
-        try:
-            data = self._path(file).read_bytes()
-        except FileNotFoundError:
-            # Evicted or replaced by another process between the row and the file.
+        # Twice: another process may replace the value (and remove the file the row named)
+        # between this process's two steps; its new row names a file that is there.
+        for _ in range(2):
+            row = db.execute(f"SELECT {_COLUMNS} FROM variants WHERE key = ?", (key,)).fetchone()
+            if row is None:
+                return None
+            file, size, content_type, etag, width, height, created_at, used = row
+            try:
+                data = self._path(file).read_bytes()
+                break
+            except FileNotFoundError:
+                continue  # evicted (the row is gone now too) or replaced
+        else:
             return None
         if len(data) != size or etag_of(data) != etag:
             log.warning("disk variant %s is damaged: dropped", file)
