@@ -39,7 +39,10 @@ def outputs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Outputs]:
             cutproxy("engine", "--host", "127.0.0.1", "--port", "{port}"),
             port=free_port(),
             log_path=tmp / "engine.log",
-            env={"PROXY_ENGINE_DATA_DIR": str(tmp / "engine-data")},
+            env={
+                "PROXY_ENGINE_DATA_DIR": str(tmp / "engine-data"),
+                "PROXY_ENGINE_API_KEY": ENGINE_KEY,
+            },
             ready_path="/_engine/health",
         )
     )
