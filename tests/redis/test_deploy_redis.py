@@ -7,9 +7,7 @@ directly, with the compose hostnames (redis, engine) pointed at loopback servers
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
-import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -18,6 +16,7 @@ import httpx
 import pytest
 import yaml
 
+from tests.components import require
 from tests.integration.conftest import Engine
 from tests.redis.server import RedisServer
 from tests.servers import REPO, Server, cutproxy, free_port, start
@@ -55,11 +54,7 @@ def _target(mapping: str) -> str:
 
 
 def test_the_override_matches_the_compose_spec() -> None:
-    bin_dir = Path(sys.executable).parent
-    check = bin_dir / "check-jsonschema"
-    tool = str(check) if check.exists() else shutil.which("check-jsonschema")
-    if tool is None:
-        pytest.skip("check-jsonschema is not installed")
+    tool = require("check-jsonschema")
     result = subprocess.run(
         [tool, "--builtin-schema", "vendor.compose-spec", str(OVERRIDE)],
         capture_output=True,
