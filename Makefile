@@ -12,9 +12,12 @@ DEV := $(VENV)/.dev
 
 .PHONY: serve test lint bench engine docs clean
 
+# A current pip first: it resolves these dependencies with about half the CPU of the one
+# venv ships, more than paying for its own install.
 $(BIN)/python:
 	@command -v $(PY) >/dev/null 2>&1 || { echo "need $(PY) on PATH (or run: make PY=python3 ...)"; exit 1; }
 	$(PY) -m venv $(VENV)
+	$(PIP) --upgrade pip
 
 $(SERVE): pyproject.toml | $(BIN)/python
 	$(PIP) -e .
