@@ -8,7 +8,6 @@ the rendered file, and decode it. The demo page is opened too, and its screensho
 
 from __future__ import annotations
 
-import os
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -19,9 +18,10 @@ import httpx
 import pytest
 
 from tests.cdn.conftest import image_size
+from tests.components import find
 from tests.servers import REPO, Server, cutproxy, free_port, start
 
-CHROMIUM = "/usr/bin/chromium"
+CHROMIUM = find("chromium")
 ARTIFACTS = REPO / "artifacts"
 ARGS = [
     "--no-sandbox",
@@ -33,13 +33,7 @@ ARGS = [
     "--disable-sync",
 ]
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(
-        not os.access(CHROMIUM, os.X_OK),
-        reason=f"{CHROMIUM} is not installed (Debian package chromium)",
-    ),
-]
+pytestmark = [pytest.mark.slow, pytest.mark.needs("chromium")]
 
 
 @pytest.fixture(scope="module")

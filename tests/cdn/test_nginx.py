@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,18 +21,16 @@ from tests.cdn.stack import (
     stop,
     wait_for,
 )
+from tests.components import find
 from tests.servers import REPO, free_port
 
-NGINX = shutil.which("nginx") or ("/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx") else None)
+NGINX = find("nginx")
 CONF = REPO / "deploy" / "nginx" / "cutproxy.conf"
 BROWSER = {"Accept": "image/avif,image/webp,*/*"}
 BROWSER_MAX_AGE = 300
 HIDDEN = ("surrogate-key", "cache-tag", "surrogate-control", "cdn-cache-control")
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(NGINX is None, reason="nginx is not installed (Debian package nginx-light)"),
-]
+pytestmark = [pytest.mark.slow, pytest.mark.needs("nginx")]
 
 
 def _max_age(cache_control: str) -> int:

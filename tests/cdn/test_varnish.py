@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,19 +19,13 @@ from tests.cdn.stack import (
     stop,
     wait_for,
 )
+from tests.components import find
 from tests.servers import REPO, free_port
 
-VARNISHD = shutil.which("varnishd") or (
-    "/usr/sbin/varnishd" if os.path.exists("/usr/sbin/varnishd") else None
-)
+VARNISHD = find("varnishd")
 VCL = REPO / "deploy" / "varnish" / "default.vcl"
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(
-        VARNISHD is None, reason="varnishd is not installed (Debian package varnish)"
-    ),
-]
+pytestmark = [pytest.mark.slow, pytest.mark.needs("varnishd")]
 
 
 def vcl_for(port: int, directory: Path) -> Path:

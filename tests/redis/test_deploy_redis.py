@@ -6,9 +6,7 @@ directly, with the compose hostnames (redis, engine) pointed at loopback servers
 
 from __future__ import annotations
 
-import shutil
 import subprocess
-import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -17,6 +15,7 @@ import httpx
 import pytest
 import yaml
 
+from tests.components import require
 from tests.integration.conftest import Engine
 from tests.ops.test_deploy import _compose_env
 from tests.redis.server import RedisServer
@@ -55,11 +54,7 @@ def _target(mapping: str) -> str:
 
 
 def test_the_override_matches_the_compose_spec() -> None:
-    bin_dir = Path(sys.executable).parent
-    check = bin_dir / "check-jsonschema"
-    tool = str(check) if check.exists() else shutil.which("check-jsonschema")
-    if tool is None:
-        pytest.skip("check-jsonschema is not installed")
+    tool = require("check-jsonschema")
     result = subprocess.run(
         [tool, "--builtin-schema", "vendor.compose-spec", str(OVERRIDE)],
         capture_output=True,

