@@ -20,6 +20,7 @@ import uvicorn
 from starlette.applications import Starlette
 
 from proxy.accesslog import logging_config
+from proxy.headlimit import protocol as head_limited_protocol
 from proxy.metrics import MULTIPROC_ENV, multiprocess_dir, reset_multiprocess_dir
 from proxy.settings import Settings, SettingsError, settings_table
 
@@ -89,6 +90,7 @@ def serve(
             log_level=settings.log_level.lower(),
             log_config=log_config,
             access_log=False,
+            http=head_limited_protocol(settings.max_header_bytes),  # 431 past the bound
             timeout_graceful_shutdown=math.ceil(settings.shutdown_timeout),
         )
 
