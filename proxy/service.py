@@ -8,13 +8,18 @@ hits, in either tier, never touch them.
 
 Cache keys carry the image's version (its content hash), so when an image is replaced every
 worker stops serving the old variants within ``PROXY_IMAGE_VIEW_TTL``, without any message
-between workers. When the upstream has forgotten an upload (it keeps files 2 hours), the kept
+between workers. With Redis, where replicas also hear of changes at once (pub/sub), a hit past
+that time is answered from the last version seen while one background read refreshes it: no
+hit ever waits for Redis, so a hung Redis cannot slow hits down.
+
+When the upstream has forgotten an upload (it keeps files 2 hours), the kept
 original is uploaded again together with the wanted variants: one token, one processing call,
 shared by every request (and worker) that needs it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 import time
@@ -30,6 +35,7 @@ from proxy.coalesce import Lease, SingleFlight, lead_or_follow
 from proxy.errors import (
     MissRefusedError,
     NotFoundError,
+    ProxyError,
     SharedStoreUnavailableError,
     UpstreamError,
     UpstreamGoneError,
@@ -100,10 +106,18 @@ class VariantService:
     reuploads: SingleFlight = field(default_factory=SingleFlight)
     events: ServiceEvents = field(default_factory=NoEvents)
     guards: MissGuard | None = None  # rate, budget, batching and books for misses
+    # Past the view's life, hits are answered from the last record seen while one background
+    # read refreshes it (None: when changes are announced, i.e. with Redis; see _stale).
+    serve_stale: bool | None = None
     # image id → record, trusted for PROXY_IMAGE_VIEW_TTL: keeps the hit path free of I/O.
     records: TTLCache[str, ImageRecord] = field(init=False)
-    # The last record seen of each image, kept while the shared store is unreachable.
+    # The last record seen of each image: answers hits while the view is refreshed, and
+    # while the shared store is unreachable.
     last_records: LRUCache[str, ImageRecord] = field(init=False)
+    # Images whose record is being read in the background, and those whose read failed
+    # lately (not tried again for PROXY_IMAGE_VIEW_TTL).
+    _refreshing: dict[str, asyncio.Task[None]] = field(init=False, default_factory=dict)
+    _resting: TTLCache[str, bool] = field(init=False)
 
     def __post_init__(self) -> None:
         self.records = TTLCache(
@@ -112,6 +126,16 @@ class VariantService:
             timer=self.clock,
         )
         self.last_records = LRUCache(maxsize=self.settings.memory_cache_size)
+        self._resting = TTLCache(
+            maxsize=self.settings.memory_cache_size,
+            ttl=self.settings.image_view_ttl,
+            timer=self.clock,
+        )
+        if self.serve_stale is None:
+            # With Redis every replica hears of a change at once (pub/sub) and the view's life
+            # only bounds a missed message; on one host's disk the view's life *is* how the
+            # workers learn of changes, and the registry is a local read: it is awaited.
+            self.serve_stale = self.settings.redis_url is not None
 
     def key(self, variant: Variant, version: str) -> str:
         return f"{cache_key(variant, self.settings)}~{version}"
@@ -122,10 +146,50 @@ class VariantService:
             # Indexing checks the view's expiry once; get() checks it twice (cachetools).
             record: ImageRecord | None = self.records[variant.image_id]
         except KeyError:
-            record = None
+            record = self._stale(variant.image_id)
         return (
             None if record is None else self.cache.peek(self.key(variant, record_version(record)))
         )
+
+    def _stale(self, image_id: str) -> ImageRecord | None:
+        """The last record seen of an image out of view, for a hit, with a refresh under way.
+
+        The refresh runs in the background (one per image): the hit is answered now, from
+        what this worker last knew, however long the registry (Redis) takes to answer.
+        """
+        if not self.serve_stale:
+            return None
+        last = self.last_records.get(image_id)
+        if last is not None:
+            self._refresh_soon(image_id)
+        return last
+
+    def _refresh_soon(self, image_id: str) -> None:
+        if image_id in self._refreshing or image_id in self._resting:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # called outside the event loop: the next request refreshes
+            return
+        self._refreshing[image_id] = loop.create_task(self._refresh(image_id))
+
+    async def _refresh(self, image_id: str) -> None:
+        """Read the image's record into the view; on failure, keep the last one for a while."""
+        try:
+            await self.flight.run(
+                f"record:{image_id}",
+                lambda: self._record(image_id),
+                wait=self.settings.coalesce_wait,
+            )
+        except NotFoundError:
+            self.forget(image_id)  # deleted meanwhile: stop serving it
+        except ProxyError:  # Redis down (logged and counted where it failed): try later
+            self._resting[image_id] = True
+        except Exception:
+            log.exception("refreshing the view of image %s failed", image_id)
+            self._resting[image_id] = True
+        finally:
+            self._refreshing.pop(image_id, None)
 
     def viewed(self, image_id: str) -> ImageRecord | None:
         """The image's record as this worker last saw it (no I/O; None when not in view)."""
@@ -172,6 +236,9 @@ class VariantService:
     async def resolve(self, variant: Variant, client: str | None = None) -> Resolved:
         """The variant's output. ``client`` (an address) is charged for a miss it leads."""
         record = self.records.get(variant.image_id)
+        if record is None and (stale := self.peek(variant)) is not None:
+            self.events.resolved("memory")  # out of view, but a hit: no wait for the registry
+            return Resolved(stale, "memory")
         version = record_version(record) if record else await self.version(variant.image_id)
         key = self.key(variant, version)
         hit = self.cache.peek(key)
