@@ -118,6 +118,7 @@ class VariantService:
     # lately (not tried again for PROXY_IMAGE_VIEW_TTL).
     _refreshing: dict[str, asyncio.Task[None]] = field(init=False, default_factory=dict)
     _resting: TTLCache[str, bool] = field(init=False)
+    _changes: int = field(init=False, default=0)  # images forgotten so far
 
     def __post_init__(self) -> None:
         self.records = TTLCache(
@@ -197,6 +198,7 @@ class VariantService:
 
     def forget(self, image_id: str) -> None:
         """This worker changed the image: stop trusting its version at once."""
+        self._changes += 1
         self.records.pop(image_id, None)
         self.last_records.pop(image_id, None)
 
@@ -219,10 +221,14 @@ class VariantService:
         return record_version(record)
 
     async def _record(self, image_id: str) -> ImageRecord:
+        changes = self._changes
         record = await self.registry.get(image_id)
         if record is None:
             raise NotFoundError(f"unknown image {image_id!r}", code="unknown_image")
-        self.records[image_id] = self.last_records[image_id] = record
+        # An image forgotten while the read was under way may have changed after Redis
+        # answered it: such a record answers its caller, but goes into no view.
+        if changes == self._changes:
+            self.records[image_id] = self.last_records[image_id] = record
         return record
 
     def hit(self, variant: Variant) -> Resolved | None:

@@ -18,10 +18,11 @@ import httpx
 import pytest
 
 from proxy.images import VARIANTS_GENERATION
+from proxy.registry import ImageRecord
 from proxy.state import AppState
 from tests.clock import Clock
 from tests.integration.conftest import Engine, product_png, register
-from tests.ops.conftest import running, settings
+from tests.ops.conftest import AUTH, running, settings
 from tests.redis.replicas import start_replica
 from tests.redis.server import RedisServer
 
@@ -119,3 +120,41 @@ async def test_a_deleted_image_stops_being_served_once_the_view_is_refreshed(
 
 async def _refreshed(state: AppState) -> None:
     await asyncio.gather(*state.variants._refreshing.values())
+
+
+async def test_a_read_under_way_when_the_image_changes_does_not_bring_the_old_version_back(
+    redis_server: RedisServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = Clock()
+    config = settings(tmp_path, demo=True, redis_url=redis_server.url, image_view_ttl=2.0)
+    async with running(config, clock) as (app, client):
+        state: AppState = app.state.proxy
+        old = (await client.get(URL)).headers["location"]
+        # The background read gets its answer from Redis, then takes its time to come back.
+        answered, gate = asyncio.Event(), asyncio.Event()
+        read = state.registry.get
+
+        async def slow_get(image_id: str) -> ImageRecord | None:
+            record = await read(image_id)
+            answered.set()
+            await gate.wait()
+            return record
+
+        monkeypatch.setattr(state.registry, "get", slow_get)
+        clock.advance(2.5)
+        assert (await client.get(URL)).headers["location"] == old  # the read is under way
+        await asyncio.wait_for(answered.wait(), 10)  # with the old record
+        monkeypatch.setattr(state.registry, "get", read)
+        png = {**AUTH, "Content-Type": "image/png"}
+        replaced = await client.put("/images/demo", content=product_png(640, 480), headers=png)
+        assert replaced.json()["status"] == "replaced"
+        gate.set()
+        await asyncio.wait_for(_refreshed(state), 10)
+
+        new = (await client.get(URL)).headers["location"]
+        clock.advance(2.5)  # the view is read again: the same version, so the same variant
+        await client.get(URL)
+        await asyncio.wait_for(_refreshed(state), 10)
+        again = (await client.get(URL)).headers["location"]
+    assert new != old
+    assert again == new  # rendered once: the late read did not key it under the old version
