@@ -35,6 +35,7 @@ from proxy.accesslog import (
     access_log,
     flush_lines,
     given_request_id,
+    json_string,
     new_request_id,
 )
 from proxy.cdn import CachePolicy
@@ -57,7 +58,8 @@ ERROR_LOG_EVERY = 60.0  # seconds between two log lines about hit-path failures
 log = logging.getLogger("cutproxy.hitpath")
 _LINE = FixedLine(ROUTE, 302, "memory")  # every hit's access line
 
-Held = tuple[Variant, RawHeaders] | None  # the variant and its headers; None: not a hit URL
+# The variant, its headers and its path as JSON (for the access line); None: not a hit URL.
+Held = tuple[Variant, RawHeaders, str] | None
 
 
 class HitPath:
@@ -88,13 +90,13 @@ class HitPath:
                 self._errors.report(exc)
                 answer = None
             if answer is not None:
-                headers, request_id = answer
+                headers, request_id, path_json = answer
                 await send({"type": "http.response.start", "status": 302, "headers": headers})
                 await send({"type": "http.response.body", "body": b""})
                 seconds = time.perf_counter() - started
                 self.metrics.request_done(ROUTE, scope["method"], 302, seconds)
                 if access_log.isEnabledFor(logging.INFO):
-                    _LINE.log(scope, seconds, request_id)
+                    _LINE.log(scope, seconds, request_id, path_json)
                 return
         elif scope["type"] == "lifespan":
             try:
@@ -104,8 +106,9 @@ class HitPath:
             return
         await self.app(scope, receive, send)
 
-    def _answer(self, scope: Scope) -> tuple[list[tuple[bytes, bytes]], str] | None:
-        """The redirect's headers and the request id, or None: not a plain memory hit."""
+    def _answer(self, scope: Scope) -> tuple[list[tuple[bytes, bytes]], str, str] | None:
+        """The redirect's headers, the request id and the path as JSON, or None: not a plain
+        memory hit."""
         state = self.state
         accept = given_id = None
         for name, value in scope["headers"]:  # the first of each, as Starlette reads them
@@ -125,14 +128,14 @@ class HitPath:
         held = self._held[path] if path in self._held else self._hold(path)
         if held is None:
             return None
-        variant, extra = held
+        variant, extra, path_json = held
         resolved = state.variants.hit(variant)
         if resolved is None:
             return None
         headers = responses.redirect_headers(resolved.output, now, extra, policy=self.policy)
         request_id = new_request_id() if given_id is None else given_request_id(given_id)
         headers.append((b"x-request-id", request_id.encode()))
-        return headers, request_id
+        return headers, request_id, path_json
 
     def _hold(self, path: str) -> Held:
         if len(path) > MAX_HELD_PATH:
@@ -146,7 +149,7 @@ class HitPath:
                 parsed = None
             if isinstance(parsed, Variant):
                 tags = cdn.surrogate_keys(parsed.image_id, parsed.bg)
-                held = (parsed, negotiation.variant_headers(tags))
+                held = (parsed, negotiation.variant_headers(tags), json_string(path))
         if len(self._held) >= MEMO_ENTRIES or self._held_bytes + len(path) > MEMO_BYTES:
             self._held.clear()
             self._held_bytes = 0

@@ -26,6 +26,7 @@ from proxy.accesslog import (
     JsonFormatter,
     JsonLinesHandler,
     access_log,
+    json_string,
     log_request,
     new_request_id,
 )
@@ -185,7 +186,9 @@ def test_the_direct_access_line_is_the_line_a_log_record_would_make() -> None:
             access_log.propagate = False
             for tier in ("memory", None):
                 log_request(scope, "unmatched", 404, tier, 0.00123456, 1.5, request_id="r-1")
-            FixedLine("/img/{image_id}/{size}/{filename}", 302, "memory").log(scope, 2e-5, "r-2")
+            hits = FixedLine("/img/{image_id}/{size}/{filename}", 302, "memory")
+            hits.log(scope, 2e-5, "r-2")
+            hits.log(scope, 0.00123456, "r-3", json_string(scope["path"]))
         fast.flush()
     finally:
         access_log.handlers[:], access_log.propagate, access_log.level = saved
@@ -193,7 +196,7 @@ def test_the_direct_access_line_is_the_line_a_log_record_would_make() -> None:
     # "\n" alone ends a line (str.splitlines would split at U+2028 too)
     lines = [json.loads(line) for line in direct.getvalue().split("\n") if line]
     expected = [json.loads(line) for line in recorded.lines]
-    assert len(lines) == len(expected) == 3
+    assert len(lines) == len(expected) == 4
     for line, want in zip(lines, expected, strict=True):
         assert list(line) == list(want)  # the same fields in the same order
         assert {**line, "ts": ""} == {**want, "ts": ""}
