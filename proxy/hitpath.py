@@ -129,10 +129,10 @@ class HitPath:
         if held is None:
             return None
         variant, extra, path_json = held
-        resolved = state.variants.hit(variant)
-        if resolved is None:
+        output = state.variants.hit_output(variant)
+        if output is None:
             return None
-        headers = responses.redirect_headers(resolved.output, now, extra, policy=self.policy)
+        headers = responses.redirect_headers(output, now, extra, policy=self.policy)
         request_id = new_request_id() if given_id is None else given_request_id(given_id)
         headers.append((b"x-request-id", request_id.encode()))
         return headers, request_id, path_json

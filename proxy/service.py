@@ -233,11 +233,15 @@ class VariantService:
 
     def hit(self, variant: Variant) -> Resolved | None:
         """A memory hit, counted, or None: no I/O, no await, nothing about the client."""
+        output = self.hit_output(variant)
+        return None if output is None else Resolved(output, "memory")
+
+    def hit_output(self, variant: Variant) -> CachedOutput | None:
+        """:meth:`hit`'s output alone, for the hit path (a Resolved costs it half a us)."""
         output = self.peek(variant)
-        if output is None:
-            return None
-        self.events.resolved("memory")
-        return Resolved(output, "memory")
+        if output is not None:
+            self.events.resolved("memory")
+        return output
 
     async def resolve(self, variant: Variant, client: str | None = None) -> Resolved:
         """The variant's output. ``client`` (an address) is charged for a miss it leads."""

@@ -101,7 +101,7 @@ async def test_a_failure_in_the_hit_path_gets_the_full_stacks_json_500(
         def broken(variant: object) -> None:
             raise RuntimeError("a bug in the lookup")
 
-        monkeypatch.setattr(app.state.proxy.variants, "hit", broken)
+        monkeypatch.setattr(app.state.proxy.variants, "peek", broken)  # both paths use it
         # As a server would: the app re-raises after answering, for the server's own log.
         transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
         async with httpx.AsyncClient(transport=transport, base_url="http://test") as raw:
