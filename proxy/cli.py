@@ -21,6 +21,7 @@ import uvicorn
 from starlette.applications import Starlette
 
 from proxy.accesslog import logging_config
+from proxy.headlimit import protocol as head_limited_protocol
 from proxy.metrics import MULTIPROC_ENV, multiprocess_dir, reset_multiprocess_dir
 from proxy.settings import Settings, SettingsError, settings_table
 
@@ -102,6 +103,7 @@ def serve(
             # The proxy alone decides whose X-Forwarded-For to believe (PROXY_TRUSTED_PROXIES);
             # uvicorn's default would trust it from 127.0.0.1 and rewrite the client address.
             proxy_headers=False,
+            http=head_limited_protocol(settings.max_header_bytes),  # 431 past the bound
             timeout_graceful_shutdown=math.ceil(settings.shutdown_timeout),
         )
 

@@ -80,7 +80,10 @@ def held(
     """The URL's parts read by the grammar, then held to the size ladder (pure)."""
     settings = state.settings
     limits = _limits(settings.max_width, settings.max_height, settings.max_pixels)
-    return state.guards.hold(_parse(image_id, size, filename, limits), limits)
+    # A valid URL's parts are short (an id is at most 128 characters): only those are kept.
+    short = len(image_id) + len(size) + len(filename) <= MAX_KEPT_PARTS
+    parse = _parse if short else grammar.parse
+    return state.guards.hold(parse(image_id, size, filename, limits), limits)
 
 
 @functools.lru_cache(maxsize=16)
@@ -88,7 +91,10 @@ def _limits(max_width: int, max_height: int, max_pixels: int) -> grammar.Limits:
     return grammar.Limits(max_width, max_height, max_pixels)  # as AppState.limits, kept
 
 
-@functools.lru_cache(maxsize=4096)
+MAX_KEPT_PARTS = 256  # characters of image id, size and filename together
+
+
+@functools.lru_cache(maxsize=4096)  # at most 4096 parses of at most 256 characters
 def _parse(
     image_id: str, size: str, filename: str, limits: grammar.Limits
 ) -> grammar.Variant | grammar.Canonical:

@@ -13,6 +13,11 @@ What a hit skips is the per-request machinery: Starlette's error and exception l
 router, request and response objects, the wrappers each layer puts around ``send``. Its
 counts go through the metrics' batched tally. Memory hits never wait, so they are not counted
 in ``cutproxy_http_requests_in_flight``.
+
+Whatever it keeps per request is bounded in bytes, not only in entries: paths too long to be
+a variant URL are not kept, and the ``Accept`` values it remembers are short ones. A failure
+here is a bug: it is counted (``cutproxy_hit_path_errors_total``) and logged (at most once a
+minute, with a count), and the full stack answers the request.
 """
 
 from __future__ import annotations
@@ -20,11 +25,19 @@ from __future__ import annotations
 import functools
 import logging
 import time
+from collections.abc import Callable
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from proxy import cdn, handlers, negotiation, responses
-from proxy.accesslog import access_log, given_request_id, log_request, new_request_id
+from proxy.accesslog import (
+    FixedLine,
+    access_log,
+    flush_lines,
+    given_request_id,
+    json_string,
+    new_request_id,
+)
 from proxy.cdn import CachePolicy
 from proxy.errors import ProxyError
 from proxy.grammar import Variant
@@ -35,9 +48,18 @@ from proxy.state import AppState
 ROUTE = "/img/{image_id}/{size}/{filename}"
 _PREFIX = "/img/"
 _READS = frozenset({"GET", "HEAD"})
-_MEMO_SIZE = 4096  # distinct paths held; then the memo starts again (re-parsing is cheap)
+# The memo of what paths parse to starts again past either bound (re-parsing is cheap).
+MEMO_ENTRIES = 4096
+MEMO_BYTES = 1 << 20  # of paths
+# Longer paths are never variant URLs (an id is at most 128 characters): never kept.
+MAX_HELD_PATH = 256
+ERROR_LOG_EVERY = 60.0  # seconds between two log lines about hit-path failures
 
-Held = tuple[Variant, RawHeaders] | None  # the variant and its headers; None: not a hit URL
+log = logging.getLogger("cutproxy.hitpath")
+_LINE = FixedLine(ROUTE, 302, "memory")  # every hit's access line
+
+# The variant, its headers and its path as JSON (for the access line); None: not a hit URL.
+Held = tuple[Variant, RawHeaders, str] | None
 
 
 class HitPath:
@@ -50,6 +72,8 @@ class HitPath:
         self.policy = CachePolicy.from_settings(state.settings)
         # path → what the grammar and the ladder made of it (both pure, so kept).
         self._held: dict[str, Held] = {}
+        self._held_bytes = 0
+        self._errors = _ErrorReport(state.clock)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if (
@@ -61,21 +85,30 @@ class HitPath:
             started = time.perf_counter()
             try:
                 answer = self._answer(scope)
-            except Exception:  # the full stack meets it again, and reports it
+            except Exception as exc:  # a bug here: reported, and the full stack answers
+                self.metrics.hit_path_failed()
+                self._errors.report(exc)
                 answer = None
             if answer is not None:
-                headers, request_id = answer
+                headers, request_id, path_json = answer
                 await send({"type": "http.response.start", "status": 302, "headers": headers})
                 await send({"type": "http.response.body", "body": b""})
                 seconds = time.perf_counter() - started
                 self.metrics.request_done(ROUTE, scope["method"], 302, seconds)
                 if access_log.isEnabledFor(logging.INFO):
-                    log_request(scope, ROUTE, 302, "memory", seconds, request_id=request_id)
+                    _LINE.log(scope, seconds, request_id, path_json)
                 return
+        elif scope["type"] == "lifespan":
+            try:
+                await self.app(scope, receive, send)
+            finally:  # the app is done: so are its requests, and their queued access lines
+                flush_lines()
+            return
         await self.app(scope, receive, send)
 
-    def _answer(self, scope: Scope) -> tuple[list[tuple[bytes, bytes]], str] | None:
-        """The redirect's headers and the request id, or None: not a plain memory hit."""
+    def _answer(self, scope: Scope) -> tuple[list[tuple[bytes, bytes]], str, str] | None:
+        """The redirect's headers, the request id and the path as JSON, or None: not a plain
+        memory hit."""
         state = self.state
         accept = given_id = None
         for name, value in scope["headers"]:  # the first of each, as Starlette reads them
@@ -95,16 +128,18 @@ class HitPath:
         held = self._held[path] if path in self._held else self._hold(path)
         if held is None:
             return None
-        variant, extra = held
-        resolved = state.variants.hit(variant)
-        if resolved is None:
+        variant, extra, path_json = held
+        output = state.variants.hit_output(variant)
+        if output is None:
             return None
-        headers = responses.redirect_headers(resolved.output, now, extra, policy=self.policy)
+        headers = responses.redirect_headers(output, now, extra, policy=self.policy)
         request_id = new_request_id() if given_id is None else given_request_id(given_id)
         headers.append((b"x-request-id", request_id.encode()))
-        return headers, request_id
+        return headers, request_id, path_json
 
     def _hold(self, path: str) -> Held:
+        if len(path) > MAX_HELD_PATH:
+            return None
         held: Held = None
         parts = path[len(_PREFIX) :].split("/")
         if len(parts) == 3 and all(parts):  # the route's three [^/]+ segments
@@ -114,13 +149,45 @@ class HitPath:
                 parsed = None
             if isinstance(parsed, Variant):
                 tags = cdn.surrogate_keys(parsed.image_id, parsed.bg)
-                held = (parsed, negotiation.variant_headers(tags))
-        if len(self._held) >= _MEMO_SIZE:
+                held = (parsed, negotiation.variant_headers(tags), json_string(path))
+        if len(self._held) >= MEMO_ENTRIES or self._held_bytes + len(path) > MEMO_BYTES:
             self._held.clear()
+            self._held_bytes = 0
         self._held[path] = held
+        self._held_bytes += len(path)
         return held
 
 
-@functools.lru_cache(maxsize=256)
 def _wants_json(accept: bytes) -> bool:
+    if len(accept) > negotiation.MAX_KEPT_ACCEPT:  # an odd one: read it, keep nothing
+        return negotiation.wants_json(accept.decode("latin-1"))
+    return _kept_wants_json(accept)
+
+
+@functools.lru_cache(maxsize=256)  # at most 256 values of at most 256 bytes
+def _kept_wants_json(accept: bytes) -> bool:
     return negotiation.wants_json(accept.decode("latin-1"))
+
+
+class _ErrorReport:
+    """Logs a failure with its traceback, then at most once per :data:`ERROR_LOG_EVERY`
+    seconds, saying how many there were in between (every one is counted in the metrics)."""
+
+    def __init__(self, clock: Callable[[], float]) -> None:
+        self._clock = clock
+        self._next = float("-inf")
+        self._unreported = 0
+
+    def report(self, exc: Exception) -> None:
+        self._unreported += 1
+        now = self._clock()
+        if now < self._next:
+            return
+        self._next = now + ERROR_LOG_EVERY
+        count, self._unreported = self._unreported, 0
+        log.error(
+            "hit path failed (%d time(s) since the last report), the full stack answered: %s",
+            count,
+            type(exc).__name__,
+            exc_info=exc,
+        )

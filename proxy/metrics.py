@@ -272,6 +272,12 @@ class Metrics:
             ["operation"],
             registry=r,
         )
+        self.hit_path_errors = Counter(
+            "cutproxy_hit_path_errors",
+            "Requests the hit path failed on (a bug: each is logged, at most once a minute "
+            "with a count) and passed to the full stack, which answered them.",
+            registry=r,
+        )
         # --- guards: what misses cost and what was not spent --------------------------------
         self.credits_saved = Counter(
             "cutproxy_credits_saved",
@@ -357,6 +363,9 @@ class Metrics:
 
     def miss_refused(self, reason: str, answer: str) -> None:
         self.misses_refused.labels(reason, answer).inc()
+
+    def hit_path_failed(self) -> None:
+        self.hit_path_errors.inc()
 
     def shared_store_failed(self, operation: str) -> None:
         self.shared_store_unavailable.labels(operation).inc()

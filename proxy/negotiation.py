@@ -32,11 +32,19 @@ from proxy.variant import Variant, max_resolution
 JSON = "application/json"
 
 
-@functools.lru_cache(maxsize=256)  # browsers and apps send a handful of distinct values
+MAX_KEPT_ACCEPT = 256  # characters: longer Accept values are read each time, never kept
+
+
 def wants_json(accept: str | None) -> bool:
     """True when ``application/json`` is acceptable and no image type is preferred to it."""
     if not accept:
         return False
+    if len(accept) > MAX_KEPT_ACCEPT:  # kept, a client's long odd values would add up
+        return _wants_json(accept)
+    return _kept_wants_json(accept)
+
+
+def _wants_json(accept: str) -> bool:
     json_q: float | None = None
     image_q = 0.0
     for media_range in accept.split(","):
@@ -46,6 +54,10 @@ def wants_json(accept: str | None) -> bool:
         elif kind.startswith("image/"):
             image_q = max(image_q, q)
     return json_q is not None and json_q > 0 and json_q >= image_q
+
+
+# Browsers and apps send a handful of distinct values: at most 256 kept, 64 KiB in all.
+_kept_wants_json = functools.lru_cache(maxsize=256)(_wants_json)
 
 
 def _range(media_range: str) -> tuple[str, float]:

@@ -223,6 +223,11 @@ def unavailable(exc: BaseException) -> SharedStoreUnavailableError:
     )
 
 
+LISTEN_BACKOFF = 0.1  # seconds before subscribing again; doubles on each failure in a row
+LISTEN_BACKOFF_MAX = 2.0  # when Redis is unreachable
+LISTEN_BACKOFF_MAX_ERROR = 30.0  # after any other failure (logged each time)
+
+
 async def _listen(
     client: redis.asyncio.Redis,
     channel: str,
@@ -230,39 +235,54 @@ async def _listen(
     forget: Callable[[str], None] | None,
     health: RedisHealth,
 ) -> None:
-    """Apply invalidations published by any replica; resubscribe after a broken connection.
+    """Apply invalidations published by any replica; subscribe again after any failure.
 
     This only makes replacements show at once. Correctness does not hang on it: cache keys
     carry the image's version, which every worker re-reads from the registry within
     ``PROXY_IMAGE_VIEW_TTL``, so a message lost while the connection was broken costs at
-    most that long.
+    most that long. Still, the listener never gives up: an unreachable Redis is reported by
+    ``health`` (once per outage), any other failure is logged with its traceback, and it
+    subscribes again after a back-off. A message that cannot be applied is logged and
+    skipped.
     """
-    backoff = 0.1
+    backoff = LISTEN_BACKOFF
     broken = False
     while True:
         pubsub = client.pubsub(ignore_subscribe_messages=True)
         try:
             await pubsub.subscribe(channel)
-            if broken:
-                log.info("invalidation channel subscribed again")
-            broken, backoff = False, 0.1
             while True:
                 message = await pubsub.get_message(timeout=1.0)
+                if broken:  # the subscription answered: it works again
+                    log.info("invalidation channel subscribed again")
+                    broken, backoff = False, LISTEN_BACKOFF
                 if message is not None and message.get("type") == "message":
-                    prefix = _text(message["data"])
-                    memory.delete_prefix(prefix)
-                    image = _IMAGE_PREFIX.fullmatch(prefix)
-                    if image is not None and forget is not None:
-                        forget(image.group(1))
+                    _apply(message["data"], memory, forget)
         except UNREACHABLE as exc:
             if not broken:
                 health.failed("invalidation channel", exc)
-            broken = True
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, 2.0)
+            cap = LISTEN_BACKOFF_MAX
+        except Exception:
+            log.exception("the invalidation listener failed; subscribing again in %.1f s", backoff)
+            cap = LISTEN_BACKOFF_MAX_ERROR
         finally:
-            with contextlib.suppress(*UNREACHABLE):
+            with contextlib.suppress(Exception):
                 await pubsub.aclose()
+        broken = True
+        await asyncio.sleep(backoff)
+        backoff = min(backoff * 2, cap)
+
+
+def _apply(data: bytes | str, memory: MemoryTier, forget: Callable[[str], None] | None) -> None:
+    """One invalidation: drop the prefix from ``memory`` and forget the image's version."""
+    try:
+        prefix = _text(data)
+        memory.delete_prefix(prefix)
+        image = _IMAGE_PREFIX.fullmatch(prefix)
+        if image is not None and forget is not None:
+            forget(image.group(1))
+    except Exception:
+        log.exception("invalidation message %r could not be applied; skipped", data[:200])
 
 
 def _text(value: bytes | str) -> str:

@@ -9,13 +9,18 @@ re-upload's, is minted by the guards' :class:`proxy.minter.Minter` (ladder, budg
 
 Cache keys carry the image's version (its content hash), so when an image is replaced every
 worker stops serving the old variants within ``PROXY_IMAGE_VIEW_TTL``, without any message
-between workers. When the upstream has forgotten an upload (it keeps files 2 hours), the kept
+between workers. With Redis, where replicas also hear of changes at once (pub/sub), a hit past
+that time is answered from the last version seen while one background read refreshes it: no
+hit ever waits for Redis, so a hung Redis cannot slow hits down.
+
+When the upstream has forgotten an upload (it keeps files 2 hours), the kept
 original is uploaded again together with the wanted variants: one token, one processing call,
 shared by every request (and worker) that needs it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import logging
@@ -33,6 +38,7 @@ from proxy.coalesce import Lease, SingleFlight, lead_or_follow
 from proxy.errors import (
     MissRefusedError,
     NotFoundError,
+    ProxyError,
     SharedStoreUnavailableError,
     UpstreamError,
     UpstreamGoneError,
@@ -113,10 +119,19 @@ class VariantService:
     # Every token goes through the guards' minter (budget, ladder, books); bare without guards.
     minter: Minter = field(init=False)
     locks: KeyedLock = field(init=False)  # per image; shared with the image service
+    # Past the view's life, hits are answered from the last record seen while one background
+    # read refreshes it (None: when changes are announced, i.e. with Redis; see _stale).
+    serve_stale: bool | None = None
     # image id → record, trusted for PROXY_IMAGE_VIEW_TTL: keeps the hit path free of I/O.
     records: TTLCache[str, ImageRecord] = field(init=False)
-    # The last record seen of each image, kept while the shared store is unreachable.
+    # The last record seen of each image: answers hits while the view is refreshed, and
+    # while the shared store is unreachable.
     last_records: LRUCache[str, ImageRecord] = field(init=False)
+    # Images whose record is being read in the background, and those whose read failed
+    # lately (not tried again for PROXY_IMAGE_VIEW_TTL).
+    _refreshing: dict[str, asyncio.Task[None]] = field(init=False, default_factory=dict)
+    _resting: TTLCache[str, bool] = field(init=False)
+    _changes: int = field(init=False, default=0)  # images forgotten so far
 
     def __post_init__(self) -> None:
         self.records = TTLCache(
@@ -131,6 +146,16 @@ class VariantService:
             else Minter(self.upstream, clock=self.clock)
         )
         self.locks = KeyedLock(self.lease, ttl=self.settings.lease_ttl)
+        self._resting = TTLCache(
+            maxsize=self.settings.memory_cache_size,
+            ttl=self.settings.image_view_ttl,
+            timer=self.clock,
+        )
+        if self.serve_stale is None:
+            # With Redis every replica hears of a change at once (pub/sub) and the view's life
+            # only bounds a missed message; on one host's disk the view's life *is* how the
+            # workers learn of changes, and the registry is a local read: it is awaited.
+            self.serve_stale = self.settings.redis_url is not None
 
     def key(self, variant: Variant, version: str) -> str:
         return f"{cache_key(variant, self.settings)}~{version}"
@@ -141,10 +166,50 @@ class VariantService:
             # Indexing checks the view's expiry once; get() checks it twice (cachetools).
             record: ImageRecord | None = self.records[variant.image_id]
         except KeyError:
-            record = None
+            record = self._stale(variant.image_id)
         return (
             None if record is None else self.cache.peek(self.key(variant, record_version(record)))
         )
+
+    def _stale(self, image_id: str) -> ImageRecord | None:
+        """The last record seen of an image out of view, for a hit, with a refresh under way.
+
+        The refresh runs in the background (one per image): the hit is answered now, from
+        what this worker last knew, however long the registry (Redis) takes to answer.
+        """
+        if not self.serve_stale:
+            return None
+        last = self.last_records.get(image_id)
+        if last is not None:
+            self._refresh_soon(image_id)
+        return last
+
+    def _refresh_soon(self, image_id: str) -> None:
+        if image_id in self._refreshing or image_id in self._resting:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # called outside the event loop: the next request refreshes
+            return
+        self._refreshing[image_id] = loop.create_task(self._refresh(image_id))
+
+    async def _refresh(self, image_id: str) -> None:
+        """Read the image's record into the view; on failure, keep the last one for a while."""
+        try:
+            await self.flight.run(
+                f"record:{image_id}",
+                lambda: self._record(image_id),
+                wait=self.settings.coalesce_wait,
+            )
+        except NotFoundError:
+            self.forget(image_id)  # deleted meanwhile: stop serving it
+        except ProxyError:  # Redis down (logged and counted where it failed): try later
+            self._resting[image_id] = True
+        except Exception:
+            log.exception("refreshing the view of image %s failed", image_id)
+            self._resting[image_id] = True
+        finally:
+            self._refreshing.pop(image_id, None)
 
     def viewed(self, image_id: str) -> ImageRecord | None:
         """The image's record as this worker last saw it (no I/O; None when not in view)."""
@@ -152,6 +217,7 @@ class VariantService:
 
     def forget(self, image_id: str) -> None:
         """This worker changed the image: stop trusting its version at once."""
+        self._changes += 1
         self.records.pop(image_id, None)
         self.last_records.pop(image_id, None)
 
@@ -174,23 +240,34 @@ class VariantService:
         return record_version(record)
 
     async def _record(self, image_id: str) -> ImageRecord:
+        changes = self._changes
         record = await self.registry.get(image_id)
         if record is None:
             raise NotFoundError(f"unknown image {image_id!r}", code="unknown_image")
-        self.records[image_id] = self.last_records[image_id] = record
+        # An image forgotten while the read was under way may have changed after Redis
+        # answered it: such a record answers its caller, but goes into no view.
+        if changes == self._changes:
+            self.records[image_id] = self.last_records[image_id] = record
         return record
 
     def hit(self, variant: Variant) -> Resolved | None:
         """A memory hit, counted, or None: no I/O, no await, nothing about the client."""
+        output = self.hit_output(variant)
+        return None if output is None else Resolved(output, "memory")
+
+    def hit_output(self, variant: Variant) -> CachedOutput | None:
+        """:meth:`hit`'s output alone, for the hit path (a Resolved costs it half a us)."""
         output = self.peek(variant)
-        if output is None:
-            return None
-        self.events.resolved("memory")
-        return Resolved(output, "memory")
+        if output is not None:
+            self.events.resolved("memory")
+        return output
 
     async def resolve(self, variant: Variant, client: str | None = None) -> Resolved:
         """The variant's output. ``client`` (an address) is charged for a miss it leads."""
         record = self.records.get(variant.image_id)
+        if record is None and (stale := self.peek(variant)) is not None:
+            self.events.resolved("memory")  # out of view, but a hit: no wait for the registry
+            return Resolved(stale, "memory")
         version = record_version(record) if record else await self.version(variant.image_id)
         key = self.key(variant, version)
         hit = self.cache.peek(key)

@@ -254,6 +254,12 @@ class Settings:
     )
     demo: bool = setting(False, "PROXY_DEMO", "Register a generated demo image as `demo`.")
     log_level: str = setting("info", "PROXY_LOG_LEVEL", "debug, info, warning or error.")
+    max_header_bytes: int = setting(
+        32768,
+        "PROXY_MAX_HEADER_BYTES",
+        "Largest request head (request line and headers) `cutproxy serve` reads, in bytes; "
+        "a larger one is answered 431 and its connection closed (1024..1048576).",
+    )
     # --- operations -----------------------------------------------------------------------
     ready_timeout: float = setting(
         2.0,
@@ -396,6 +402,8 @@ class Settings:
                 raise bad(name, "must be at least 1")
         if self.log_level.lower() not in ("debug", "info", "warning", "error"):
             raise bad("log_level", "must be debug, info, warning or error")
+        if not 1024 <= self.max_header_bytes <= 1 << 20:
+            raise bad("max_header_bytes", "must be between 1024 and 1048576")
         for name in ("ready_timeout", "shutdown_timeout"):
             if getattr(self, name) <= 0:
                 raise bad(name, "must be greater than 0")

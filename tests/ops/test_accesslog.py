@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import io
 import json
+import logging
 import os
 import re
+import select
 import subprocess
 import sys
 from datetime import UTC, datetime
@@ -17,7 +20,16 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from proxy.accesslog import AccessLog, JsonFormatter, new_request_id
+from proxy.accesslog import (
+    AccessLog,
+    FixedLine,
+    JsonFormatter,
+    JsonLinesHandler,
+    access_log,
+    json_string,
+    log_request,
+    new_request_id,
+)
 from proxy.metrics import Metrics
 from tests.ops.conftest import Clock, JsonLines, running, scrape, settings
 from tests.servers import REPO
@@ -160,3 +172,85 @@ def test_timestamps_are_iso_8601_utc_to_the_millisecond() -> None:
     for created in (1795501082.27153, 1795501082.0, 1795501083.5004, 0.9991, 1e9 + 0.25):
         expected = datetime.fromtimestamp(created, UTC).isoformat(timespec="milliseconds")
         assert formatter.timestamp(created) == expected
+
+
+def test_the_direct_access_line_is_the_line_a_log_record_would_make() -> None:
+    scope = {"method": "GET", "path": '/img/a"b\\c/é\x01\u2028/x.png', "client": ("::1", 5)}
+    direct, recorded = io.StringIO(), JsonLines()
+    fast = JsonLinesHandler(direct)
+    saved = access_log.handlers[:], access_log.propagate, access_log.level
+    access_log.setLevel(logging.INFO)
+    try:
+        for handler in ([fast], [recorded]):  # the writer alone: the direct path
+            access_log.handlers[:] = handler
+            access_log.propagate = False
+            for tier in ("memory", None):
+                log_request(scope, "unmatched", 404, tier, 0.00123456, 1.5, request_id="r-1")
+            hits = FixedLine("/img/{image_id}/{size}/{filename}", 302, "memory")
+            hits.log(scope, 2e-5, "r-2")
+            hits.log(scope, 0.00123456, "r-3", json_string(scope["path"]))
+        fast.flush()
+    finally:
+        access_log.handlers[:], access_log.propagate, access_log.level = saved
+        fast.close()
+    # "\n" alone ends a line (str.splitlines would split at U+2028 too)
+    lines = [json.loads(line) for line in direct.getvalue().split("\n") if line]
+    expected = [json.loads(line) for line in recorded.lines]
+    assert len(lines) == len(expected) == 4
+    for line, want in zip(lines, expected, strict=True):
+        assert list(line) == list(want)  # the same fields in the same order
+        assert {**line, "ts": ""} == {**want, "ts": ""}
+    assert lines[0]["path"] == scope["path"] and lines[0]["cache_tier"] == "memory"
+    assert lines[1]["cache_tier"] is None and lines[0]["duration_seconds"] == 0.0012
+
+
+def test_hits_neither_make_log_records_nor_wait_for_stderr_and_no_line_is_lost() -> None:
+    """The process's stderr is a pipe nobody reads until the hits are done: they must not
+    wait for it (a full pipe blocks a write), and at exit every line is written."""
+    hits = 1000  # ~370 KB of access lines: the pipe holds 64 KB
+    script = (
+        "import asyncio, logging, logging.config, tempfile\n"
+        "from pathlib import Path\n"
+        "import httpx\n"
+        "from proxy.accesslog import logging_config\n"
+        "from proxy.app import create_app\n"
+        "from proxy.settings import Settings\n"
+        "logging.config.dictConfig(logging_config('info'))\n"
+        "made = []\n"
+        "factory = logging.getLogRecordFactory()\n"
+        "def counting(*args, **kwargs):\n"
+        "    record = factory(*args, **kwargs)\n"
+        "    if record.name == 'cutproxy.access':\n"
+        "        made.append(record)\n"
+        "    return record\n"
+        "logging.setLogRecordFactory(counting)\n"
+        "async def main():\n"
+        "    app = create_app(Settings(data_dir=Path(tempfile.mkdtemp()), demo=True))\n"
+        "    async with app.router.lifespan_context(app):\n"
+        "        transport = httpx.ASGITransport(app=app)\n"
+        "        async with httpx.AsyncClient(transport=transport, base_url='http://t') as c:\n"
+        f"            for _ in range({hits}):\n"
+        "                assert (await c.get('/img/demo/320x240/ffffff.png')).status_code == 302\n"
+        "    print(len(made), flush=True)\n"
+        "asyncio.run(main())\n"
+    )
+    child = subprocess.Popen(
+        [sys.executable, "-c", script],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=REPO,
+        text=True,
+    )
+    try:
+        done = select.select([child.stdout], [], [], 60)[0]
+        assert done, "the hits waited for stderr"
+        assert child.stdout is not None and child.stdout.readline() == "0\n"  # no LogRecord
+        _, stderr = child.communicate(timeout=60)
+    finally:
+        child.kill()
+        child.wait()
+    assert child.returncode == 0, stderr[-2000:]
+    lines = [json.loads(line) for line in stderr.splitlines()]
+    access = [line for line in lines if line["logger"] == "cutproxy.access"]
+    assert len(access) == hits
+    assert [line["cache_tier"] for line in access].count("memory") == hits - 1

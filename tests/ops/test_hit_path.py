@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import httpx
 import pytest
 
+from proxy import hitpath
 from proxy.signing import Signer
-from tests.ops.conftest import Clock, running, scrape, settings
+from tests.ops.conftest import Clock, JsonLines, running, scrape, settings
 
 IMG = "/img/{image_id}/{size}/{filename}"
 URL = "/img/demo/320x240/ffffff.png"
@@ -99,7 +101,7 @@ async def test_a_failure_in_the_hit_path_gets_the_full_stacks_json_500(
         def broken(variant: object) -> None:
             raise RuntimeError("a bug in the lookup")
 
-        monkeypatch.setattr(app.state.proxy.variants, "hit", broken)
+        monkeypatch.setattr(app.state.proxy.variants, "peek", broken)  # both paths use it
         # As a server would: the app re-raises after answering, for the server's own log.
         transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
         async with httpx.AsyncClient(transport=transport, base_url="http://test") as raw:
@@ -108,3 +110,30 @@ async def test_a_failure_in_the_hit_path_gets_the_full_stacks_json_500(
     assert answer.status_code == 500
     assert answer.json()["error"] == "internal_error"
     assert answer.headers["cache-control"] == "no-store"
+
+
+async def test_a_bug_in_the_hit_path_is_counted_and_logged_and_the_full_stack_answers(
+    tmp_path: Path, clock: Clock, monkeypatch: pytest.MonkeyPatch, log_lines: JsonLines
+) -> None:
+    async with running(settings(tmp_path, demo=True), clock) as (_app, client):
+        miss = await client.get(URL)
+
+        def broken(accept: bytes) -> bool:
+            raise RuntimeError("a bug in the hit path")
+
+        monkeypatch.setattr(hitpath, "_wants_json", broken)  # the hit path's alone
+        answers = [await client.get(URL) for _ in range(3)]
+        clock.advance(60)  # a minute later
+        answers.append(await client.get(URL))
+        metrics = await scrape(client)
+
+    # The full stack answered each one, as it would have anyway: the same redirect.
+    assert {a.headers["location"] for a in answers} == {miss.headers["location"]}
+    assert metrics.value("cutproxy_hit_path_errors_total") == 4
+    reports = [
+        line for line in map(json.loads, log_lines.lines) if line["logger"] == "cutproxy.hitpath"
+    ]
+    # Logged with the traceback, then at most once a minute with a count.
+    assert [r["level"] for r in reports] == ["error", "error"]
+    assert "(1 time(s)" in reports[0]["msg"] and "a bug in the hit path" in reports[0]["exc"]
+    assert "(3 time(s)" in reports[1]["msg"]

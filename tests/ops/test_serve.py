@@ -119,6 +119,20 @@ async def _get_all(url: str, n: int) -> list[httpx.Response]:
     return await asyncio.gather(*(one() for _ in range(n)))
 
 
+def test_sigterm_right_after_a_burst_loses_no_log_line(tmp_path: Path) -> None:
+    # Lines wait in each worker's queue for its writer thread: a stop writes them out.
+    server = serve(tmp_path, "burst", "--workers", "2", "--demo")
+    try:
+        wait_for(lambda: len(_started(server)) == 2, 20)
+        answers = asyncio.run(_get_all(server.url + VARIANT, 300))
+    finally:
+        code = server.stop()
+    assert code == 0
+    assert [a.status_code for a in answers] == [302] * 300
+    assert len(access(server, VARIANT)) == 300
+    assert "Application shutdown complete." in [line["msg"] for line in json_lines(server)]
+
+
 def test_metrics_add_up_across_worker_processes(tmp_path: Path) -> None:
     metrics_dir = tmp_path / "prom"
     metrics_dir.mkdir()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator
 
@@ -125,6 +126,62 @@ async def test_a_delete_on_one_replica_leaves_every_memory_tier(redis_server: Re
     finally:
         await here.aclose()
         await there.aclose()
+
+
+async def test_a_message_that_cannot_be_applied_is_logged_and_the_next_ones_still_are(
+    redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    clock = Clock()
+    here, there = make_store(redis_server, clock), make_store(redis_server, clock)
+    memory = MemoryTier(100, clock)
+    forgotten: list[str] = []
+
+    def forget(image_id: str) -> None:
+        if image_id == "buggy":
+            raise RuntimeError("a bug in forget")
+        forgotten.append(image_id)
+
+    try:
+        async with there.invalidations(memory, forget):
+            memory.set("/img/b/10x10/white.jpg#p", output("https://o/b", clock.now))
+            await asyncio.sleep(0.2)  # let the subscription start
+            await here.tier.delete_prefix("/img/buggy/")
+            redis_server.client().publish(here.channel, b"\xff\xfe not text")
+            await here.tier.delete_prefix("/img/b/")
+            await eventually(lambda: memory.get("/img/b/10x10/white.jpg#p") is None)
+            assert forgotten == ["b"]
+    finally:
+        await here.aclose()
+        await there.aclose()
+    skipped = [r for r in caplog.records if "could not be applied" in r.getMessage()]
+    assert len(skipped) == 2 and all(r.exc_info for r in skipped)
+
+
+async def test_the_listener_subscribes_again_after_any_failure(
+    redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    clock = Clock()
+    here, there = make_store(redis_server, clock), make_store(redis_server, clock)
+    memory = MemoryTier(100, clock)
+    admin = redis_server.client()
+    caplog.set_level(logging.INFO, logger="cutproxy.redis")
+    admin.execute_command("ACL", "SETUSER", "default", "resetchannels")  # SUBSCRIBE: NOPERM
+    try:
+        async with there.invalidations(memory, None):
+            await eventually(lambda: "invalidation listener failed" in caplog.text)
+            admin.execute_command("ACL", "SETUSER", "default", "allchannels")
+            memory.set("/img/a/10x10/white.jpg#p", output("https://o/a", clock.now))
+            # Published until heard: the listener subscribes again after its back-off.
+            deadline = time.monotonic() + 10
+            while memory.get("/img/a/10x10/white.jpg#p") is not None:
+                assert time.monotonic() < deadline, "the listener never came back"
+                await here.tier.delete_prefix("/img/a/")
+                await asyncio.sleep(0.1)
+    finally:
+        admin.execute_command("ACL", "SETUSER", "default", "allchannels")
+        await here.aclose()
+        await there.aclose()
+    assert "invalidation channel subscribed again" in caplog.text
 
 
 # --- the registry -----------------------------------------------------------------------------
