@@ -20,36 +20,29 @@ from starlette.responses import Response
 from starlette.routing import Mount, Route
 from starlette.types import ASGIApp
 
-from proxy import (
-    demo,
-    demo_page,
-    guards,
-    handlers,
-    health,
-    images_api,
-    purge,
-    responses,
-    srcset_api,
-)
-from proxy.accesslog import AccessLog, note_upstream
-from proxy.blobs import DirectoryBlobStore
-from proxy.cache import DiskTier, MemoryTier, SharedTier, TwoTierCache
-from proxy.cdn import Purger, add_tags, tagged
-from proxy.coalesce import DiskLease, Lease
 from proxy.engine.app import create_engine_app, public_engine_app
 from proxy.engine.keys import with_api_key
 from proxy.engine.settings import EngineSettings
 from proxy.errors import ProxyError
-from proxy.guards import Guards, MissGuard
-from proxy.hitpath import HitPath
-from proxy.images import ImageService
-from proxy.metrics import Metrics
-from proxy.redis_store import RedisStore
-from proxy.registry import DiskRegistry, Registry
-from proxy.service import VariantService
+from proxy.guards import misses as guards
+from proxy.guards.misses import Guards, MissGuard
+from proxy.images import demo
+from proxy.images.service import ImageService
+from proxy.ops import health
+from proxy.ops.accesslog import AccessLog, note_upstream
+from proxy.ops.metrics import Metrics
+from proxy.serving import demo_page, handlers, images_api, purge, responses, srcset_api
+from proxy.serving.cdn import Purger, add_tags, tagged
+from proxy.serving.hitpath import HitPath
 from proxy.settings import Settings
 from proxy.state import AppState
-from proxy.upstream import UpstreamClient, UpstreamConfig
+from proxy.stores.blobs import DirectoryBlobStore
+from proxy.stores.cache import DiskTier, MemoryTier, SharedTier, TwoTierCache
+from proxy.stores.redis import RedisStore
+from proxy.stores.registry import DiskRegistry, Registry
+from proxy.upstream.client import UpstreamClient, UpstreamConfig
+from proxy.variants.coalesce import DiskLease, Lease
+from proxy.variants.service import VariantService
 
 log = logging.getLogger("cutproxy")
 

@@ -435,9 +435,9 @@ class Settings:
 
     def _validate_guards(self, bad: typing.Callable[[str, str], SettingsError]) -> None:
         # Imported here because these modules import this one; their parsers name the variable.
-        from proxy.budget import parse_networks, parse_rate
-        from proxy.ladder import POLICIES, Ladder
-        from proxy.signing import Signer
+        from proxy.guards.budget import parse_networks, parse_rate
+        from proxy.url.ladder import POLICIES, Ladder
+        from proxy.url.signing import Signer
 
         if not 1 <= self.signature_size <= 32:
             raise bad("signature_size", "must be between 1 and 32")
@@ -467,7 +467,7 @@ class Settings:
             raise bad("fallback_max_age", "must not be negative")
 
     def _validate_cdn(self, bad: typing.Callable[[str, str], SettingsError]) -> None:
-        from proxy.cdn import PURGE_STYLES  # it imports this module
+        from proxy.serving.cdn import PURGE_STYLES  # it imports this module
 
         for name in ("browser_max_age", "cdn_max_age"):
             limit = getattr(self, name)

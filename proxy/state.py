@@ -6,17 +6,17 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from proxy.grammar import Limits
-from proxy.guards import Guards
-from proxy.images import ImageService
-from proxy.registry import Registry
-from proxy.service import VariantService
+from proxy.guards.misses import Guards
+from proxy.images.service import ImageService
 from proxy.settings import Settings
-from proxy.upstream import UpstreamClient
+from proxy.stores.registry import Registry
+from proxy.upstream.client import UpstreamClient
+from proxy.url.grammar import Limits
+from proxy.variants.service import VariantService
 
 if TYPE_CHECKING:
-    from proxy.cdn import Purger
-    from proxy.redis_store import RedisStore
+    from proxy.serving.cdn import Purger
+    from proxy.stores.redis import RedisStore
 
 
 @dataclass

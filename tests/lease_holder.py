@@ -20,10 +20,10 @@ import asyncio, sys, time
 async def main(kind, where, key):
     if kind == "disk":
         from pathlib import Path
-        from proxy.coalesce import DiskLease
+        from proxy.variants.coalesce import DiskLease
         lease = DiskLease(Path(where))
     else:
-        from proxy.redis_store import RedisStore
+        from proxy.stores.redis import RedisStore
         from proxy.settings import Settings
         lease = RedisStore.from_settings(Settings.from_env({}, redis_url=where), time.time).lease
     print(await lease.acquire(key, 600), flush=True)

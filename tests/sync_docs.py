@@ -12,7 +12,7 @@ import re
 import sys
 from pathlib import Path
 
-from proxy.cli import settings_markdown
+from proxy.cli.main import settings_markdown
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"

@@ -18,12 +18,12 @@ import typer
 import uvicorn
 from starlette.applications import Starlette
 
-from proxy.decoding import return_large_blocks
 from proxy.engine.app import PROCESS_PATH, TOKEN_PATH, create_engine_app
 from proxy.engine.faults import Faults, FaultState
 from proxy.engine.keys import key_path, load_or_create
 from proxy.engine.settings import DEFAULT_PORT, EngineSettings
 from proxy.engine.store import Store
+from proxy.images.decoding import return_large_blocks
 from proxy.settings import SettingsError
 
 GRACEFUL_SHUTDOWN_SECONDS = 5

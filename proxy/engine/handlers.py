@@ -36,13 +36,13 @@ from proxy.engine.errors import (
     UnauthorizedError,
 )
 from proxy.engine.faults import Faults
-from proxy.engine.pricing import estimate_credits
 from proxy.engine.ratelimit import ApiRateLimit
 from proxy.engine.render import decode, render
 from proxy.engine.settings import EngineSettings
 from proxy.engine.store import Store, StoredFile, Upload
 from proxy.engine.tokens import TokenSigner
 from proxy.engine.variants import OutputVariant, parse_output_variants
+from proxy.upstream.contract import estimate_credits
 
 log = logging.getLogger("cutproxy.engine")
 

@@ -28,7 +28,7 @@ from typing import Any
 
 import diskcache
 
-from proxy.engine.pricing import to_hundredths
+from proxy.upstream.contract import to_hundredths
 
 FILE_NAME = re.compile(r"[0-9a-f]{32}\.(png|jpg|webp)")
 COUNTERS = (

@@ -16,7 +16,7 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
-from proxy.headlimit import protocol
+from proxy.serving.headlimit import protocol
 from proxy.settings import Settings
 
 

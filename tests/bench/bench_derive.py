@@ -33,7 +33,7 @@ from typing import Any
 import pyvips
 from PIL import Image, ImageChops, ImageDraw, ImageFilter, features
 
-from proxy import derive
+from proxy.variants import derive
 from tests.engine.photos import product_photo
 
 MASTER_SIDE = 2000

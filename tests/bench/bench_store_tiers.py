@@ -57,7 +57,7 @@ class Candidate:
         self.name = name
         limit = ENTRIES * VALUE
         if name.startswith("files+index"):
-            from proxy.variant_store import DiskBytes
+            from proxy.stores.derived import DiskBytes
 
             store = DiskBytes(
                 directory,
@@ -81,7 +81,7 @@ class Candidate:
             self.close = cache.close
 
     def put(self, key: str, data: bytes) -> None:
-        from proxy.variant_store import DiskBytes, StoredVariant
+        from proxy.stores.derived import DiskBytes, StoredVariant
 
         if isinstance(self._disk, DiskBytes):
             self._disk.put_sync(key, StoredVariant.of(data, "image/webp", 640, 640, time.time()))
@@ -90,7 +90,7 @@ class Candidate:
             self._disk.set(key, (data, meta))
 
     def get(self, key: str) -> bytes | None:
-        from proxy.variant_store import DiskBytes
+        from proxy.stores.derived import DiskBytes
 
         if isinstance(self._disk, DiskBytes):
             found = self._disk.get_sync(key)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from proxy.cdn import CachePolicy
-from proxy.negotiation import wants_json
+from proxy.serving.cdn import CachePolicy
+from proxy.serving.negotiation import wants_json
 from proxy.settings import Settings, SettingsError
 from tests.cdn.conftest import AUTH, JSON, AppFactory, Clock, image_size, minted, photo
 

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from proxy.cdn import Purger
+from proxy.serving.cdn import Purger
 from proxy.state import AppState
 from tests.cdn.conftest import AUTH, AppFactory, minted, photo
 from tests.cdn.recorder import Recorder, start_recorder

@@ -11,9 +11,9 @@ from urllib.parse import parse_qsl, urlsplit
 import httpx
 import pytest
 
+from proxy.serving.srcset import candidates, img_tag, srcset
 from proxy.settings import Settings
-from proxy.signing import Signer
-from proxy.srcset import candidates, img_tag, srcset
+from proxy.url.signing import Signer
 from tests.cdn.conftest import AUTH, JSON, AppFactory, image_size
 from tests.servers import REPO
 

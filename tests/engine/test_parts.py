@@ -14,7 +14,6 @@ from hypothesis import strategies as st
 from proxy.engine.app import create_engine_app
 from proxy.engine.errors import UnauthorizedError
 from proxy.engine.keys import key_path, load_or_create
-from proxy.engine.pricing import estimate_credits
 from proxy.engine.ratelimit import ApiRateLimit
 from proxy.engine.render import fit
 from proxy.engine.settings import EngineSettings
@@ -22,6 +21,7 @@ from proxy.engine.store import Store
 from proxy.engine.tokens import TokenSigner
 from proxy.engine.variants import OutputVariant
 from proxy.settings import SettingsError
+from proxy.upstream.contract import estimate_credits
 from tests.engine.conftest import ASGI_BASE, Clock
 from tests.engine.photos import photo_jpeg
 

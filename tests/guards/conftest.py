@@ -20,7 +20,7 @@ from starlette.applications import Starlette
 from proxy.app import create_app, embedded_engine_settings
 from proxy.engine.settings import EngineSettings
 from proxy.settings import Settings
-from proxy.signing import Signer
+from proxy.url.signing import Signer
 from tests.clock import Clock
 from tests.integration.conftest import product_png
 from tests.redis.conftest import redis_server  # noqa: F401  (a real redis-server)

@@ -7,7 +7,7 @@ import io
 
 from PIL import Image
 
-from proxy.budget import batching_saving, estimate_credits
+from proxy.guards.budget import batching_saving, estimate_credits
 from tests.guards.conftest import AUTH, Rig, RigFactory
 
 SIZES = ["160x160", "320x240", "480x360", "640x480", "400x400", "200x150"]

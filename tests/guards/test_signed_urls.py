@@ -148,7 +148,7 @@ async def test_truncated_signatures(make_rig: RigFactory) -> None:
 
 
 def test_cutproxy_sign_prints_a_url_the_proxy_accepts() -> None:
-    from proxy import cli
+    from proxy.cli import main as cli
 
     cli._register_plugins()
     env = {"PROXY_SIGNING_KEY": KEY, "PROXY_SIGNING_SALT": SALT}

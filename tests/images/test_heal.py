@@ -10,8 +10,8 @@ import httpx
 import pytest
 
 from proxy.engine.settings import RETENTION_SECONDS
-from proxy.images import VARIANTS_GENERATION
-from proxy.registry import ImageRecord
+from proxy.images.service import VARIANTS_GENERATION
+from proxy.stores.registry import ImageRecord
 from tests.images.conftest import AUTH, Rig, photo
 
 

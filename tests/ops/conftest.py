@@ -15,8 +15,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from starlette.applications import Starlette
 
-from proxy.accesslog import JsonFormatter
 from proxy.app import create_app
+from proxy.ops.accesslog import JsonFormatter
 from proxy.settings import Settings
 from tests.clock import Clock
 

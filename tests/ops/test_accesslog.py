@@ -20,7 +20,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from proxy.accesslog import (
+from proxy.ops.accesslog import (
     AccessLog,
     FixedLine,
     JsonFormatter,
@@ -30,7 +30,7 @@ from proxy.accesslog import (
     log_request,
     new_request_id,
 )
-from proxy.metrics import Metrics
+from proxy.ops.metrics import Metrics
 from tests.ops.conftest import Clock, JsonLines, running, scrape, settings
 from tests.servers import REPO
 
@@ -131,7 +131,7 @@ async def test_unmatched_paths_share_one_route_label(tmp_path: Path, clock: Cloc
 def test_the_log_level_setting_filters_json_lines_on_stderr() -> None:
     script = (
         "import logging, logging.config\n"
-        "from proxy.accesslog import logging_config\n"
+        "from proxy.ops.accesslog import logging_config\n"
         "logging.config.dictConfig(logging_config({level!r}))\n"
         "logging.getLogger('cutproxy.access').info('request')\n"
         "logging.getLogger('cutproxy.upstream').warning('slow upstream')\n"
@@ -212,7 +212,7 @@ def test_hits_neither_make_log_records_nor_wait_for_stderr_and_no_line_is_lost()
         "import asyncio, logging, logging.config, tempfile\n"
         "from pathlib import Path\n"
         "import httpx\n"
-        "from proxy.accesslog import logging_config\n"
+        "from proxy.ops.accesslog import logging_config\n"
         "from proxy.app import create_app\n"
         "from proxy.settings import Settings\n"
         "logging.config.dictConfig(logging_config('info'))\n"

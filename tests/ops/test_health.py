@@ -7,8 +7,8 @@ from pathlib import Path
 
 import httpx
 
-from proxy.cache import CachedOutput
-from proxy.health import Readiness
+from proxy.ops.health import Readiness
+from proxy.stores.cache import CachedOutput
 from tests.ops.conftest import (
     Clock,
     FakeUpstream,

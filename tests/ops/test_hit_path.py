@@ -8,8 +8,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from proxy import hitpath
-from proxy.signing import Signer
+from proxy.serving import hitpath
+from proxy.url.signing import Signer
 from tests.ops.conftest import Clock, JsonLines, running, scrape, settings
 
 IMG = "/img/{image_id}/{size}/{filename}"

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import httpx
 
-from proxy.metrics import FLUSH_SECONDS, Metrics
+from proxy.ops.metrics import FLUSH_SECONDS, Metrics
 from tests.ops.conftest import (
     Clock,
     FakeUpstream,

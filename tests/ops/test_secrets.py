@@ -12,7 +12,7 @@ import httpx
 import pytest
 from PIL import Image
 
-from proxy.signing import Signer
+from proxy.url.signing import Signer
 from tests.servers import Server, cutproxy, free_port, start
 
 pytestmark = pytest.mark.slow

@@ -16,8 +16,8 @@ from typing import Any
 import httpx
 import pytest
 
-from proxy.cli import METRICS_DIR_PREFIX, sweep_metrics_dirs
-from proxy.metrics import FLUSH_SECONDS
+from proxy.cli.main import METRICS_DIR_PREFIX, sweep_metrics_dirs
+from proxy.ops.metrics import FLUSH_SECONDS
 from tests.ops.conftest import Scrape
 from tests.servers import Server, cutproxy, free_port, start, wait_for
 

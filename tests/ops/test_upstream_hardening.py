@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from proxy import cache
+from proxy.stores import cache
 from tests.clock import Clock
 from tests.ops.conftest import (
     AUTH,

@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 import time
 
-from proxy.redis_store import RedisStore
 from proxy.settings import Settings
+from proxy.stores.redis import RedisStore
 from tests.lease_holder import lease_holder
 from tests.redis.server import RedisServer
 

@@ -9,13 +9,13 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from proxy.budget import ClientLimiter, CostLedger, CreditBudget
-from proxy.cache import CachedOutput, MemoryTier
-from proxy.coalesce import lead_or_follow
 from proxy.errors import SharedStoreUnavailableError
-from proxy.redis_store import RedisStore
-from proxy.registry import ImageRecord
+from proxy.guards.budget import ClientLimiter, CostLedger, CreditBudget
 from proxy.settings import Settings
+from proxy.stores.cache import CachedOutput, MemoryTier
+from proxy.stores.redis import RedisStore
+from proxy.stores.registry import ImageRecord
+from proxy.variants.coalesce import lead_or_follow
 from tests.clock import Clock
 from tests.redis.server import RedisServer
 

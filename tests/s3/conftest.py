@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
-from proxy.objectstore import ObjectStore, ObjectStoreConfig
+from proxy.stores.objects import ObjectStore, ObjectStoreConfig
 from tests.components import require
 from tests.s3.server import (
     ACCESS_KEY,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from proxy.objectstore import ObjectStore, ObjectStoreConfig, ObjectStoreConfigError
+from proxy.stores.objects import ObjectStore, ObjectStoreConfig, ObjectStoreConfigError
 
 ACCESS = "AKIAEXAMPLEACCESS0001"
 SECRET = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"

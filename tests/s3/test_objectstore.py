@@ -9,7 +9,7 @@ import os
 import pytest
 
 from proxy.errors import ServiceUnavailableError
-from proxy.objectstore import (
+from proxy.stores.objects import (
     ObjectStore,
     ObjectStoreDeniedError,
     ObjectStoreUnavailableError,

@@ -18,8 +18,8 @@ from pathlib import Path
 
 from PIL import Image
 
-from proxy.masters import DiskMasterStore
-from proxy.variant_store import DiskBytes
+from proxy.stores.derived import DiskBytes
+from proxy.stores.masters import DiskMasterStore
 
 ROUNDS = 4
 WRITERS = 2  # two workers of one host, killed together

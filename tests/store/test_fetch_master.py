@@ -12,9 +12,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from proxy.derive import MasterError, decode_master
 from proxy.errors import UpstreamError, UpstreamTimeoutError
-from proxy.masters import fetch_master
+from proxy.stores.masters import fetch_master
+from proxy.variants.derive import MasterError, decode_master
 from tests.integration.conftest import ENGINE_KEY, Engine, product_png
 from tests.servers import Server, cutproxy, free_port, start
 

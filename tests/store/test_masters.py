@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from proxy.masters import DiskMasterStore, MasterKey
+from proxy.stores.masters import DiskMasterStore, MasterKey
 
 
 def files(root: Path) -> list[str]:

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from proxy.variant_store import (
+from proxy.stores.derived import (
     ENTRY_OVERHEAD,
     DiskBytes,
     MemoryBytes,

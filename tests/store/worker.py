@@ -22,8 +22,8 @@ import time
 from itertools import count
 from pathlib import Path
 
-from proxy.masters import DiskMasterStore, MasterKey
-from proxy.variant_store import DiskBytes, StoredVariant
+from proxy.stores.derived import DiskBytes, StoredVariant
+from proxy.stores.masters import DiskMasterStore, MasterKey
 
 
 def _values(folder: str) -> list[bytes]:

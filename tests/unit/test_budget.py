@@ -10,7 +10,7 @@ import limits.aio.storage.memory
 import pytest
 from starlette.datastructures import Headers
 
-from proxy.budget import (
+from proxy.guards.budget import (
     ClientLimiter,
     CostLedger,
     CreditBudget,

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from proxy.cache import CachedOutput, DiskTier, MemoryTier, TwoTierCache, output_for, url_expiry
+from proxy.stores.cache import (
+    CachedOutput,
+    DiskTier,
+    MemoryTier,
+    TwoTierCache,
+    output_for,
+    url_expiry,
+)
 from tests.clock import Clock
 
 

@@ -12,9 +12,16 @@ from hypothesis import given
 from hypothesis import strategies as st
 from PIL import Image, ImageChops, ImageDraw, ImageFilter
 
-from proxy import derive
-from proxy.derive import Master, MasterCache, MasterError, decode_master, output_size, place
 from proxy.errors import BadRequestError
+from proxy.variants import derive
+from proxy.variants.derive import (
+    Master,
+    MasterCache,
+    MasterError,
+    decode_master,
+    output_size,
+    place,
+)
 from tests.engine.photos import SUBJECT, encode, png_claiming_size, product_photo
 
 SIZE = (400, 300)

@@ -4,9 +4,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from proxy import grammar
 from proxy.errors import BadRequestError
-from proxy.variant import Variant
+from proxy.url import grammar
+from proxy.url.variant import Variant
 
 LIMITS = grammar.Limits(4000, 4000)
 

@@ -5,10 +5,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from proxy.errors import BadRequestError
-from proxy.grammar import Canonical
-from proxy.ladder import Ladder, apply, snap_width
 from proxy.settings import Settings, SettingsError
-from proxy.variant import Variant
+from proxy.url.grammar import Canonical
+from proxy.url.ladder import Ladder, apply, snap_width
+from proxy.url.variant import Variant
 
 WIDTHS = "160,320,480,640,768,1024,1280,1536,1920,2560"
 RATIOS = "1:1,4:5,3:4,2:3,4:3,3:2,16:9"

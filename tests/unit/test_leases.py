@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from proxy.coalesce import DiskLease, holder_gone, holder_token, lead_or_follow
 from proxy.errors import LeaseLostError
-from proxy.images import KeyedLock
+from proxy.images.service import KeyedLock
+from proxy.variants.coalesce import DiskLease, holder_gone, holder_token, lead_or_follow
 from tests.lease_holder import lease_holder
 
 KEY = "lock:bytes:0123abcd"

@@ -10,10 +10,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
+from proxy.cli.sign import register
 from proxy.errors import ForbiddenError
-from proxy.guards_cli import register
 from proxy.settings import Settings, SettingsError
-from proxy.signing import Signer
+from proxy.url.signing import Signer
 
 # imgproxy's published example (docs: "Signing a URL"): key "secret", salt "hello".
 DOCS_KEY, DOCS_SALT = "736563726574", "68656C6C6F"

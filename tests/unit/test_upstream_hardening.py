@@ -17,11 +17,11 @@ import anyio
 import httpx
 import pytest
 
-from proxy import cache
-from proxy.cache import output_for
 from proxy.errors import UpstreamError, UpstreamTimeoutError
 from proxy.masking import mask
-from proxy.upstream import UpstreamClient, UpstreamConfig, normalise_output_url
+from proxy.stores import cache
+from proxy.stores.cache import output_for
+from proxy.upstream.client import UpstreamClient, UpstreamConfig, normalise_output_url
 
 KEY = "sk-live-4f9c2d7e8a1b3c5d6e7f8091a2b3c4d5"
 TOKEN = "eyJhbGciOiJIUzI1NiJ9.eyJ2IjpbInYiXX0.c2lnbmF0dXJlLW9mLXRoZS10b2tlbg"

@@ -6,7 +6,7 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from proxy.settings import Settings
-from proxy.variant import Variant, cache_key, max_resolution, output_variant
+from proxy.url.variant import Variant, cache_key, max_resolution, output_variant
 
 
 def fitted(original: tuple[int, int], budget: int) -> tuple[int, int]:

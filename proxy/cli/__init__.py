@@ -1,0 +1,1 @@
+"""The ``cutproxy`` command: serve, engine, settings, images, srcset, sign."""

@@ -1,0 +1,479 @@
+"""The cost and abuse guards, wired into the request path.
+
+Every cache miss mints a token upstream, and minting spends the customer's credits. A
+request passes the guards in imgproxy's order::
+
+    signature → URL grammar → size ladder → cache (hits: never limited)
+      → on a miss: client's miss rate → credit budget → coalesce / batch → mint
+
+:class:`Guards` is the request side (used by the ``/img`` handler): signature, ladder,
+the client's address, and how a fallback answer looks. :class:`MissGuard` is the miss side
+(used by :class:`proxy.service.VariantService`, which alone knows a request is a miss): it
+admits or refuses a miss (the client's rate, then a budget reservation), batches the
+admitted ones, and finds the nearest cached size when a miss is refused. Every token, a
+miss's or not, is minted by its :class:`proxy.minter.Minter`, which holds the budget and
+keeps the books (:class:`proxy.budget.CostLedger`).
+
+Signed non-canonical URLs: the signature is checked against the path as requested; the
+308 to the canonical spelling or the ladder's size carries a fresh signature (first key,
+same ``exp``). So a page may sign whatever it puts in ``srcset``; signing canonical ladder
+sizes saves the extra hop.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+from urllib.parse import parse_qsl, urlencode
+
+import anyio.to_thread
+import diskcache
+import limits.errors
+from starlette.datastructures import QueryParams
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from proxy.errors import MissRefusedError, ProxyError
+from proxy.guards.budget import (
+    LEDGER_FIELDS,
+    ClientLimiter,
+    CostLedger,
+    CounterStore,
+    CreditBudget,
+    DiskStore,
+    IPNetwork,
+    MissLimiter,
+    client_address,
+    estimate_credits,
+    parse_networks,
+)
+from proxy.guards.minter import CostEvents, Minter, NoCostEvents, Reservation
+from proxy.serving.admin import require_admin
+from proxy.settings import Settings
+from proxy.stores.cache import CachedOutput, TwoTierCache
+from proxy.stores.registry import ImageRecord
+from proxy.upstream.client import UpstreamClient
+from proxy.url import grammar, ladder
+from proxy.url.signing import EXPIRY_PARAM, SIGNATURE_PARAM, Signer
+from proxy.url.variant import Variant, output_variant
+from proxy.variants.batching import Batcher, RenderMany, Ticket
+
+if TYPE_CHECKING:
+    from proxy.guards.budget import BudgetStore
+    from proxy.stores.redis import RedisStore
+
+log = logging.getLogger("cutproxy.guards")
+
+FALLBACK_HEADER = "X-Cutproxy-Fallback"
+MAX_FALLBACK_TRIES = 8  # cached candidates read before giving up on a fallback
+MAX_INDEXED = 512  # per image; the soonest-expiring entries make room
+
+
+# --- request side --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Guards:
+    """Signature, ladder and client address: what the ``/img`` handler checks."""
+
+    signer: Signer | None = None
+    ladder: ladder.Ladder | None = None
+    policy: str = "off"
+    trusted: tuple[IPNetwork, ...] = ()
+    fallback_max_age: int = 60
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Guards:
+        return cls(
+            signer=Signer.from_settings(settings),
+            ladder=ladder.Ladder.from_settings(settings),
+            policy=settings.ladder_policy,
+            trusted=parse_networks(settings.trusted_proxies),
+            fallback_max_age=settings.fallback_max_age,
+        )
+
+    def verify(self, path: str, query_string: bytes, now: float) -> None:
+        """403 unless the URL is signed (when signing keys are configured)."""
+        if self.signer is not None:
+            self.signer.verify(path, QueryParams(query_string), now)
+
+    def hold(
+        self, parsed: Variant | grammar.Canonical, limits: grammar.Limits
+    ) -> Variant | grammar.Canonical:
+        """Hold a parsed request to the ladder: the variant, or where to redirect it.
+
+        A non-canonical spelling is judged by what it means, so ``320x240@2x`` off the
+        ladder redirects straight to its rung, in one hop.
+        """
+        if self.ladder is None or self.policy == "off":
+            return parsed
+        variant = parsed if isinstance(parsed, Variant) else _canonical_variant(parsed, limits)
+        if variant is None:
+            return parsed
+        held = ladder.apply(self.ladder, self.policy, variant)
+        return held if isinstance(held, grammar.Canonical) else parsed
+
+    def redirect_query(self, request: Request, target: str) -> str:
+        """The query for a redirect to ``target``: signed anew when signing is on."""
+        if self.signer is None:
+            return request.url.query
+        pairs = [
+            (name, value)
+            for name, value in parse_qsl(request.url.query, keep_blank_values=True)
+            if name not in (SIGNATURE_PARAM, EXPIRY_PARAM)
+        ]
+        raw_exp = request.query_params.get(EXPIRY_PARAM)
+        exp = int(raw_exp) if raw_exp else None  # verify() accepted it: digits only
+        pairs.append((SIGNATURE_PARAM, self.signer.sign_path(target, exp)))
+        if exp is not None:
+            pairs.append((EXPIRY_PARAM, str(exp)))
+        return urlencode(pairs)
+
+    def client(self, request: Request) -> str:
+        """The address held responsible for the request's misses."""
+        peer = request.client.host if request.client is not None else ""
+        return client_address(peer, request.headers, self.trusted) or "unknown"
+
+    def mark_fallback(
+        self, response: Response, reason: str | None, output: CachedOutput, now: float
+    ) -> None:
+        """Label a fallback answer; browsers may keep it briefly, shared caches never.
+
+        The caller built ``response`` as a per-request decision (``no-store`` everywhere);
+        this lets the browser reuse it for ``PROXY_FALLBACK_MAX_AGE`` seconds (``private``).
+        """
+        response.headers[FALLBACK_HEADER] = reason or "refused"
+        age = max(0, min(self.fallback_max_age, math.floor(output.remaining(now))))
+        response.headers["Cache-Control"] = f"private, max-age={age}" if age else "no-store"
+
+
+def _canonical_variant(target: grammar.Canonical, limits: grammar.Limits) -> Variant | None:
+    parts = target.path.split("/")  # "", "img", id, size, filename
+    if len(parts) != 5:
+        return None
+    parsed = grammar.parse(parts[2], parts[3], parts[4], limits)
+    return parsed if isinstance(parsed, Variant) else None
+
+
+# --- the books -------------------------------------------------------------------------------
+
+# The minter keeps them (:mod:`proxy.minter`): what is spent, saved and reserved.
+
+
+# --- the per-image index of cached variants (for fallbacks) ----------------------------------
+
+
+class VariantIndex(Protocol):
+    """Which variant cache keys of an image were minted lately, and until when they live."""
+
+    async def add(self, image_id: str, key: str, expires_at: float) -> None: ...
+
+    async def entries(self, image_id: str, now: float) -> dict[str, float]:
+        """Live entries: cache key → expires_at."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+class DiskVariantIndex:
+    """One diskcache row per image, shared by one host's workers."""
+
+    def __init__(self, directory: Path, clock: Callable[[], float] = time.time) -> None:
+        self._cache = diskcache.Cache(str(directory))
+        self._clock = clock
+
+    def _add(self, image_id: str, key: str, expires_at: float) -> None:
+        now = self._clock()
+        with self._cache.transact():
+            entries = {k: t for k, t in dict(self._cache.get(image_id, {})).items() if t > now}
+            entries[key] = expires_at
+            if len(entries) > MAX_INDEXED:
+                keep = sorted(entries.items(), key=lambda item: item[1])[-MAX_INDEXED:]
+                entries = dict(keep)
+            self._cache.set(image_id, entries, expire=max(1.0, max(entries.values()) - now))
+
+    def _entries(self, image_id: str, now: float) -> dict[str, float]:
+        return {k: t for k, t in dict(self._cache.get(image_id, {})).items() if t > now}
+
+    async def add(self, image_id: str, key: str, expires_at: float) -> None:
+        await anyio.to_thread.run_sync(self._add, image_id, key, expires_at)
+
+    async def entries(self, image_id: str, now: float) -> dict[str, float]:
+        return await anyio.to_thread.run_sync(self._entries, image_id, now)
+
+    async def close(self) -> None:
+        await anyio.to_thread.run_sync(self._cache.close)
+
+
+class RedisVariantIndex:
+    """A hash per image (field: cache key, value: expires_at) that expires with its newest entry."""
+
+    def __init__(self, store: RedisStore) -> None:
+        self._store = store
+
+    def _key(self, image_id: str) -> str:
+        return f"{self._store.prefix}fallback-index:{image_id}"
+
+    async def add(self, image_id: str, key: str, expires_at: float) -> None:
+        name = self._key(image_id)
+        ttl_ms = max(1000, int((expires_at - self._store.clock()) * 1000))
+        with self._store.health.guard("fallback index"):
+            async with self._store.client.pipeline(transaction=True) as pipe:
+                pipe.hset(name, key, repr(expires_at))
+                # The newest entry lives longest: the hash lives as long as it.
+                pipe.pexpire(name, ttl_ms)
+                pipe.hlen(name)
+                *_, size = await pipe.execute()
+            if int(size) > MAX_INDEXED:
+                entries = await self._read(name)
+                doomed = sorted(entries, key=entries.__getitem__)[: int(size) - MAX_INDEXED]
+                await self._store.client.hdel(name, *doomed)
+
+    async def _read(self, name: str) -> dict[str, float]:
+        raw: dict[Any, Any] = await self._store.client.hgetall(name)
+        return {_text(k): float(_text(v)) for k, v in raw.items()}
+
+    async def entries(self, image_id: str, now: float) -> dict[str, float]:
+        with self._store.health.guard("fallback index"):
+            entries = await self._read(self._key(image_id))
+        return {k: t for k, t in entries.items() if t > now}
+
+    async def close(self) -> None:
+        """The client belongs to :class:`proxy.redis_store.RedisStore`."""
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+# --- miss side -------------------------------------------------------------------------------
+
+_NO_TOTALS = {**dict.fromkeys(LEDGER_FIELDS, 0.0), "ambiguous_mints": 0}
+
+
+@dataclass
+class MissGuard:
+    """Admits or refuses misses and batches the admitted ones; the minter keeps the books."""
+
+    settings: Settings
+    minter: Minter
+    index: VariantIndex
+    limiter: MissLimiter | None = None
+    clock: Callable[[], float] = time.time
+    events: CostEvents = field(default_factory=NoCostEvents)
+    closers: list[Callable[[], Any]] = field(default_factory=list)
+    batcher: Batcher[Reservation] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.batcher = Batcher(
+            window=self.settings.batch_window_ms / 1000,
+            max_size=self.settings.batch_max_variants,
+            price=self._price,
+            pay=self.minter.paying,
+        )
+
+    @classmethod
+    def from_settings(
+        cls,
+        settings: Settings,
+        *,
+        upstream: UpstreamClient,
+        clock: Callable[[], float] = time.time,
+        redis: RedisStore | None = None,
+        events: CostEvents | None = None,
+    ) -> MissGuard:
+        """Counters and the index in Redis when there is one, else under PROXY_DATA_DIR."""
+        store: BudgetStore
+        counters: CounterStore
+        index: VariantIndex
+        closers: list[Callable[[], Any]] = []
+        rate = settings.client_miss_rate
+        limiter: MissLimiter | None = None
+        if redis is not None:
+            store = counters = redis.counters
+            index = RedisVariantIndex(redis)
+            if rate:
+                limiter = ClientLimiter(rate, storage=redis.limiter_storage(settings))
+        else:
+            disk = DiskStore.open(settings.data_dir / "guards")
+            store = counters = disk
+            index = DiskVariantIndex(settings.data_dir / "guards-index", clock)
+            closers.append(disk.close)
+            if rate:
+                limiter = disk.miss_limiter(rate, clock)  # one count for the host's workers
+        budget = CreditBudget(
+            store,
+            per_hour=settings.budget_credits_per_hour,
+            per_day=settings.budget_credits_per_day,
+        )
+        events = events or NoCostEvents()
+        minter = Minter(
+            upstream,
+            budget=budget,
+            ledger=CostLedger(counters),
+            ladder=ladder.Ladder.from_settings(settings),
+            policy=settings.ladder_policy,
+            clock=clock,
+            events=events,
+        )
+        return cls(
+            settings=settings,
+            minter=minter,
+            index=index,
+            limiter=limiter,
+            clock=clock,
+            events=events,
+            closers=closers,
+        )
+
+    async def aclose(self) -> None:
+        await self.index.close()
+        for close in self.closers:
+            await anyio.to_thread.run_sync(close)
+
+    # -- the mint -----------------------------------------------------------------------------
+    def estimate(self, variant: Variant, record: ImageRecord) -> float:
+        """What minting this variant alone costs, by the upstream's price rules."""
+        return self._price(record, [variant])
+
+    def _price(self, record: ImageRecord, variants: list[Variant]) -> float:
+        """What one token for these variants of the image costs."""
+        return estimate_credits(
+            [output_variant(v, self.settings, record.original_size) for v in variants]
+        )
+
+    async def mint(
+        self,
+        record: ImageRecord,
+        variant: Variant,
+        client: str | None,
+        render_many: RenderMany,
+        ticket: Ticket | None = None,
+    ) -> CachedOutput:
+        """Admit the miss (rate, budget), then mint it, batched with its image's others.
+
+        ``ticket`` is the one :meth:`proxy.batching.Batcher.expect` gave the miss.
+        """
+
+        async def admit(credits: float) -> Reservation:
+            return await self.admit(client, credits)
+
+        return await self.batcher.render(record, variant, admit, render_many, ticket)
+
+    async def admit(self, client: str | None, credits: float) -> Reservation:
+        """Count one miss for ``client`` and reserve ``credits``; MissRefusedError if over."""
+        if self.limiter is not None and client is not None:
+            try:
+                wait = await self.limiter.hit(client)
+            except limits.errors.StorageError as exc:
+                from proxy.stores.redis import unavailable
+
+                raise unavailable(exc) from exc
+            if wait is not None:
+                raise MissRefusedError(
+                    f"this client has caused too many cache misses (at most "
+                    f"{self.limiter.rate}); sizes already cached are still served",
+                    code="client_miss_rate",
+                    retry_after=max(1.0, wait),
+                    reason="client_rate",
+                    client=client,
+                )
+        return await self.minter.reserve(credits, client=client)
+
+    async def coalesced(self, credits: float) -> None:
+        """A request got a mint another request paid for: one mint saved."""
+        if credits <= 0 or self.minter.ledger is None:
+            return
+        try:
+            await self.minter.ledger.record(saved_by_coalescing=credits)
+        except ProxyError as exc:
+            log.warning("could not record a coalescing saving: %s", exc.message)
+            return
+        self.events.credits_saved_by("coalescing", credits)
+
+    # -- fallbacks ----------------------------------------------------------------------------
+    async def remember(self, variant: Variant, key: str, output: CachedOutput) -> None:
+        """Note a freshly cached variant, so refused misses can fall back to it."""
+        try:
+            await self.index.add(variant.image_id, key, output.expires_at)
+        except ProxyError as exc:
+            log.warning("could not index %s for fallbacks: %s", variant.path, exc.message)
+
+    async def fallback(
+        self, variant: Variant, key: str, cache: TwoTierCache, refused: MissRefusedError
+    ) -> tuple[Variant, CachedOutput] | None:
+        """The nearest cached size of the same image, background and format, if any."""
+        answer = "429"
+        try:
+            found = await self._nearest(variant, key, cache)
+        except ProxyError:
+            found = None
+        if found is not None:
+            answer = "fallback"
+        self.events.miss_refused(refused.reason, answer)
+        return found
+
+    async def _nearest(
+        self, variant: Variant, key: str, cache: TwoTierCache
+    ) -> tuple[Variant, CachedOutput] | None:
+        suffix = key[len(variant.path) :]  # "#<profile>~<version>": same settings, same image
+        same = re.compile(
+            re.escape(f"/img/{variant.image_id}/")
+            + r"(\d+)x(\d+)"
+            + re.escape(f"/{variant.bg}.{variant.ext}{suffix}")
+        )
+        wanted = math.log(variant.width * variant.height)
+        candidates: list[tuple[float, int, str, Variant]] = []
+        for other in await self.index.entries(variant.image_id, self.clock()):
+            match = same.fullmatch(other)
+            if match is None or other == key:
+                continue
+            width, height = int(match[1]), int(match[2])
+            area = width * height
+            served = dataclasses.replace(variant, width=width, height=height)
+            # Nearest on a log scale; on a tie the larger one (a browser scales it down).
+            candidates.append((abs(math.log(area) - wanted), -area, other, served))
+        candidates.sort(key=lambda c: (c[0], c[1], c[2]))
+        for _, _, other, served in candidates[:MAX_FALLBACK_TRIES]:
+            output, _tier = await cache.get(other)
+            if output is not None:
+                return served, output
+        return None
+
+    # -- the admin view -----------------------------------------------------------------------
+    async def costs(self) -> dict[str, Any]:
+        now = self.clock()
+        budget, ledger = self.minter.budget, self.minter.ledger
+        totals = await ledger.snapshot() if ledger is not None else _NO_TOTALS
+        windows = await budget.remaining(now) if budget is not None else {}
+        for name, window in windows.items():
+            self.events.budget_remaining(name, window["remaining"])
+        for window in windows.values():
+            window["resets_in"] = math.ceil(window["resets_in"])
+        return {
+            **totals,
+            "budget": windows,
+            "client_miss_rate": self.limiter.rate if self.limiter is not None else None,
+            "batch_window_ms": self.settings.batch_window_ms,
+        }
+
+
+# --- the admin endpoint ----------------------------------------------------------------------
+
+
+async def costs_endpoint(request: Request) -> Response:
+    """``GET /admin/costs``: credits spent and saved, and what is left of the budget."""
+    state = request.app.state.proxy
+    require_admin(request, state.settings.admin_token)
+    guard: MissGuard | None = state.variants.guards
+    body: dict[str, Any] = (
+        await guard.costs() if guard is not None else {**_NO_TOTALS, "budget": {}}
+    )
+    return JSONResponse(body, headers={"Cache-Control": "no-store"})

@@ -1,0 +1,464 @@
+"""Images: checking an upload, getting it to the upstream once, and keeping its original.
+
+An upload is checked before anything is stored or spent (type sniffed from the bytes, size,
+decodable, not a decompression bomb), then sent to the upstream with the seed's first request
+(a token for one small, cheap variant, then the processing call with the image). The registry
+keeps the ``unique_filename`` and the original's facts; the blob store keeps the bytes, by
+SHA-256, so the variant service can upload them again when the upstream forgets them.
+
+Changes to one image (and to one blob's owners) are serialised by :class:`KeyedLock`: an
+in-process lock in front of the shared lease, so the workers of a host (or, with Redis, the
+replicas) agree on who changes what.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import io
+import logging
+import time
+import warnings
+import weakref
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import anyio.to_thread
+from PIL import Image
+
+from proxy.errors import (
+    BadRequestError,
+    PayloadTooLargeError,
+    ServiceUnavailableError,
+    UnsupportedMediaError,
+)
+from proxy.guards.minter import Minter
+from proxy.images import decoding
+from proxy.settings import Settings
+from proxy.stores.blobs import BlobStore
+from proxy.stores.cache import TwoTierCache
+from proxy.stores.registry import ImageRecord, Registry
+from proxy.upstream.client import ProcessResult, UpstreamClient
+from proxy.url.variant import image_prefix
+from proxy.variants.coalesce import Lease, renewing
+
+log = logging.getLogger("cutproxy.images")
+
+# The seed's first request: one small, cheap variant whose only purpose is the upload.
+UPLOAD_VARIANT = {
+    "variant_name": "initial",
+    "quality": "low",
+    "max_resolution": 65_536,
+    "format": "webp",
+}
+
+# Magic numbers of the formats the upstream takes; nothing else is even opened.
+_EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp"}
+_PILLOW_FORMATS = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp"}
+
+Outcome = Literal["created", "replaced", "unchanged"]
+VARIANTS_GENERATION = "variants_generation"  # in ImageRecord.extra: see record_version
+
+
+# --- checking an upload ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Probe:
+    """What the bytes say about themselves."""
+
+    content_type: str
+    width: int
+    height: int
+
+    @property
+    def extension(self) -> str:
+        return _EXTENSIONS[self.content_type]
+
+
+def sniff(data: bytes) -> str | None:
+    """The content type from the first bytes: PNG, JPEG or WebP, else None."""
+    if data.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "image/png"
+    if data.startswith(b"\xff\xd8\xff"):
+        return "image/jpeg"
+    if len(data) >= 12 and data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "image/webp"
+    return None
+
+
+def inspect(data: bytes, max_pixels: int) -> Probe:
+    """Check an upload completely (blocking: call it in a thread).
+
+    415 for anything but PNG, JPEG or WebP; 400 when it does not decode to the end or
+    declares more than ``max_pixels`` pixels (checked from the header, before decoding).
+    Memory stays bounded (:mod:`proxy.decoding`): a PNG is checked row by row, never held
+    whole; a JPEG is decoded at 1/8 scale; a WebP within ``max_pixels``.
+    """
+    content_type = sniff(data)
+    if content_type is None:
+        raise UnsupportedMediaError(
+            "the file is not a PNG, JPEG or WebP image", code="unsupported_image_type"
+        )
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as image:
+                width, height = image.size
+                if _PILLOW_FORMATS.get(image.format or "") != content_type:
+                    raise BadRequestError(
+                        "the file's contents do not match its type", code="undecodable_image"
+                    )
+                _check_pixels(width, height, max_pixels)
+                if content_type == "image/png":
+                    # Pillow's getexif() would decode it whole: the chunks tell it instead.
+                    after = decoding.check_png(data)
+                    turned = quarter_turned(_metadata_only(image.info, after))
+                else:
+                    if content_type == "image/jpeg":
+                        # At 1/8 scale every entropy-coded byte is still read, 64x cheaper.
+                        image.draft("RGB", (max(1, width // 8), max(1, height // 8)))
+                    image.load()
+                    turned = quarter_turned(image)
+                if turned:
+                    width, height = height, width
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise _bomb(max_pixels) from None
+    except (BadRequestError, UnsupportedMediaError):
+        raise
+    except Exception as exc:
+        raise BadRequestError(
+            "the image cannot be decoded (truncated or corrupt)", code="undecodable_image"
+        ) from exc
+    return Probe(content_type, width, height)
+
+
+def _metadata_only(*infos: Mapping[Any, Any]) -> Image.Image:
+    """A 1x1 image carrying ``infos``: Pillow's own getexif() reads the orientation from it."""
+    image = Image.new("L", (1, 1))
+    for info in infos:
+        image.info.update(info)
+    return image
+
+
+# EXIF orientations 5..8 turn the picture a quarter: its upright width is the stored height.
+_QUARTER_TURNS = {5, 6, 7, 8}
+_ORIENTATION = 0x0112
+
+
+def quarter_turned(image: Image.Image) -> bool:
+    """Whether EXIF orientation turns the picture a quarter, so that it displays (and the
+    renderer, which applies the orientation, sees it) with width and height swapped."""
+    try:
+        return image.getexif().get(_ORIENTATION) in _QUARTER_TURNS
+    except Exception:  # a broken EXIF block is ignored by the renderer too
+        return False
+
+
+def _check_pixels(width: int, height: int, max_pixels: int) -> None:
+    if width < 1 or height < 1:
+        raise BadRequestError("the image has no pixels", code="undecodable_image")
+    if width * height > max_pixels:
+        raise _bomb(max_pixels)
+
+
+def _bomb(max_pixels: int) -> BadRequestError:
+    return BadRequestError(
+        f"the image declares more than {max_pixels:,} pixels (decompression bomb guard, "
+        "PROXY_MAX_INPUT_PIXELS)",
+        code="image_too_many_pixels",
+    )
+
+
+def probe(data: bytes) -> tuple[str, tuple[int, int]]:
+    """Content type and size of an image, from its bytes (no pixel limit)."""
+    checked = inspect(data, max_pixels=2**62)
+    return checked.content_type, (checked.width, checked.height)
+
+
+def check_size(size: int, limit: int) -> None:
+    if size > limit:
+        raise PayloadTooLargeError(
+            f"the image is over {limit / 1024 / 1024:g} MiB (PROXY_MAX_UPLOAD_MB)",
+            code="image_too_large",
+        )
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def record_version(record: ImageRecord) -> str:
+    """What the rendered variants of this record depend on: its bytes (or its upload).
+
+    Part of every cache key, so a replaced image is never served from a stale entry by any
+    worker; a re-upload of the same bytes (self-heal) keeps the version and the cache.
+    """
+    # DELETE /images/{id}/variants bumps the generation: every worker's keys change with it.
+    generation = record.extra.get(VARIANTS_GENERATION)
+    suffix = f".{generation}" if generation else ""
+    if record.sha256:
+        return record.sha256[:16] + suffix
+    raw = f"{record.unique_filename}|{record.width}|{record.height}"
+    return "u" + hashlib.sha256(raw.encode()).hexdigest()[:15] + suffix
+
+
+async def upload_original(
+    minter: Minter,
+    output_variants: Sequence[Mapping[str, Any]],
+    data: bytes,
+    *,
+    image_id: str,
+    content_type: str | None,
+) -> ProcessResult:
+    """One token (no ``unique_filename``, minted within the budget) and one processing call
+    carrying the image."""
+    kind = content_type or "application/octet-stream"
+    return await minter.render(
+        output_variants,
+        image=data,
+        filename=f"{image_id}.{_EXTENSIONS.get(kind, 'bin')}",
+        content_type=kind,
+    )
+
+
+# --- locks ----------------------------------------------------------------------------------
+
+
+class KeyedLock:
+    """Mutual exclusion per key: across tasks (asyncio) and across workers (the lease).
+
+    The lease is renewed every third of ``ttl`` while the lock is held, however long the
+    work takes (an upload may take minutes); if it is lost all the same (this process
+    stalled past ``ttl`` and another took the lease over), the work is stopped with
+    :class:`proxy.errors.LeaseLostError` rather than run on unguarded. A holder that died
+    leaves its lease behind: taken over at once on the same host (the lease names its
+    process), after ``ttl`` from another host (Redis).
+    """
+
+    def __init__(self, lease: Lease, *, ttl: float = 15.0, wait: float = 30.0) -> None:
+        self._lease = lease
+        self._ttl = ttl
+        self._wait = wait
+        self._local: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
+
+    @contextlib.asynccontextmanager
+    async def held(self, key: str) -> AsyncIterator[None]:
+        local = self._local.get(key)
+        if local is None:
+            local = self._local[key] = asyncio.Lock()
+        async with local:
+            name = f"lock:{key}"
+            deadline = time.monotonic() + self._wait
+            delay = 0.005
+            while (token := await self._lease.acquire(name, self._ttl)) is None:
+                if time.monotonic() + delay > deadline:
+                    raise ServiceUnavailableError(
+                        "another change to this image is in progress; retry shortly",
+                        code="image_busy",
+                        retry_after=1.0,
+                    )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 0.1)
+            try:
+                async with renewing(self._lease, name, token, self._ttl, abort=True):
+                    yield
+            finally:
+                await self._lease.release(name, token)
+
+
+# --- the service ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Stored:
+    record: ImageRecord
+    outcome: Outcome
+
+
+@dataclass(frozen=True, slots=True)
+class Removed:
+    record: ImageRecord
+    variants_dropped: int
+    original_deleted: bool
+
+
+class ImageService:
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        registry: Registry,
+        upstream: UpstreamClient,
+        blobs: BlobStore,
+        cache: TwoTierCache,
+        lease: Lease,
+        clock: Callable[[], float] = time.time,
+        on_change: Callable[[str], None] | None = None,
+        minter: Minter | None = None,
+        locks: KeyedLock | None = None,
+    ) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.upstream = upstream
+        self.blobs = blobs
+        self.cache = cache
+        self.clock = clock
+        # The variant service's lock and minter, so both services agree on who changes
+        # an image and every upload's token is within the budget and on the books.
+        self.locks = locks or KeyedLock(lease, ttl=settings.lease_ttl)
+        self.minter = minter or Minter(upstream, clock=clock)
+        # Told the id of every image whose bytes or mapping changed (the variant view).
+        self._on_change = on_change
+
+    async def check(self, data: bytes) -> Probe:
+        """Size, then type and decodability, off the event loop."""
+        check_size(len(data), self.settings.max_upload_bytes)
+        return await anyio.to_thread.run_sync(inspect, data, self.settings.max_input_pixels)
+
+    async def store(
+        self, image_id: str, data: bytes, *, checked: Probe | None = None, sha: str | None = None
+    ) -> Stored:
+        """Check ``data``, upload it unless these bytes are already ``image_id``, keep it.
+
+        ``checked`` and ``sha`` let a caller that already checked and hashed skip the work.
+        """
+        checked = checked or await self.check(data)
+        if sha is None:
+            sha = await anyio.to_thread.run_sync(sha256_hex, data)
+        unchanged = await self._unchanged(image_id, sha, data)
+        if unchanged is not None:
+            return unchanged
+        # One upload of these bytes at a time: a concurrent store of the same bytes (this id
+        # or another) waits here, then finds them registered, or live under a twin.
+        async with self.locks.held(f"bytes:{sha}"):
+            return await self._store_new(image_id, data, checked, sha)
+
+    async def _unchanged(self, image_id: str, sha: str, data: bytes) -> Stored | None:
+        existing = await self.registry.get(image_id)
+        if existing is None or existing.sha256 != sha:
+            return None
+        await self._keep(sha, image_id, data)  # repairs a blob lost from the store
+        return Stored(existing, "unchanged")
+
+    async def _store_new(self, image_id: str, data: bytes, checked: Probe, sha: str) -> Stored:
+        unchanged = await self._unchanged(image_id, sha, data)
+        if unchanged is not None:
+            return unchanged
+        now = self.clock()
+        twin = await self._live_twin(sha)
+        if twin is not None:
+            # The same bytes are live upstream under another id: share that upload, for free.
+            unique_filename, uploaded_at = twin.unique_filename, twin.uploaded_at
+        else:
+            result = await upload_original(
+                self.minter,
+                [UPLOAD_VARIANT],
+                data,
+                image_id=image_id,
+                content_type=checked.content_type,
+            )
+            unique_filename, uploaded_at = result.unique_filename, self.clock()
+        record = ImageRecord(
+            image_id=image_id,
+            unique_filename=unique_filename,
+            width=checked.width,
+            height=checked.height,
+            content_type=checked.content_type,
+            sha256=sha,
+            size=len(data),
+            uploaded_at=uploaded_at,
+            registered_at=now,
+        )
+        async with self.locks.held(f"image:{image_id}"):
+            current = await self.registry.get(image_id)
+            if current is not None and current.sha256 == sha:
+                return Stored(current, "unchanged")  # a concurrent upload of the same bytes
+            await self._keep(sha, image_id, data)
+            try:
+                await self.registry.put(record)
+            except BaseException:
+                await self._release(sha, image_id)
+                raise
+            await self._retire(current)
+        log.info("stored image %s (%s, %d bytes)", image_id, checked.content_type, len(data))
+        return Stored(record, "replaced" if current is not None else "created")
+
+    async def register(self, record: ImageRecord) -> Stored:
+        """Map ``image_id`` to an upload made elsewhere (no original is kept)."""
+        async with self.locks.held(f"image:{record.image_id}"):
+            current = await self.registry.get(record.image_id)
+            await self.registry.put(record)
+            # A kept original has a content version, so this always retires it.
+            if current is not None and record_version(current) != record_version(record):
+                await self._retire(current)
+        return Stored(record, "replaced" if current is not None else "created")
+
+    async def upload(
+        self,
+        image_id: str,
+        data: bytes,
+        content_type: str | None = None,
+        size: tuple[int, int] | None = None,
+    ) -> ImageRecord:
+        """Store ``data`` under ``image_id`` (type and size come from the bytes themselves)."""
+        return (await self.store(image_id, data)).record
+
+    async def remove(self, image_id: str) -> Removed | None:
+        """Forget an image: its mapping, its cached variants and, if unshared, its original."""
+        async with self.locks.held(f"image:{image_id}"):
+            record = await self.registry.get(image_id)
+            if record is None:
+                return None
+            await self.registry.delete(image_id)
+            dropped = await self.cache.delete_prefix(image_prefix(image_id))
+            deleted = False
+            if record.sha256:
+                deleted = await self._release(record.sha256, image_id)
+            self._changed(image_id)
+        log.info("removed image %s", image_id)
+        return Removed(record, dropped, deleted)
+
+    async def original(self, record: ImageRecord) -> bytes | None:
+        return None if record.sha256 is None else await self.blobs.get(record.sha256)
+
+    # -- plumbing --------------------------------------------------------------------------
+    async def _live_twin(self, sha: str) -> ImageRecord | None:
+        """Another image with these bytes whose upload the upstream should still have."""
+        for owner in await self.blobs.owners(sha):
+            record = await self.registry.get(owner)
+            if (
+                record is not None
+                and record.sha256 == sha
+                and record.uploaded_at is not None
+                and self.clock() - record.uploaded_at < self.settings.reupload_after
+            ):
+                return record
+        return None
+
+    async def _retire(self, previous: ImageRecord | None) -> None:
+        """After a replacement: drop the old variants and, if unshared, the old original."""
+        if previous is None:
+            return
+        await self.cache.delete_prefix(image_prefix(previous.image_id))
+        if previous.sha256:
+            await self._release(previous.sha256, previous.image_id)
+        self._changed(previous.image_id)
+
+    async def _keep(self, sha: str, owner: str, data: bytes) -> None:
+        async with self.locks.held(f"blob:{sha}"):
+            await self.blobs.link(sha, owner)
+            await self.blobs.put(sha, data)
+
+    async def _release(self, sha: str, owner: str) -> bool:
+        """Drop ``owner``'s claim; delete the blob when nobody else has one."""
+        async with self.locks.held(f"blob:{sha}"):
+            if await self.blobs.unlink(sha, owner) == 0:
+                return await self.blobs.delete(sha)
+        return False
+
+    def _changed(self, image_id: str) -> None:
+        if self._on_change is not None:
+            self._on_change(image_id)

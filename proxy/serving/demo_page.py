@@ -1,0 +1,143 @@
+"""The demo page at ``/`` (on with ``PROXY_DEMO``, so with ``make serve``).
+
+Plain HTML, CSS and JavaScript from ``proxy/serving/static/``, no build step. The page shows every
+registered image through ``srcset`` (markup from ``GET /srcset/{id}``), a picker for size,
+density, background and format that shows the URL and markup it would use, and for each
+image what the picked size costs and whether it is cached. Its data comes from
+``GET /demo/images``, which only reads the caches: it never renders anything.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from proxy.errors import BadRequestError
+from proxy.images.service import record_version
+from proxy.serving.cdn import no_store
+from proxy.serving.handlers import state_of
+from proxy.serving.images_api import cached_variants
+from proxy.serving.negotiation import output_size
+from proxy.serving.srcset import parse_ratio
+from proxy.state import AppState
+from proxy.stores.registry import ImageRecord
+from proxy.upstream.contract import estimate_credits
+from proxy.url import grammar
+from proxy.url.ladder import Ladder
+from proxy.url.signing import Signer
+from proxy.url.variant import Variant, output_variant
+
+STATIC = Path(__file__).resolve().parent / "static"
+MAX_IMAGES = 48
+
+
+def routes() -> list[Route | Mount]:
+    return [
+        Route("/", index, methods=["GET", "HEAD"]),
+        Route("/demo/images", images, methods=["GET"]),
+        Mount("/static", app=StaticFiles(directory=STATIC), name="static"),
+    ]
+
+
+async def index(request: Request) -> Response:
+    return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Pick:
+    """What the picker chose: a CSS box, a density, a background and a format."""
+
+    width: int
+    ratio: tuple[int, int]
+    density: int
+    bg: str
+    ext: str
+
+    @property
+    def height(self) -> int:
+        rw, rh = self.ratio
+        return max(1, round(self.width * rh / rw))
+
+    @property
+    def size(self) -> str:
+        suffix = f"@{self.density}x" if self.density > 1 else ""
+        return f"{self.width}x{self.height}{suffix}"
+
+
+def _pick(request: Request) -> Pick:
+    query = request.query_params
+    try:
+        width = int(query.get("w", "320"))
+        density = int(query.get("density", "1"))
+        ratio = parse_ratio(query.get("ratio", "1:1"))
+    except ValueError as exc:
+        raise BadRequestError(f"bad picker value: {exc}", code="bad_pick") from None
+    if not 1 <= width <= 4000 or not 1 <= density <= grammar.MAX_DENSITY:
+        raise BadRequestError("w must be 1..4000 and density 1..4", code="bad_pick")
+    return Pick(width, ratio, density, query.get("bg", "ffffff"), query.get("ext", "jpg"))
+
+
+async def images(request: Request) -> Response:
+    state = state_of(request)
+    settings = state.settings
+    pick = _pick(request)
+    records = await state.registry.list(limit=MAX_IMAGES)
+    ladder = Ladder.from_settings(settings)
+    body: dict[str, Any] = {
+        "pick": {"size": pick.size, "bg": pick.bg, "ext": pick.ext},
+        "widths": sorted({w for w, _ in ladder.sizes}) if ladder else [],
+        "ratios": [f"{rw}:{rh}" for (rw, rh), _ in ladder.classes] if ladder else ["1:1"],
+        "ladder_policy": settings.ladder_policy,
+        "signing": Signer.from_settings(settings) is not None,
+        "embedded_engine": settings.embedded_engine,
+        "images": [await _image(state, record, pick) for record in records],
+    }
+    return JSONResponse(body, headers=no_store())
+
+
+async def _image(state: AppState, record: ImageRecord, pick: Pick) -> dict[str, Any]:
+    settings = state.settings
+    image_id = record.image_id
+    asked = f"/img/{image_id}/{pick.size}/{pick.bg}.{pick.ext}"
+    entry: dict[str, Any] = {
+        "image_id": image_id,
+        "original": {"width": record.width, "height": record.height},
+        "url": asked,
+    }
+    try:
+        variant = _variant(image_id, pick.size, f"{pick.bg}.{pick.ext}", state)
+    except BadRequestError as exc:
+        return {**entry, "error": exc.message}
+    output, _tier = await state.variants.cache.get(
+        state.variants.key(variant, record_version(record))
+    )
+    now = state.clock()
+    cached = output is not None and output.remaining(now) > 0
+    size = output_size(variant, record.original_size, autocrop=settings.autocrop)
+    listed = await cached_variants(state, record)
+    return {
+        **entry,
+        "canonical": variant.path,
+        "output": {"width": size.width, "height": size.height, "exact": size.exact},
+        "cached": cached,
+        "expires_in": round(output.remaining(now)) if output is not None and cached else None,
+        "credits": 0.0
+        if cached
+        else estimate_credits([output_variant(variant, settings, record.original_size)]),
+        "variants_cached": None if listed is None else len(listed),
+    }
+
+
+def _variant(image_id: str, size: str, filename: str, state: AppState) -> Variant:
+    parsed = grammar.parse(image_id, size, filename, state.limits)
+    if isinstance(parsed, grammar.Canonical):
+        _, _, canon_id, canon_size, canon_file = parsed.path.split("/")
+        parsed = grammar.parse(canon_id, canon_size, canon_file, state.limits)
+    assert isinstance(parsed, Variant)
+    return parsed

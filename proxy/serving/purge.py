@@ -1,0 +1,77 @@
+"""Dropping an image's cached answers: in the proxy's own cache and at the CDN.
+
+    DELETE /images/{id}/variants   (admin) drop the cached variants, purge the CDN by key
+
+The next request for any variant renders it again (one mint per variant). The image keeps
+its upload and its original.
+
+:func:`purge_image` is the one call that replacing or deleting an image makes too (the
+image service's change hook), so a CDN never keeps a redirect to an image that changed.
+A CDN purge that fails is logged and counted, and this route answers 502 with the details:
+the proxy's part is done, and calling it again is safe.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from proxy.images.service import VARIANTS_GENERATION
+from proxy.serving.admin import require_admin
+from proxy.serving.cdn import NOT_CONFIGURED, no_store
+from proxy.serving.handlers import state_of
+from proxy.state import AppState
+from proxy.url import grammar
+from proxy.url.variant import image_prefix
+
+
+async def purge_image(state: AppState, image_id: str) -> dict[str, Any]:
+    """Purge the CDN's answers about ``image_id`` (if a purge URL is set); the report."""
+    if state.purger is None:
+        return dict(NOT_CONFIGURED)
+    return (await state.purger.purge_image(image_id)).as_json()
+
+
+async def _next_generation(state: AppState, image_id: str) -> bool:
+    """Give the image a new variants generation; False if the image is unknown.
+
+    The generation is part of every cache key (:func:`proxy.images.record_version`), so
+    every worker stops finding the old entries in its memory within
+    ``PROXY_IMAGE_VIEW_TTL``, with or without Redis to tell it.
+    """
+    async with state.images.locks.held(f"image:{image_id}"):
+        record = await state.registry.get(image_id)
+        if record is None:
+            return False
+        generation = int(record.extra.get(VARIANTS_GENERATION) or 0) + 1
+        extra = {**record.extra, VARIANTS_GENERATION: generation}
+        await state.registry.put(record.evolve(extra=extra))
+    return True
+
+
+async def delete_variants(request: Request) -> Response:
+    state = state_of(request)
+    require_admin(request, state.settings.admin_token)
+    image_id = grammar.check_image_id(request.path_params["image_id"])
+    known = await _next_generation(state, image_id)
+    dropped = await state.variants.cache.delete_prefix(image_prefix(image_id))
+    state.variants.forget(image_id)
+    report = await purge_image(state, image_id)
+    body: dict[str, Any] = {
+        "image_id": image_id,
+        "known": known,
+        "variants_dropped": dropped,
+        "cdn": report,
+    }
+    status = 200
+    if report.get("ok") is False:
+        status = 502
+        body = {
+            "error": "cdn_purge_failed",
+            "message": f"the cached variants were dropped but the CDN purge failed: "
+            f"{report.get('error')}; calling this again is safe",
+            **body,
+        }
+    return JSONResponse(body, status_code=status, headers=no_store())

@@ -1,0 +1,107 @@
+"""How answers look on the wire: redirects with honest lifetimes, errors as JSON."""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Sequence
+from typing import Any
+from urllib.parse import quote
+
+from starlette.responses import JSONResponse, RedirectResponse, Response
+
+from proxy.errors import ProxyError
+from proxy.serving.cdn import CachePolicy, no_store
+from proxy.stores.cache import CachedOutput
+
+DEFAULT_POLICY = CachePolicy()
+RawHeaders = Sequence[tuple[bytes, bytes]]
+
+_LOCATION_SAFE = ":/%#?=@[]!$&'()*+,;"  # what Starlette's RedirectResponse leaves unquoted
+
+
+def raw_response(status_code: int, headers: list[tuple[bytes, bytes]]) -> Response:
+    """An answer with no body and exactly ``headers`` (raw ASGI pairs)."""
+    response = Response(status_code=status_code)
+    response.raw_headers = headers
+    return response
+
+
+def redirect_headers(
+    output: CachedOutput,
+    now: float,
+    extra: RawHeaders = (),
+    *,
+    policy: CachePolicy = DEFAULT_POLICY,
+    shared: bool = True,
+) -> list[tuple[bytes, bytes]]:
+    """The 302's headers: cacheable for as long as the output URL still lives, never longer.
+
+    ``shared=False``: the answer was decided for this request alone (a budget fallback), so
+    no cache may keep it. ``extra``: more headers, already encoded. Encoded once per URL and
+    per lifetime, as raw ASGI pairs: the same a ``RedirectResponse`` would have built (no
+    body: ``content-length: 0`` and no content type). The hit path sends them as they are.
+    """
+    life = _output_raw(policy, math.floor(output.remaining(now))) if shared else _NO_STORE_RAW
+    return [_NO_BODY, (b"location", _location(output.url)), *life, *extra]
+
+
+_NO_BODY = (b"content-length", b"0")
+
+
+@functools.lru_cache(maxsize=4096)
+def _location(url: str) -> bytes:
+    return quote(url, safe=_LOCATION_SAFE).encode("latin-1")
+
+
+@functools.lru_cache(maxsize=4096)
+def _output_raw(policy: CachePolicy, life: int) -> tuple[tuple[bytes, bytes], ...]:
+    # Lifetimes are whole seconds (floored), so one entry serves every hit in that second.
+    return raw_headers(policy.output(life))
+
+
+def raw_headers(headers: dict[str, str]) -> tuple[tuple[bytes, bytes], ...]:
+    """Headers as ASGI pairs: lower-case names, latin-1, as Starlette encodes them."""
+    return tuple(
+        (name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in headers.items()
+    )
+
+
+_NO_STORE_RAW = raw_headers(no_store())
+
+
+def output_json(
+    body: dict[str, Any],
+    output: CachedOutput,
+    now: float,
+    *,
+    policy: CachePolicy = DEFAULT_POLICY,
+    shared: bool = True,
+    extra: RawHeaders = (),
+) -> JSONResponse:
+    """200 JSON about the output (apps), with the redirect's lifetimes."""
+    headers = policy.output(output.remaining(now)) if shared else no_store()
+    response = JSONResponse(body, headers=headers)
+    response.raw_headers += extra
+    return response
+
+
+def canonical(path: str, query: str, error_max_age: int) -> Response:
+    """308 to the canonical spelling of the same request (the query travels along)."""
+    location = f"{path}?{query}" if query else path
+    response = RedirectResponse(location, status_code=308)
+    response.headers["Cache-Control"] = f"public, max-age={max(error_max_age, 3600)}"
+    return response
+
+
+def error(exc: ProxyError, error_max_age: int) -> JSONResponse:
+    return json_error(exc.status_code, exc.as_json(), error_max_age, exc.retry_after)
+
+
+def json_error(
+    status: int, body: dict[str, Any], error_max_age: int, retry_after: float | None = None
+) -> JSONResponse:
+    headers = CachePolicy(error_max_age=error_max_age).error(status)
+    if retry_after is not None:
+        headers["Retry-After"] = str(max(1, math.ceil(retry_after)))
+    return JSONResponse(body, status_code=status, headers=headers)

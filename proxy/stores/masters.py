@@ -1,0 +1,326 @@
+"""Store mode's masters: the one paid-for cut-out per image, fetched at once and kept durably.
+
+    MasterKey              image id, image version, cut-out quality: one master each
+    MasterStore            protocol: get / put / exists / delete / delete_image / images /
+                           versions / close
+    └── DiskMasterStore    <data_dir>/masters/<image_id>/<version>-<quality>.png
+    fetch_master()         download the upstream's output (it dies in 2 h) and check it
+
+A master is the upstream's transparent PNG (RGBA) at the original's resolution. It is never
+evicted while its image exists: every variant is derived from it, and losing it means paying
+the upstream again. So it is written to a temp file, fsync'ed, renamed into place and its
+folder fsync'ed: after a crash (or a power cut) the master is whole or absent, never half.
+A replaced image gets a new master under its new version; a deleted image's masters go with
+``delete_image``. Later an object store sits behind (or instead of) the disk: it implements
+the same protocol.
+
+Errors of :func:`fetch_master` are the proxy's upstream family (proxy/errors.py):
+
+    UpstreamError              502  the download failed, was cut short or is too large
+    ├── MasterError            502  what arrived is no usable master (proxy.derive)
+    └── UpstreamTimeoutError   504  the download did not finish in time
+
+Their messages never quote the output URL: its query (and even its path) can carry a
+signature.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import tempfile
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import anyio
+import anyio.to_thread
+import httpx
+
+from proxy.errors import UpstreamError, UpstreamTimeoutError
+from proxy.variants.derive import MAX_MASTER_PIXELS, Master, MasterError, decode_master
+
+#: Same as the URL grammar's image id (proxy/url/grammar.py), repeated so this module stands
+#: alone: it is also what keeps a path component from being ``..`` or holding a ``/``.
+_IMAGE_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
+#: A version names the image's content (see proxy/images/service.py ``record_version``): no ``-``,
+#: which separates it from the quality, and no leading dot, which marks temp files.
+_VERSION = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.]{0,63}")
+QUALITIES = ("low", "medium", "high")
+#: Allowed difference, per side, between a master's size and the size asked for: the
+#: upstream rounds when it scales to a pixel budget.
+SIZE_SLACK = 1
+_DOWNLOAD_CHUNK = 64 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class MasterKey:
+    """Which master: an image, the version of its content, and the cut-out quality paid for."""
+
+    image_id: str
+    version: str
+    quality: str
+
+    def __post_init__(self) -> None:
+        if not _IMAGE_ID.fullmatch(self.image_id):
+            raise ValueError("an image id is 1-128 of A-Z a-z 0-9 _ -")
+        if not _VERSION.fullmatch(self.version):
+            raise ValueError("a master version is 1-64 of A-Z a-z 0-9 _ . (no leading dot)")
+        if self.quality not in QUALITIES:
+            raise ValueError(f"a master quality is one of {', '.join(QUALITIES)}")
+
+    @property
+    def filename(self) -> str:
+        return f"{self.version}-{self.quality}.png"
+
+
+class MasterStore(Protocol):
+    """Durable masters: nothing here is ever evicted; only deleting an image removes them."""
+
+    async def get(self, key: MasterKey) -> bytes | None: ...
+
+    async def put(self, key: MasterKey, data: bytes) -> None:
+        """Keep ``data`` (already checked) under ``key``, whole or not at all."""
+        ...
+
+    async def exists(self, key: MasterKey) -> bool: ...
+
+    async def delete(self, key: MasterKey) -> bool:
+        """Remove one master (an image's old version); whether it was there."""
+        ...
+
+    async def delete_image(self, image_id: str) -> int:
+        """Remove every master of the image; how many there were."""
+        ...
+
+    async def images(self) -> list[str]:
+        """The ids of every image that has a master (to find orphans against the registry)."""
+        ...
+
+    async def versions(self, image_id: str) -> list[MasterKey]:
+        """Every master kept for the image (to find old versions a replacement left)."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+class DiskMasterStore:
+    """Masters as files ``<root>/<image_id>/<version>-<quality>.png`` on local disk."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    @classmethod
+    def under(cls, data_dir: Path) -> DiskMasterStore:
+        """The store's conventional place: ``<PROXY_DATA_DIR>/masters``."""
+        return cls(Path(data_dir) / "masters")
+
+    def path(self, key: MasterKey) -> Path:
+        return self.root / key.image_id / key.filename
+
+    # --- the async face: every file operation runs in a worker thread ---------------------
+
+    async def get(self, key: MasterKey) -> bytes | None:
+        return await anyio.to_thread.run_sync(self.get_sync, key)
+
+    async def put(self, key: MasterKey, data: bytes) -> None:
+        await anyio.to_thread.run_sync(self.put_sync, key, data)
+
+    async def exists(self, key: MasterKey) -> bool:
+        return await anyio.to_thread.run_sync(self.path(key).is_file)
+
+    async def delete(self, key: MasterKey) -> bool:
+        return await anyio.to_thread.run_sync(self.delete_sync, key)
+
+    async def delete_image(self, image_id: str) -> int:
+        return await anyio.to_thread.run_sync(self.delete_image_sync, image_id)
+
+    async def images(self) -> list[str]:
+        return await anyio.to_thread.run_sync(self.images_sync)
+
+    async def versions(self, image_id: str) -> list[MasterKey]:
+        return await anyio.to_thread.run_sync(self.versions_sync, image_id)
+
+    async def close(self) -> None:
+        return None
+
+    # --- the work -----------------------------------------------------------------------
+
+    def get_sync(self, key: MasterKey) -> bytes | None:
+        try:
+            return self.path(key).read_bytes()
+        except FileNotFoundError:
+            return None
+
+    def put_sync(self, key: MasterKey, data: bytes) -> None:
+        target = self.path(key)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        # A leading dot: never listed as a master, and swept if a crash leaves it.
+        fd, temp = tempfile.mkstemp(dir=target.parent, prefix=f".{key.filename}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as out:
+                out.write(data)
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(temp, target)
+        except BaseException:
+            Path(temp).unlink(missing_ok=True)
+            raise
+        _fsync_dir(target.parent)  # the rename itself survives a power cut
+
+    def delete_sync(self, key: MasterKey) -> bool:
+        try:
+            self.path(key).unlink()
+        except FileNotFoundError:
+            return False
+        return True
+
+    def delete_image_sync(self, image_id: str) -> int:
+        if not _IMAGE_ID.fullmatch(image_id):
+            raise ValueError("an image id is 1-128 of A-Z a-z 0-9 _ -")
+        folder = self.root / image_id
+        # Renamed away first: the image's masters vanish at once, and a crash mid-removal
+        # leaves a dot-folder that no listing shows (removed by the next delete_image).
+        doomed = self.root / f".deleted-{image_id}-{uuid.uuid4().hex}"
+        try:
+            os.rename(folder, doomed)
+        except FileNotFoundError:
+            return 0
+        count = sum(1 for p in doomed.iterdir() if not p.name.startswith("."))
+        shutil.rmtree(doomed, ignore_errors=True)
+        self._remove_leftovers()
+        return count
+
+    def images_sync(self) -> list[str]:
+        try:
+            entries = list(os.scandir(self.root))
+        except FileNotFoundError:
+            return []
+        return sorted(e.name for e in entries if e.is_dir() and _IMAGE_ID.fullmatch(e.name))
+
+    def versions_sync(self, image_id: str) -> list[MasterKey]:
+        if not _IMAGE_ID.fullmatch(image_id):
+            raise ValueError("an image id is 1-128 of A-Z a-z 0-9 _ -")
+        try:
+            names = sorted(os.listdir(self.root / image_id))
+        except FileNotFoundError:
+            return []
+        keys = []
+        for name in names:
+            stem, dot, ext = name.rpartition(".")
+            version, dash, quality = stem.rpartition("-")
+            if dot and dash and ext == "png" and _VERSION.fullmatch(version):
+                if quality in QUALITIES:
+                    keys.append(MasterKey(image_id, version, quality))
+        return keys
+
+    def _remove_leftovers(self) -> None:
+        for entry in os.scandir(self.root):
+            if entry.name.startswith(".deleted-") and entry.is_dir():
+                shutil.rmtree(entry.path, ignore_errors=True)
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+# --- fetching ----------------------------------------------------------------------------
+
+
+def check_master(
+    data: bytes,
+    *,
+    expected_size: tuple[int, int] | None,
+    max_pixels: int = MAX_MASTER_PIXELS,
+) -> Master:
+    """Decode ``data`` as a master (a PNG with alpha, not over ``max_pixels``) whose size is
+    ``expected_size`` give or take :data:`SIZE_SLACK` pixels per side. CPU-bound: call it in
+    a worker thread."""
+    what = "the upstream's cut-out"
+    master = decode_master(data, max_pixels=max_pixels, what=what)
+    if expected_size is not None:
+        want_w, want_h = expected_size
+        if abs(master.width - want_w) > SIZE_SLACK or abs(master.height - want_h) > SIZE_SLACK:
+            raise MasterError(
+                f"{what} is {master.width}x{master.height}, expected {want_w}x{want_h}"
+            )
+    return master
+
+
+async def fetch_master(
+    client: httpx.AsyncClient,
+    url: str,
+    *,
+    expected_size: tuple[int, int] | None,
+    max_bytes: int,
+    timeout: float,
+) -> bytes:
+    """Download the upstream's output at ``url`` and return it once it is a usable master.
+
+    The body is streamed and refused past ``max_bytes`` (decoded bytes: a compressed body
+    cannot smuggle more). ``timeout`` bounds the whole download, not each read. The checks
+    of :func:`check_master` then run in a worker thread. The caller has already checked
+    that ``url``'s host is one the upstream may send us to.
+    """
+    try:
+        with anyio.fail_after(timeout):
+            data = await _download(client, url, max_bytes=max_bytes, timeout=timeout)
+    except TimeoutError:
+        raise UpstreamTimeoutError(
+            f"downloading the upstream's cut-out took over {timeout:g}s", code="master_timeout"
+        ) from None
+    await anyio.to_thread.run_sync(_check, data, expected_size)
+    return data
+
+
+def _check(data: bytes, expected_size: tuple[int, int] | None) -> None:
+    check_master(data, expected_size=expected_size)
+
+
+async def _download(
+    client: httpx.AsyncClient, url: str, *, max_bytes: int, timeout: float
+) -> bytes:
+    # Every httpx error is translated here without its text: it can quote the URL.
+    try:
+        async with client.stream("GET", url, timeout=timeout) as response:
+            status = response.status_code
+            if not response.is_success:
+                gone = " (expired?)" if status in (403, 404, 410) else ""
+                raise UpstreamError(
+                    f"downloading the upstream's cut-out failed with {status}{gone}",
+                    code="master_download_failed",
+                    upstream_status=status,
+                )
+            declared = response.headers.get("content-length", "")
+            if declared.isdigit() and int(declared) > max_bytes:
+                raise _too_large(max_bytes)
+            body = bytearray()
+            async for chunk in response.aiter_bytes(_DOWNLOAD_CHUNK):
+                body += chunk
+                if len(body) > max_bytes:
+                    raise _too_large(max_bytes)
+            return bytes(body)
+    except httpx.TimeoutException:
+        raise TimeoutError from None  # the same answer as the overall deadline
+    except httpx.RemoteProtocolError:
+        raise UpstreamError(
+            "the upstream's cut-out download was cut short (connection closed early)",
+            code="master_download_failed",
+        ) from None
+    except httpx.HTTPError as exc:
+        raise UpstreamError(
+            f"downloading the upstream's cut-out failed ({type(exc).__name__})",
+            code="master_download_failed",
+        ) from None
+
+
+def _too_large(max_bytes: int) -> UpstreamError:
+    return UpstreamError(
+        f"the upstream's cut-out is over the {max_bytes:,} byte limit", code="master_too_large"
+    )
