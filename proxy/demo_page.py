@@ -14,14 +14,14 @@ from pathlib import Path
 from typing import Any
 
 from starlette.requests import Request
-from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route
-from starlette.staticfiles import StaticFiles
 
 from proxy import grammar
 from proxy.cdn import no_store
 from proxy.engine.pricing import estimate_credits
 from proxy.errors import BadRequestError
+from proxy.files import WholeFile, WholeStaticFiles
 from proxy.handlers import state_of
 from proxy.images import record_version
 from proxy.images_api import cached_variants
@@ -41,12 +41,12 @@ def routes() -> list[Route | Mount]:
     return [
         Route("/", index, methods=["GET", "HEAD"]),
         Route("/demo/images", images, methods=["GET"]),
-        Mount("/static", app=StaticFiles(directory=STATIC), name="static"),
+        Mount("/static", app=WholeStaticFiles(directory=STATIC), name="static"),
     ]
 
 
 async def index(request: Request) -> Response:
-    return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
+    return WholeFile(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
