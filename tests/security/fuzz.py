@@ -218,110 +218,44 @@ class Generator:
 
 
 def _method(rng: random.Random) -> bytes:
+    # fmt: off
     return rng.choices(
         (
-            b"GET",
-            b"HEAD",
-            b"POST",
-            b"PUT",
-            b"DELETE",
-            b"OPTIONS",
-            b"PATCH",
-            b"TRACE",
-            b"CONNECT",
-            b"PROPFIND",
-            b"BREW",
-            b"get",
-            b"G\xc9T",
-            b"X" * 300,
+            b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"OPTIONS", b"PATCH", b"TRACE",
+            b"CONNECT", b"PROPFIND", b"BREW", b"get", b"G\xc9T", b"X" * 300,
         ),
         weights=(50, 12, 8, 8, 5, 3, 3, 2, 1, 1, 1, 2, 1, 1),
     )[0]
+    # fmt: on
 
 
 _WRITES = frozenset({b"PUT", b"POST", b"DELETE", b"PATCH"})
 _SIZES = ("320x240", "400x300", "160x160", "640x480", "200x200", "320x240@2x")
 _FILES = ("ffffff.jpg", "FFF.jpg", "ff5733.png", "transparent.webp", "000000.jpeg", "abc.png")
+# fmt: off
 _ADMIN_PATHS = (
-    "/images",
-    "/images/",
-    "/images/{id}",
-    "/images/{id}/",
-    "/images/{id}/warm",
-    "/images/{id}/variants",
-    "/admin/costs",
-    "/admin",
-    "/admin/",
+    "/images", "/images/", "/images/{id}", "/images/{id}/", "/images/{id}/warm",
+    "/images/{id}/variants", "/admin/costs", "/admin", "/admin/",
 )
 _ENGINE_PATHS = (
-    "/_engine",
-    "/_engine/",
-    "/_engine/stats",
-    "/_engine/stats/",
-    "/_engine/health",
-    "/_engine/faults",
-    "/_engine/faults/",
-    "/_engine/files/{name}",
-    "/_engine/files/{name}",
-    "/_engine/files/{name}",
-    "/_engine/files/",
-    "/_engine/api/v3/remove-bg/token/",
-    "/_engine/v3/remove-bg/",
-    "/_engine/_engine/stats",
-    "/_engine/_engine/faults",
-    "/_engine/api-key",
-    "/_engine/files/../api-key",
-    "/api/v3/remove-bg/token/",
-    "/v3/remove-bg/",
+    "/_engine", "/_engine/", "/_engine/stats", "/_engine/stats/", "/_engine/health",
+    "/_engine/faults", "/_engine/faults/", "/_engine/files/{name}", "/_engine/files/{name}",
+    "/_engine/files/{name}", "/_engine/files/", "/_engine/api/v3/remove-bg/token/",
+    "/_engine/v3/remove-bg/", "/_engine/_engine/stats", "/_engine/_engine/faults",
+    "/_engine/api-key", "/_engine/files/../api-key", "/api/v3/remove-bg/token/", "/v3/remove-bg/",
 )
 _OPEN_PATHS = (
-    "/",
-    "/health",
-    "/health/",
-    "/health/live",
-    "/health/ready",
-    "/metrics",
-    "/metrics/",
-    "/srcset/demo",
-    "/srcset/demo/",
-    "/srcset/demo?widths=1,2,3",
-    "/srcset/../images",
-    "/demo/images",
-    "/static/demo.js",
-    "/static/../settings.py",
-    "/static/..%2f..%2fsettings.py",
-    "/static/",
-    "/static",
-    "/favicon.ico",
-    "/img",
-    "/img/",
-    "/img/demo",
-    "/img/demo/320x240",
-    "/img/demo/320x240/",
-    "/img/demo/320x240/ffffff.jpg/extra",
+    "/", "/health", "/health/", "/health/live", "/health/ready", "/metrics", "/metrics/",
+    "/srcset/demo", "/srcset/demo/", "/srcset/demo?widths=1,2,3", "/srcset/../images",
+    "/demo/images", "/static/demo.js", "/static/../settings.py", "/static/..%2f..%2fsettings.py",
+    "/static/", "/static", "/favicon.ico", "/img", "/img/", "/img/demo", "/img/demo/320x240",
+    "/img/demo/320x240/", "/img/demo/320x240/ffffff.jpg/extra",
 )
 _HOSTILE_IDS = (
-    "demo",
-    "DEMO",
-    "de mo",
-    "demo%00",
-    "..",
-    ".",
-    "%2e%2e",
-    "demo\\..",
-    "ünïcödé",
-    "😀",
-    "\u202edemo",
-    "a" * 128,
-    "a" * 129,
-    "-",
-    "_",
-    "demo;rm",
-    "demo'\"<script>",
-    "%",
-    "%zz",
-    "%25",
+    "demo", "DEMO", "de mo", "demo%00", "..", ".", "%2e%2e", "demo\\..", "ünïcödé", "😀",
+    "\u202edemo", "a" * 128, "a" * 129, "-", "_", "demo;rm", "demo'\"<script>", "%", "%zz", "%25",
 )
+# fmt: on
 
 
 def _image_id(rng: random.Random) -> str:
@@ -335,45 +269,19 @@ def _image_id(rng: random.Random) -> str:
 def _size(rng: random.Random) -> str:
     r = rng.random()
     if r < 0.3:
+        # fmt: off
         return rng.choice(
             (
-                "0x0",
-                "1x1",
-                "4000x4000",
-                "4001x1",
-                "3464x3464",
-                "3465x3465",
-                "999999999x999999999",
-                "9999999999x1",
-                "18446744073709551617x1",
-                "-1x-1",
-                "1e3x1e3",
-                "0x10",
-                "00320x0240",
-                "320X240",
-                "320x240@0x",
-                "320x240@1x",
-                "320x240@4x",
-                "320x240@5x",
-                "320x240@9x",
-                "320x240@10x",
-                "320x240@-1x",
-                "320x240@2.5x",
-                "320x240@",
-                "1000x1000@4x",
-                "320*240",
-                "x",
-                "320x",
-                "x240",
-                "٣٢٠x٢٤٠",
-                "３２０x２４０",
-                "𝟑𝟐𝟎x𝟐𝟒𝟎",
-                "320\u00d7240",
-                "320x240\x00",
-                " 320x240",
+                "0x0", "1x1", "4000x4000", "4001x1", "3464x3464", "3465x3465",
+                "999999999x999999999", "9999999999x1", "18446744073709551617x1", "-1x-1",
+                "1e3x1e3", "0x10", "00320x0240", "320X240", "320x240@0x", "320x240@1x",
+                "320x240@4x", "320x240@5x", "320x240@9x", "320x240@10x", "320x240@-1x",
+                "320x240@2.5x", "320x240@", "1000x1000@4x", "320*240", "x", "320x", "x240",
+                "٣٢٠x٢٤٠", "３２０x２４０", "𝟑𝟐𝟎x𝟐𝟒𝟎", "320\u00d7240", "320x240\x00", " 320x240",
                 "320x240 ",
             )
         )
+        # fmt: on
     if r < 0.6:
         return f"{rng.randint(0, 5000)}x{rng.randint(0, 5000)}"
     if r < 0.8:
@@ -382,87 +290,43 @@ def _size(rng: random.Random) -> str:
 
 
 def _filename(rng: random.Random) -> str:
+    # fmt: off
     bg = rng.choice(
         (
-            "ffffff",
-            "FFFFFF",
-            "fff",
-            "ff",
-            "fffffff",
-            "gggggg",
-            "transparent",
-            "TRANSPARENT",
-            "Transparent",
-            "",
-            "#ffffff",
-            "%23fff",
-            "ffffff.ffffff",
-            "00000\x00",
-            "ℯℯℯ",
+            "ffffff", "FFFFFF", "fff", "ff", "fffffff", "gggggg", "transparent", "TRANSPARENT",
+            "Transparent", "", "#ffffff", "%23fff", "ffffff.ffffff", "00000\x00", "ℯℯℯ",
             "f" * 5000,
         )
     )
     ext = rng.choice(
         (
-            "jpg",
-            "JPG",
-            "jpeg",
-            "JPEG",
-            "png",
-            "webp",
-            "gif",
-            "avif",
-            "svg",
-            "",
-            "jpg.exe",
-            "png%00.jpg",
-            "jp\u0261",
-            "j" * 3000,
+            "jpg", "JPG", "jpeg", "JPEG", "png", "webp", "gif", "avif", "svg", "", "jpg.exe",
+            "png%00.jpg", "jp\u0261", "j" * 3000,
         )
     )
+    # fmt: on
     return rng.choice((f"{bg}.{ext}", f"{bg}.{ext}", bg, f".{ext}", f"{bg}..{ext}", f"{bg}."))
 
 
 def _file_name(rng: random.Random) -> str:
+    # fmt: off
     return rng.choice(
         (
-            "0123456789abcdef0123456789abcdef.png",
-            "..",
-            "..%2f..%2fapi-key",
-            "%2e%2e%2fapi-key",
-            "api-key",
-            "secret",
-            "cache.db",
-            "x" * 5000,
-            "a.png%00.txt",
-            "\u2024\u2024",
-            "files",
+            "0123456789abcdef0123456789abcdef.png", "..", "..%2f..%2fapi-key", "%2e%2e%2fapi-key",
+            "api-key", "secret", "cache.db", "x" * 5000, "a.png%00.txt", "\u2024\u2024", "files",
         )
     )
+    # fmt: on
 
 
 def _junk_path(rng: random.Random) -> str:
+    # fmt: off
     pieces = [
-        "img",
-        "images",
-        "_engine",
-        "admin",
-        "srcset",
-        "metrics",
-        "..",
-        ".",
-        "",
-        "%2e",
-        "%2f",
-        "%5c",
-        "\\",
-        "evil.example",
-        "//evil.example",
-        "%00",
-        "é",
-        "\u3000",
+        "img", "images", "_engine", "admin", "srcset", "metrics", "..", ".", "", "%2e", "%2f",
+        "%5c", "\\", "evil.example", "//evil.example", "%00", "é", "\u3000",
         "a" * rng.choice((1, 300, 4000)),
     ]
+    # fmt: on
     return "/" + "/".join(rng.choice(pieces) for _ in range(rng.randint(0, 8)))
 
 
@@ -508,18 +372,13 @@ def _encode(rng: random.Random, path: str) -> bytes:
 
 
 def _query(rng: random.Random) -> bytes:
+    # fmt: off
     return rng.choice(
         (
             b"s=AAAA&exp=1",
             b"s=" + b"A" * 5000,
-            b"exp=99999999999999999999999999",
-            b"exp=-1&s=",
-            b"exp=nan",
-            b"after=&limit=-1",
-            b"limit=999999999999",
-            b"limit=1e309",
-            b"limit=NaN",
-            b"after=%00&limit=2",
+            b"exp=99999999999999999999999999", b"exp=-1&s=", b"exp=nan", b"after=&limit=-1",
+            b"limit=999999999999", b"limit=1e309", b"limit=NaN", b"after=%00&limit=2",
             b"widths=" + b",".join(str(rng.randint(-5, 99999)).encode() for _ in range(40)),
             b"ratio=0:0&bg=zz",
             b"a=" + b"%" * 200,
@@ -527,49 +386,37 @@ def _query(rng: random.Random) -> bytes:
             b"\xff\xfe",
         )
     )
+    # fmt: on
 
 
 def _forwarded_chain(rng: random.Random) -> bytes:
+    # fmt: off
     hops = [
         rng.choice(
             (
-                "203.0.113.7",
-                "127.0.0.1",
-                "::1",
-                "[2001:db8::1]:443",
-                "unknown",
-                "999.999.999.999",
-                "",
-                " ",
-                "10.0.0.1, 10.0.0.2",
-                "a" * 300,
-                "\u00e9",
+                "203.0.113.7", "127.0.0.1", "::1", "[2001:db8::1]:443", "unknown",
+                "999.999.999.999", "", " ", "10.0.0.1, 10.0.0.2", "a" * 300, "\u00e9",
             )
         )
         for _ in range(rng.choice((1, 2, 5, 200)))
     ]
+    # fmt: on
     return ", ".join(hops).encode("utf-8")
 
 
 def _accept(rng: random.Random) -> bytes:
     r = rng.random()
     if r < 0.5:
+        # fmt: off
         return rng.choice(
             (
-                b"application/json",
-                b"application/json;q=0",
-                b"application/json;q=nan",
-                b"application/json;q=1e999",
-                b"*/*",
-                b"image/avif,image/webp,*/*;q=0.8",
-                b"text/html",
-                b"application/*",
-                b"application/json, text/html;q=0.1",
-                b";;;;,,,,",
-                b"application/json;q=0.5;q=1",
-                b"\xff\xfe",
+                b"application/json", b"application/json;q=0", b"application/json;q=nan",
+                b"application/json;q=1e999", b"*/*", b"image/avif,image/webp,*/*;q=0.8",
+                b"text/html", b"application/*", b"application/json, text/html;q=0.1", b";;;;,,,,",
+                b"application/json;q=0.5;q=1", b"\xff\xfe",
             )
         )
+        # fmt: on
     items = rng.randint(50, 3000)
     return b", ".join(b"type%d/sub%d;q=0.%d" % (i, i, i % 10) for i in range(items))
 
@@ -598,18 +445,15 @@ def _odd_header(rng: random.Random) -> tuple[bytes, bytes]:
     )
 
 
+# fmt: off
 _RANGES = (
-    b"bytes=0-1",
-    b"bytes=-1",
-    b"bytes=5-1",
-    b"bytes=0-",
-    b"bytes=99999999-",
-    b"bytes=0-0,1-1,2-2",
+    b"bytes=0-1", b"bytes=-1", b"bytes=5-1", b"bytes=0-", b"bytes=99999999-", b"bytes=0-0,1-1,2-2",
     b"bytes=" + b"0-1," * 150,
     b"bytes=x",
     b"items=0-1",
     b"bytes=-0",
 )
+# fmt: on
 _HEADER_CHOICES: Sequence[tuple[bytes, float, Sequence[bytes]]] = (
     (b"X-Forwarded-Host", 0.08, (b"evil.example", b"evil.example:443, other.example", b"")),
     (b"X-Forwarded-Proto", 0.05, (b"https", b"javascript", b"http, https")),
@@ -650,25 +494,20 @@ def _body(rng: random.Random, method: bytes, png: bytes) -> tuple[bytes, str, He
     if kind == "empty":
         body = b""
     elif kind == "json":
+        # fmt: off
         body = rng.choice(
             (
                 b'{"sizes": ["320x320"], "bg": "zzz", "ext": "gif"}',
                 b'{"sizes": ' + json.dumps(["1x1"] * rng.randint(0, 100)).encode() + b"}",
-                b'{"sizes": [], "bg": "ffffff"}',
-                b'{"unique_filename": "", "width": -1}',
+                b'{"sizes": [], "bg": "ffffff"}', b'{"unique_filename": "", "width": -1}',
                 b'{"unique_filename": "u", "width": 1e999}',
-                b'{"unique_filename": "u", "width": true}',
-                b'{"mode": "sideways"}',
-                b'{"error_rate": NaN}',
-                b'{"error_rate": "nan"}',
-                b'{"token_latency": -1}',
-                b'{"mode": "down", "nonsense": 1}',
-                b"[]",
-                b"null",
-                b'"string"',
+                b'{"unique_filename": "u", "width": true}', b'{"mode": "sideways"}',
+                b'{"error_rate": NaN}', b'{"error_rate": "nan"}', b'{"token_latency": -1}',
+                b'{"mode": "down", "nonsense": 1}', b"[]", b"null", b'"string"',
                 b'{"a": ' * 2000 + b"1" + b"}" * 2000,
             )
         )
+        # fmt: on
     elif kind == "bad_json":
         body = rng.choice((b"{", b"{'a': 1}", b"\xff\xfe{}", b'{"a": 1}garbage', b"1" * 70_000))
     elif kind == "png":
@@ -1041,36 +880,37 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--only", type=int, nargs="*", help="send just these probe indexes")
     args = parser.parse_args(argv)
     indexes = args.only or range(args.requests)
-    with (
-        tempfile.TemporaryDirectory(prefix="cutproxy-fuzz-") as tmp,
-        serving(Path(tmp)) as (
-            server,
-            secrets,
-        ),
-    ):
-        generator = Generator(args.seed, secrets, demo_png(), output_files(server))
-        pids = worker_pids(server)
-        before = {pid: rss_kib(pid) for pid in pids}
-        peak = dict(before)
+    with tempfile.TemporaryDirectory(prefix="cutproxy-fuzz-") as tmp:
+        with serving(Path(tmp)) as (server, secrets):
+            return _run_and_report(server, secrets, args.seed, indexes, args.threads)
 
-        def progress(done: int) -> None:
-            for pid in pids:
-                peak[pid] = max(peak[pid], rss_kib(pid))
-            if done % 10_000 == 0:
-                print(f"{done} requests; RSS KiB {peak}", file=sys.stderr, flush=True)
 
-        result = run(generator, server.port, indexes, threads=args.threads, on_progress=progress)
-        after = {pid: rss_kib(pid) for pid in pids}
-        print(result.summary())
+def _run_and_report(
+    server: Server, secrets: Secrets, seed: int, indexes: Sequence[int], threads: int
+) -> int:
+    generator = Generator(seed, secrets, demo_png(), output_files(server))
+    pids = worker_pids(server)
+    before = {pid: rss_kib(pid) for pid in pids}
+    peak = dict(before)
+
+    def progress(done: int) -> None:
         for pid in pids:
-            print(
-                f"worker {pid}: RSS {before[pid]} KiB before, {after[pid]} after, "
-                f"peak {peak[pid]} (+{(peak[pid] - before[pid]) / 1024:.1f} MiB)"
-            )
-        for failure in result.failures:
-            print(failure)
-        print(f"{result.failed} probes failed")
-        return 1 if result.failed else 0
+            peak[pid] = max(peak[pid], rss_kib(pid))
+        if done % 10_000 == 0:
+            print(f"{done} requests; RSS KiB {peak}", file=sys.stderr, flush=True)
+
+    result = run(generator, server.port, indexes, threads=threads, on_progress=progress)
+    after = {pid: rss_kib(pid) for pid in pids}
+    print(result.summary())
+    for pid in pids:
+        print(
+            f"worker {pid}: RSS {before[pid]} KiB before, {after[pid]} after, "
+            f"peak {peak[pid]} (+{(peak[pid] - before[pid]) / 1024:.1f} MiB)"
+        )
+    for failure in result.failures:
+        print(failure)
+    print(f"{result.failed} probes failed")
+    return 1 if result.failed else 0
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ admin token, and the workers' memory stays within a stated bound.
 The requests and what their answers must not be are in :mod:`tests.security.fuzz`. Each probe
 is rebuilt from the seed and its index alone, so a failure names what to send again::
 
-    FUZZ_SEED=S .venv/bin/python -m tests.security.fuzz --seed S --only I J ...
+    .venv/bin/python -m tests.security.fuzz --seed S --only I J ...
 
 ``FUZZ_REQUESTS`` sets how many to send after the warm-up (the long run in docs/security.md
 is 100,000: ``FUZZ_REQUESTS=100000 .venv/bin/python -m pytest -s tests/security/test_fuzz.py``).
