@@ -22,7 +22,7 @@ from starlette.background import BackgroundTask
 from starlette.datastructures import FormData, UploadFile
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, Response
+from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.types import Message, Receive
 
 from proxy.engine.cutout import Cutout
@@ -42,6 +42,7 @@ from proxy.engine.settings import EngineSettings
 from proxy.engine.store import Store, StoredFile, Upload
 from proxy.engine.tokens import TokenSigner
 from proxy.engine.variants import OutputVariant, parse_output_variants
+from proxy.files import WholeFile
 from proxy.upstream.contract import estimate_credits
 
 log = logging.getLogger("cutproxy.engine")
@@ -210,7 +211,7 @@ class EngineAPI:
         if stored is None:
             raise NotFoundError("file: unknown or expired")
         remaining = max(0, int(stored.created + self.settings.retention - self.store.clock()))
-        return FileResponse(
+        return WholeFile(
             stored.path,
             media_type=stored.content_type,
             headers={"Cache-Control": f"private, max-age={remaining}"},

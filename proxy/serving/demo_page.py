@@ -14,11 +14,11 @@ from pathlib import Path
 from typing import Any
 
 from starlette.requests import Request
-from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route
-from starlette.staticfiles import StaticFiles
 
 from proxy.errors import BadRequestError
+from proxy.files import WholeFile, WholeStaticFiles
 from proxy.images.service import record_version
 from proxy.serving.cdn import no_store
 from proxy.serving.handlers import state_of
@@ -41,12 +41,12 @@ def routes() -> list[Route | Mount]:
     return [
         Route("/", index, methods=["GET", "HEAD"]),
         Route("/demo/images", images, methods=["GET"]),
-        Mount("/static", app=StaticFiles(directory=STATIC), name="static"),
+        Mount("/static", app=WholeStaticFiles(directory=STATIC), name="static"),
     ]
 
 
 async def index(request: Request) -> Response:
-    return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
+    return WholeFile(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
