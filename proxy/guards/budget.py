@@ -163,9 +163,20 @@ class DiskStore:
         with self._cache.transact():
             return {key: int(self._cache.get(key, 0)) / _UNITS_PER_CREDIT for key in keys}
 
-    def miss_limiter(self, rate: str, clock: Callable[[], float] = time.time) -> DiskClientLimiter:
-        """A per-client miss rate counted in this store: one count for every worker."""
-        return DiskClientLimiter(rate, self._cache, clock=clock)
+    async def hit_window(self, key: str, limit: int, window: float, now: float) -> float | None:
+        """Count one event under ``key`` at ``now`` in a moving window of ``window`` seconds
+        that holds at most ``limit`` events: None when it fits (and is counted), else the
+        seconds until the oldest event leaves the window (and nothing is counted)."""
+        return await _in_thread(self._hit_window, key, limit, window, now)
+
+    def _hit_window(self, key: str, limit: int, window: float, now: float) -> float | None:
+        with self._cache.transact():
+            recent = [t for t in self._cache.get(key, ()) if t > now - window]
+            if len(recent) >= limit:
+                return max(recent[0] + window - now, 0.0)
+            recent.append(now)
+            self._cache.set(key, recent, expire=window)
+        return None
 
 
 _UNITS_PER_CREDIT = 100
@@ -351,7 +362,7 @@ class MissLimiter(Protocol):
 
 
 class DiskClientLimiter(_PerClientRate):
-    """A moving window of each client's misses in a ``diskcache.Cache``, shared by workers.
+    """A moving window of each client's misses in a :class:`DiskStore`, shared by workers.
 
     Without Redis the worker processes of one host share ``PROXY_DATA_DIR``: keeping each
     client's recent miss times there, changed inside one SQLite transaction, gives them one
@@ -363,28 +374,18 @@ class DiskClientLimiter(_PerClientRate):
     def __init__(
         self,
         rate: str,
-        cache: diskcache.Cache,
+        store: DiskStore,
         *,
         clock: Callable[[], float] = time.time,
         namespace: str = "misses",
     ) -> None:
         super().__init__(rate, clock, namespace)
-        self._cache = cache
+        self._store = store
 
     async def hit(self, client_id: str) -> float | None:
-        return await _in_thread(self._hit, client_id)
-
-    def _hit(self, client_id: str) -> float | None:
-        now = self._clock()
-        window = float(self._item.get_expiry())
         key = f"{self._namespace}:{client_id}"
-        with self._cache.transact():
-            recent = [t for t in self._cache.get(key, ()) if t > now - window]
-            if len(recent) >= self._item.amount:
-                return max(recent[0] + window - now, 0.0)
-            recent.append(now)
-            self._cache.set(key, recent, expire=window)
-        return None
+        window = float(self._item.get_expiry())
+        return await self._store.hit_window(key, self._item.amount, window, self._clock())
 
 
 # --- the client's address -------------------------------------------------------------------

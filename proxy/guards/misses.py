@@ -47,6 +47,7 @@ from proxy.guards.budget import (
     CostLedger,
     CounterStore,
     CreditBudget,
+    DiskClientLimiter,
     DiskStore,
     IPNetwork,
     MissLimiter,
@@ -307,7 +308,7 @@ class MissGuard:
             index = DiskVariantIndex(settings.data_dir / "guards-index", clock)
             closers.append(disk.close)
             if rate:
-                limiter = disk.miss_limiter(rate, clock)  # one count for the host's workers
+                limiter = DiskClientLimiter(rate, disk, clock=clock)  # one count for the host
         budget = CreditBudget(
             store,
             per_hour=settings.budget_credits_per_hour,

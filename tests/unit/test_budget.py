@@ -14,6 +14,7 @@ from proxy.guards.budget import (
     ClientLimiter,
     CostLedger,
     CreditBudget,
+    DiskClientLimiter,
     DiskStore,
     MissLimiter,
     Window,
@@ -157,7 +158,7 @@ def limiter_of(
     """Both miss limiters: limits' moving window in memory, and the one in the disk store."""
     if request.param == "memory":
         return lambda rate: ClientLimiter(rate, clock=clock)
-    return lambda rate: store.miss_limiter(rate, clock=clock)
+    return lambda rate: DiskClientLimiter(rate, store, clock=clock)
 
 
 async def test_a_client_over_its_miss_rate_is_told_how_long_to_wait(
@@ -179,7 +180,7 @@ async def test_a_client_over_its_miss_rate_is_told_how_long_to_wait(
 def _miss_many(directory: str, count: int) -> int:
     async def run() -> int:
         disk = DiskStore.open(directory)
-        limiter = disk.miss_limiter("40/hour")
+        limiter = DiskClientLimiter("40/hour", disk)
         try:
             return sum([await limiter.hit("198.51.100.7") is None for _ in range(count)])
         finally:
