@@ -38,10 +38,10 @@ from proxy.settings import Settings
 from proxy.state import AppState
 from proxy.stores.blobs import DirectoryBlobStore
 from proxy.stores.cache import DiskTier, MemoryTier, SharedTier, TwoTierCache
+from proxy.stores.leases import DiskLease, Lease
 from proxy.stores.redis import RedisStore
 from proxy.stores.registry import DiskRegistry, Registry
 from proxy.upstream.client import UpstreamClient, UpstreamConfig
-from proxy.variants.coalesce import DiskLease, Lease
 from proxy.variants.service import VariantService
 
 log = logging.getLogger("cutproxy")

@@ -20,7 +20,7 @@ import asyncio, sys, time
 async def main(kind, where, key):
     if kind == "disk":
         from pathlib import Path
-        from proxy.variants.coalesce import DiskLease
+        from proxy.stores.leases import DiskLease
         lease = DiskLease(Path(where))
     else:
         from proxy.stores.redis import RedisStore

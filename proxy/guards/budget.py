@@ -4,8 +4,8 @@
   ``output_variants`` by the upstream's rules, and :func:`batching_saving` what one token
   for several variants saves;
 - :class:`CreditBudget` caps estimated credits per UTC hour and day, over a
-  :class:`BudgetStore` (here :class:`DiskStore`, shared by one host's worker processes;
-  a Redis store can satisfy the same protocol for several hosts);
+  :class:`proxy.stores.counters.BudgetStore` (on disk for one host's worker processes, or
+  in Redis for several hosts);
 - :class:`ClientLimiter` caps cache misses per client with the ``limits`` library;
 - :func:`client_address` finds the client behind trusted reverse proxies;
 - :class:`CostLedger` counts credits spent and saved, for operators.
@@ -15,32 +15,24 @@ Time is always a parameter (``now``, unix seconds) or an injected clock.
 
 from __future__ import annotations
 
-import functools
 import ipaddress
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Literal, Protocol, TypeVar
+from typing import Any, Literal, Protocol
 
-import anyio.to_thread
-import diskcache
 import limits
 import limits.aio.storage
 import limits.aio.strategies
 import limits.storage
 
 from proxy.settings import SettingsError
-from proxy.upstream.contract import estimate_credits, to_hundredths
+from proxy.stores.counters import BudgetStore, CounterStore, DiskStore, Window
+from proxy.upstream.contract import estimate_credits
 
 __all__ = [
-    "BudgetStore",
     "ClientLimiter",
     "CostLedger",
-    "CounterStore",
     "CreditBudget",
-    "DiskStore",
-    "Window",
     "batching_saving",
     "client_address",
     "estimate_credits",
@@ -48,7 +40,6 @@ __all__ = [
     "parse_rate",
 ]
 
-_R = TypeVar("_R")
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -60,131 +51,6 @@ def batching_saving(output_variants: Sequence[Mapping[str, Any]]) -> float:
     """Credits saved by minting these variants in one token rather than one token each."""
     separately = sum(estimate_credits([v]) for v in output_variants)
     return round(separately - estimate_credits(output_variants), 2)
-
-
-# --- stores -------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Window:
-    """One budget window: its counter's key, its limit in credits, and how long to keep it."""
-
-    key: str
-    limit: float
-    ttl: float
-
-
-class BudgetStore(Protocol):
-    """Where budget counters live. Implementations must be atomic across processes."""
-
-    async def spend(self, windows: Sequence[Window], amount: float) -> bool:
-        """If ``amount`` fits under every window's limit, add it to all and return True;
-        otherwise change nothing and return False. One atomic step."""
-        ...
-
-    async def refund(self, windows: Sequence[Window], amount: float) -> None:
-        """Take ``amount`` back from each window's counter (never below 0)."""
-        ...
-
-    async def spent(self, key: str) -> float:
-        """Credits counted under ``key`` (0 when absent)."""
-        ...
-
-
-class CounterStore(Protocol):
-    """Where ledger counters live: atomic adds, consistent reads."""
-
-    async def add(self, amounts: Mapping[str, float]) -> None:
-        """Add each amount to its counter, all in one atomic step."""
-        ...
-
-    async def read(self, keys: Sequence[str]) -> dict[str, float]:
-        """Current values of ``keys`` (0 when absent)."""
-        ...
-
-
-class DiskStore:
-    """:class:`BudgetStore` and :class:`CounterStore` on a ``diskcache.Cache`` (SQLite).
-
-    Worker processes that open the same directory share the counters: SQLite transactions
-    make check-and-add atomic. Amounts are kept as integer hundredths of a credit (like
-    :func:`proxy.engine.pricing.to_hundredths`) so that sums are exact. All disk access
-    runs in a worker thread.
-    """
-
-    def __init__(self, cache: diskcache.Cache) -> None:
-        self._cache = cache
-
-    @classmethod
-    def open(cls, directory: Path | str) -> DiskStore:
-        """Open (or create) the store in ``directory``, e.g. ``settings.data_dir / "guards"``."""
-        return cls(diskcache.Cache(str(directory)))
-
-    def close(self) -> None:
-        self._cache.close()
-
-    async def spend(self, windows: Sequence[Window], amount: float) -> bool:
-        return await _in_thread(self._spend, tuple(windows), _units(amount))
-
-    async def refund(self, windows: Sequence[Window], amount: float) -> None:
-        await _in_thread(self._refund, tuple(windows), _units(amount))
-
-    async def spent(self, key: str) -> float:
-        return (await _in_thread(self._read, (key,)))[key]
-
-    async def add(self, amounts: Mapping[str, float]) -> None:
-        await _in_thread(self._add, {key: _units(value) for key, value in amounts.items()})
-
-    async def read(self, keys: Sequence[str]) -> dict[str, float]:
-        return await _in_thread(self._read, tuple(keys))
-
-    def _spend(self, windows: tuple[Window, ...], units: int) -> bool:
-        with self._cache.transact():
-            current = [(window, int(self._cache.get(window.key, 0))) for window in windows]
-            if any(value + units > _units(window.limit) for window, value in current):
-                return False
-            for window, value in current:
-                self._cache.set(window.key, value + units, expire=window.ttl)
-        return True
-
-    def _refund(self, windows: tuple[Window, ...], units: int) -> None:
-        with self._cache.transact():
-            for window in windows:
-                value = self._cache.get(window.key)
-                if value is not None:
-                    self._cache.set(window.key, max(int(value) - units, 0), expire=window.ttl)
-
-    def _add(self, amounts: dict[str, int]) -> None:
-        with self._cache.transact():
-            for key, units in amounts.items():
-                self._cache.incr(key, units, default=0)
-
-    def _read(self, keys: tuple[str, ...]) -> dict[str, float]:
-        with self._cache.transact():
-            return {key: int(self._cache.get(key, 0)) / _UNITS_PER_CREDIT for key in keys}
-
-    async def hit_window(self, key: str, limit: int, window: float, now: float) -> float | None:
-        """Count one event under ``key`` at ``now`` in a moving window of ``window`` seconds
-        that holds at most ``limit`` events: None when it fits (and is counted), else the
-        seconds until the oldest event leaves the window (and nothing is counted)."""
-        return await _in_thread(self._hit_window, key, limit, window, now)
-
-    def _hit_window(self, key: str, limit: int, window: float, now: float) -> float | None:
-        with self._cache.transact():
-            recent = [t for t in self._cache.get(key, ()) if t > now - window]
-            if len(recent) >= limit:
-                return max(recent[0] + window - now, 0.0)
-            recent.append(now)
-            self._cache.set(key, recent, expire=window)
-        return None
-
-
-_UNITS_PER_CREDIT = 100
-_units = to_hundredths
-
-
-async def _in_thread(func: Callable[..., _R], *args: Any) -> _R:
-    return await anyio.to_thread.run_sync(functools.partial(func, *args))
 
 
 # --- the credit budget ----------------------------------------------------------------------

@@ -29,12 +29,10 @@ import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlencode
 
 import anyio.to_thread
-import diskcache
 import limits.errors
 from starlette.datastructures import QueryParams
 from starlette.requests import Request
@@ -45,10 +43,8 @@ from proxy.guards.budget import (
     LEDGER_FIELDS,
     ClientLimiter,
     CostLedger,
-    CounterStore,
     CreditBudget,
     DiskClientLimiter,
-    DiskStore,
     IPNetwork,
     MissLimiter,
     client_address,
@@ -59,6 +55,8 @@ from proxy.guards.minter import CostEvents, Minter, NoCostEvents, Reservation
 from proxy.serving.admin import require_admin
 from proxy.settings import Settings
 from proxy.stores.cache import CachedOutput, TwoTierCache
+from proxy.stores.counters import CounterStore, DiskStore
+from proxy.stores.index import DiskVariantIndex, RedisVariantIndex, VariantIndex
 from proxy.stores.registry import ImageRecord
 from proxy.upstream.client import UpstreamClient
 from proxy.url import grammar, ladder
@@ -67,14 +65,13 @@ from proxy.url.variant import Variant, output_variant
 from proxy.variants.batching import Batcher, RenderMany, Ticket
 
 if TYPE_CHECKING:
-    from proxy.guards.budget import BudgetStore
+    from proxy.stores.counters import BudgetStore
     from proxy.stores.redis import RedisStore
 
 log = logging.getLogger("cutproxy.guards")
 
 FALLBACK_HEADER = "X-Cutproxy-Fallback"
 MAX_FALLBACK_TRIES = 8  # cached candidates read before giving up on a fallback
-MAX_INDEXED = 512  # per image; the soonest-expiring entries make room
 
 
 # --- request side --------------------------------------------------------------------------
@@ -166,92 +163,6 @@ def _canonical_variant(target: grammar.Canonical, limits: grammar.Limits) -> Var
 # --- the books -------------------------------------------------------------------------------
 
 # The minter keeps them (:mod:`proxy.minter`): what is spent, saved and reserved.
-
-
-# --- the per-image index of cached variants (for fallbacks) ----------------------------------
-
-
-class VariantIndex(Protocol):
-    """Which variant cache keys of an image were minted lately, and until when they live."""
-
-    async def add(self, image_id: str, key: str, expires_at: float) -> None: ...
-
-    async def entries(self, image_id: str, now: float) -> dict[str, float]:
-        """Live entries: cache key → expires_at."""
-        ...
-
-    async def close(self) -> None: ...
-
-
-class DiskVariantIndex:
-    """One diskcache row per image, shared by one host's workers."""
-
-    def __init__(self, directory: Path, clock: Callable[[], float] = time.time) -> None:
-        self._cache = diskcache.Cache(str(directory))
-        self._clock = clock
-
-    def _add(self, image_id: str, key: str, expires_at: float) -> None:
-        now = self._clock()
-        with self._cache.transact():
-            entries = {k: t for k, t in dict(self._cache.get(image_id, {})).items() if t > now}
-            entries[key] = expires_at
-            if len(entries) > MAX_INDEXED:
-                keep = sorted(entries.items(), key=lambda item: item[1])[-MAX_INDEXED:]
-                entries = dict(keep)
-            self._cache.set(image_id, entries, expire=max(1.0, max(entries.values()) - now))
-
-    def _entries(self, image_id: str, now: float) -> dict[str, float]:
-        return {k: t for k, t in dict(self._cache.get(image_id, {})).items() if t > now}
-
-    async def add(self, image_id: str, key: str, expires_at: float) -> None:
-        await anyio.to_thread.run_sync(self._add, image_id, key, expires_at)
-
-    async def entries(self, image_id: str, now: float) -> dict[str, float]:
-        return await anyio.to_thread.run_sync(self._entries, image_id, now)
-
-    async def close(self) -> None:
-        await anyio.to_thread.run_sync(self._cache.close)
-
-
-class RedisVariantIndex:
-    """A hash per image (field: cache key, value: expires_at) that expires with its newest entry."""
-
-    def __init__(self, store: RedisStore) -> None:
-        self._store = store
-
-    def _key(self, image_id: str) -> str:
-        return f"{self._store.prefix}fallback-index:{image_id}"
-
-    async def add(self, image_id: str, key: str, expires_at: float) -> None:
-        name = self._key(image_id)
-        ttl_ms = max(1000, int((expires_at - self._store.clock()) * 1000))
-        with self._store.health.guard("fallback index"):
-            async with self._store.client.pipeline(transaction=True) as pipe:
-                pipe.hset(name, key, repr(expires_at))
-                # The newest entry lives longest: the hash lives as long as it.
-                pipe.pexpire(name, ttl_ms)
-                pipe.hlen(name)
-                *_, size = await pipe.execute()
-            if int(size) > MAX_INDEXED:
-                entries = await self._read(name)
-                doomed = sorted(entries, key=entries.__getitem__)[: int(size) - MAX_INDEXED]
-                await self._store.client.hdel(name, *doomed)
-
-    async def _read(self, name: str) -> dict[str, float]:
-        raw: dict[Any, Any] = await self._store.client.hgetall(name)
-        return {_text(k): float(_text(v)) for k, v in raw.items()}
-
-    async def entries(self, image_id: str, now: float) -> dict[str, float]:
-        with self._store.health.guard("fallback index"):
-            entries = await self._read(self._key(image_id))
-        return {k: t for k, t in entries.items() if t > now}
-
-    async def close(self) -> None:
-        """The client belongs to :class:`proxy.redis_store.RedisStore`."""
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 # --- miss side -------------------------------------------------------------------------------

@@ -2,7 +2,9 @@
 
     TwoTierCache
     ├── MemoryTier   cachetools TLRUCache, per-entry expiry, no I/O (the hit path)
-    └── SharedTier   protocol; DiskTier (diskcache, one host's workers) or the Redis tier
+    └── SharedTier   protocol
+        ├── DiskTier   diskcache under PROXY_DATA_DIR: one host's worker processes
+        └── RedisTier  one string per entry with PX expiry, a per-image index set: every replica
 
 Every entry carries its absolute expiry (``expires_at``, wall-clock seconds). It is derived
 once, when the upstream hands out the URL: the smaller of the configured lifetime and any
@@ -13,6 +15,8 @@ expired entry is never served.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 import re
 import time
@@ -20,12 +24,19 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import parse_qsl, urlsplit
 
 import anyio.to_thread
 import diskcache
 from cachetools import TLRUCache
+
+from proxy.errors import SharedStoreUnavailableError
+
+if TYPE_CHECKING:
+    import redis.asyncio
+
+    from proxy.stores.redis import RedisHealth
 
 Clock = Callable[[], float]
 
@@ -264,3 +275,127 @@ class TwoTierCache:
 
     async def close(self) -> None:
         await self.shared.close()
+
+
+# An image's key prefix, ``/img/<id>/``: what its variants' keys start with.
+IMAGE_PREFIX = re.compile(r"/img/([A-Za-z0-9_-]+)/")
+
+
+# --- every replica: Redis --------------------------------------------------------------------
+
+# KEYS: entry, image index. ARGV: value, px. The index lives as long as its longest entry.
+_SET_ENTRY = """
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+if KEYS[2] ~= KEYS[1] then
+  redis.call('SADD', KEYS[2], KEYS[1])
+  if redis.call('PTTL', KEYS[2]) < tonumber(ARGV[2]) then
+    redis.call('PEXPIRE', KEYS[2], ARGV[2])
+  end
+end
+return 1
+"""
+
+# KEYS: image index. ARGV: full-key prefix. Deletes indexed entries under the prefix.
+_DELETE_INDEXED = """
+local n = 0
+for _, key in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  if string.sub(key, 1, string.len(ARGV[1])) == ARGV[1] then
+    n = n + redis.call('DEL', key)
+    redis.call('SREM', KEYS[1], key)
+  end
+end
+if redis.call('SCARD', KEYS[1]) == 0 then redis.call('DEL', KEYS[1]) end
+return n
+"""
+
+
+class RedisTier:
+    """:class:`proxy.cache.SharedTier` in Redis: one string per entry, expiring with it.
+
+    Each entry is also listed in its image's index set, so dropping an image's variants
+    (``delete_prefix("/img/<id>/")``) touches only those keys, never a SCAN of the keyspace.
+    Every delete is published so other replicas drop the same entries from memory.
+    """
+
+    def __init__(
+        self, client: redis.asyncio.Redis, *, prefix: str, clock: Clock, health: RedisHealth
+    ) -> None:
+        self._client = client
+        self._prefix = prefix
+        self._clock = clock
+        self._health = health
+        self.channel = f"{prefix}invalidate"
+        self._set_entry = client.register_script(_SET_ENTRY)
+        self._delete_indexed = client.register_script(_DELETE_INDEXED)
+
+    def _key(self, key: str) -> str:
+        return f"{self._prefix}cache:{key}"
+
+    def _index(self, key: str) -> str:
+        image = IMAGE_PREFIX.match(key)
+        return f"{self._prefix}index:{image.group(0)}" if image else self._key(key)
+
+    async def get(self, key: str) -> CachedOutput | None:
+        with self._health.guard("cache read"):
+            raw = await self._client.get(self._key(key))
+        if raw is None:
+            return None
+        output = CachedOutput.from_dict(json.loads(raw))
+        return output if output.expires_at > self._clock() else None
+
+    async def set(self, key: str, output: CachedOutput) -> None:
+        """Best effort: a lost write costs a re-mint later, never a wrong answer."""
+        px = int((output.expires_at - self._clock()) * 1000)
+        if px <= 0:
+            return
+        value = json.dumps(output.to_dict())
+        with contextlib.suppress(SharedStoreUnavailableError), self._health.guard("cache write"):
+            await self._set_entry(keys=[self._key(key), self._index(key)], args=[value, px])
+
+    async def scan(self, prefix: str) -> dict[str, CachedOutput]:
+        """Live entries of one image (``/img/<id>/...``), read through its index set."""
+        if not IMAGE_PREFIX.fullmatch(prefix):
+            raise ValueError(f"only an image's prefix can be listed, not {prefix!r}")
+        full_prefix = self._key(prefix)
+        with self._health.guard("cache read"):
+            members = await self._client.smembers(self._index(prefix))
+            keys = sorted(k for k in (_text(m) for m in members) if k.startswith(full_prefix))
+            values = await self._client.mget(keys) if keys else []
+        now = self._clock()
+        found: dict[str, CachedOutput] = {}
+        for key, raw in zip(keys, values, strict=True):
+            if raw is not None:  # the index may outlive an expired entry by a moment
+                output = CachedOutput.from_dict(json.loads(raw))
+                if output.expires_at > now:
+                    found[key.removeprefix(self._key(""))] = output
+        return found
+
+    async def delete(self, key: str) -> None:
+        with self._health.guard("cache delete"):
+            await self._client.delete(self._key(key))
+            await self._client.publish(self.channel, key)
+
+    async def delete_prefix(self, prefix: str) -> int:
+        with self._health.guard("cache delete"):
+            if IMAGE_PREFIX.match(prefix):
+                deleted = await self._delete_indexed(
+                    keys=[self._index(prefix)], args=[self._key(prefix)]
+                )
+            else:
+                deleted = await self._scan_delete(self._key(prefix))
+            await self._client.publish(self.channel, prefix)
+        return int(deleted)
+
+    async def _scan_delete(self, full_prefix: str) -> int:
+        pattern = re.sub(r"([*?\[\]\\])", r"\\\1", full_prefix) + "*"
+        deleted = 0
+        async for key in self._client.scan_iter(match=pattern, count=500):
+            deleted += int(await self._client.delete(key))
+        return deleted
+
+    async def close(self) -> None:
+        """The client belongs to :class:`RedisStore`, which closes it."""
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

@@ -2,18 +2,24 @@
 we know of the original (size, type, content hash).
 
 Persisted under ``PROXY_DATA_DIR`` in SQLite (via diskcache, never evicted), shared by the
-worker processes of one host and surviving restarts. A Redis implementation serves several
-machines behind the same :class:`Registry` protocol.
+worker processes of one host and surviving restarts (:class:`DiskRegistry`); in Redis
+(:class:`RedisRegistry`) it serves several machines behind the same :class:`Registry` protocol.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio.to_thread
 import diskcache
+
+if TYPE_CHECKING:
+    import redis.asyncio
+
+    from proxy.stores.redis import RedisHealth
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,3 +118,65 @@ class DiskRegistry:
 
     async def close(self) -> None:
         await anyio.to_thread.run_sync(self._cache.close)
+
+
+# --- every replica: Redis --------------------------------------------------------------------
+
+
+class RedisRegistry:
+    """:class:`proxy.registry.Registry` in Redis: ``image:<id>`` JSON and an ``images`` zset.
+
+    All ids score 0 in the sorted set, so ``ZRANGEBYLEX`` pages through them in id order.
+    Nothing expires: like the disk registry, records stay until deleted.
+    """
+
+    def __init__(self, client: redis.asyncio.Redis, *, prefix: str, health: RedisHealth) -> None:
+        self._client = client
+        self._prefix = prefix
+        self._health = health
+        self._ids = f"{prefix}images"
+
+    def _key(self, image_id: str) -> str:
+        return f"{self._prefix}image:{image_id}"
+
+    async def get(self, image_id: str) -> ImageRecord | None:
+        with self._health.guard("registry read"):
+            raw = await self._client.get(self._key(image_id))
+        return None if raw is None else ImageRecord.from_dict(json.loads(raw))
+
+    async def put(self, record: ImageRecord) -> None:
+        with self._health.guard("registry write"):
+            async with self._client.pipeline(transaction=True) as pipe:
+                pipe.set(self._key(record.image_id), json.dumps(record.to_dict()))
+                pipe.zadd(self._ids, {record.image_id: 0})
+                await pipe.execute()
+
+    async def delete(self, image_id: str) -> bool:
+        with self._health.guard("registry write"):
+            async with self._client.pipeline(transaction=True) as pipe:
+                pipe.delete(self._key(image_id))
+                pipe.zrem(self._ids, image_id)
+                deleted, _ = await pipe.execute()
+        return bool(deleted)
+
+    async def list(self, after: str | None = None, limit: int = 100) -> list[ImageRecord]:
+        if limit <= 0:
+            return []
+        start = f"({after}" if after is not None else "-"
+        with self._health.guard("registry read"):
+            ids = await self._client.zrangebylex(self._ids, start, "+", start=0, num=limit)
+            if not ids:
+                return []
+            raws = await self._client.mget([self._key(_text(i)) for i in ids])
+        return [ImageRecord.from_dict(json.loads(raw)) for raw in raws if raw is not None]
+
+    async def count(self) -> int:
+        with self._health.guard("registry read"):
+            return int(await self._client.zcard(self._ids))
+
+    async def close(self) -> None:
+        """The client belongs to :class:`RedisStore`, which closes it."""
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

@@ -16,132 +16,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
-import os
-import secrets
-import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from pathlib import Path
 from types import TracebackType
-from typing import Any, Protocol, TypeVar
-
-import anyio.to_thread
-import diskcache
+from typing import Any, TypeVar
 
 from proxy.errors import LeaseLostError, ProxyError, ServiceUnavailableError
+from proxy.stores.leases import Lease
 
 T = TypeVar("T")
 log = logging.getLogger("cutproxy.coalesce")
-
-
-class Lease(Protocol):
-    """A named, expiring lock in the shared store, released only by its holder."""
-
-    async def acquire(self, key: str, ttl: float) -> str | None:
-        """A holder token when the lease was free (or its holder's process is gone), else None."""
-        ...
-
-    async def release(self, key: str, token: str) -> None: ...
-
-    async def extend(self, key: str, token: str, ttl: float) -> bool:
-        """Push the expiry ``ttl`` seconds out if ``token`` still holds the lease."""
-        ...
-
-    async def close(self) -> None: ...
-
-
-# --- who holds a lease ------------------------------------------------------------------------
-
-
-@functools.cache
-def host_identity() -> str:
-    """Names the process table this process lives in: the host name, plus (on Linux) the
-    kernel's boot id and the PID namespace, so two containers that share a volume or a Redis
-    never read each other's process ids as their own."""
-    name = socket.gethostname().replace(":", "-")
-    try:
-        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()[:8]
-        namespace = os.readlink("/proc/self/ns/pid").partition("[")[2].rstrip("]")
-    except OSError:
-        return name
-    return f"{name}/{boot}/{namespace}"
-
-
-def holder_token() -> str:
-    """A fresh lease token naming its holder: ``host:pid:random``."""
-    return f"{host_identity()}:{os.getpid()}:{secrets.token_hex(8)}"
-
-
-def holder_gone(token: str) -> bool:
-    """Whether ``token`` names a process of this host that no longer runs.
-
-    Only a same-host holder can be checked (``kill(pid, 0)``, or a zombie in ``/proc``); a
-    holder elsewhere, or a token of another shape, counts as alive: its lease lapses by TTL.
-    """
-    host, _, rest = token.partition(":")
-    pid_text, _, _ = rest.partition(":")
-    if host != host_identity() or not pid_text.isdigit():
-        return False
-    pid = int(pid_text)
-    if pid == os.getpid() or pid <= 1:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except OSError:  # EPERM: it runs, as another user
-        return False
-    return _zombie(pid)
-
-
-def _zombie(pid: int) -> bool:
-    """A killed process its parent has not reaped yet: dead, whatever ``kill`` says."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rpartition(")")[2].split()[:1] == ["Z"]
-
-
-class DiskLease:
-    """Leases in a diskcache shared by the worker processes of one host."""
-
-    def __init__(self, directory: Path) -> None:
-        self._cache = diskcache.Cache(str(directory), eviction_policy="none")
-
-    def _acquire(self, key: str, ttl: float) -> str | None:
-        token = holder_token()
-        with self._cache.transact():
-            # get() treats an expired row as absent.
-            current = self._cache.get(key)
-            if current is not None:
-                if not holder_gone(str(current)):
-                    return None
-                log.warning("took over the lease on %s: its holder %s is gone", key, current)
-            self._cache.set(key, token, expire=ttl)
-        return token
-
-    def _release(self, key: str, token: str) -> None:
-        with self._cache.transact():
-            if self._cache.get(key) == token:
-                self._cache.delete(key)
-
-    def _extend(self, key: str, token: str, ttl: float) -> bool:
-        with self._cache.transact():
-            return self._cache.get(key) == token and bool(self._cache.touch(key, expire=ttl))
-
-    async def acquire(self, key: str, ttl: float) -> str | None:
-        return await anyio.to_thread.run_sync(self._acquire, key, ttl)
-
-    async def release(self, key: str, token: str) -> None:
-        await anyio.to_thread.run_sync(self._release, key, token)
-
-    async def extend(self, key: str, token: str, ttl: float) -> bool:
-        return await anyio.to_thread.run_sync(self._extend, key, token, ttl)
-
-    async def close(self) -> None:
-        await anyio.to_thread.run_sync(self._cache.close)
 
 
 class SingleFlight:

@@ -15,15 +15,14 @@ from proxy.guards.budget import (
     CostLedger,
     CreditBudget,
     DiskClientLimiter,
-    DiskStore,
     MissLimiter,
-    Window,
     batching_saving,
     client_address,
     estimate_credits,
     parse_networks,
 )
 from proxy.settings import Settings, SettingsError
+from proxy.stores.counters import DiskStore, Window
 
 HOUR_START = 1_700_002_800.0  # 23:00:00 UTC: a day boundary is one hour away
 assert HOUR_START % 3600 == 0
