@@ -26,7 +26,7 @@ import limits.aio.strategies
 import limits.storage
 
 from proxy.settings import SettingsError
-from proxy.stores.counters import BudgetStore, CounterStore, DiskStore, Window
+from proxy.stores.counters import BudgetStore, CounterStore, DiskCounters, Window
 from proxy.upstream.contract import estimate_credits
 
 __all__ = [
@@ -228,7 +228,7 @@ class MissLimiter(Protocol):
 
 
 class DiskClientLimiter(_PerClientRate):
-    """A moving window of each client's misses in a :class:`DiskStore`, shared by workers.
+    """A moving window of each client's misses in a :class:`DiskCounters`, shared by workers.
 
     Without Redis the worker processes of one host share ``PROXY_DATA_DIR``: keeping each
     client's recent miss times there, changed inside one SQLite transaction, gives them one
@@ -240,7 +240,7 @@ class DiskClientLimiter(_PerClientRate):
     def __init__(
         self,
         rate: str,
-        store: DiskStore,
+        store: DiskCounters,
         *,
         clock: Callable[[], float] = time.time,
         namespace: str = "misses",

@@ -55,7 +55,7 @@ from proxy.guards.minter import CostEvents, Minter, NoCostEvents, Reservation
 from proxy.serving.admin import require_admin
 from proxy.settings import Settings
 from proxy.stores.cache import CachedOutput, TwoTierCache
-from proxy.stores.counters import CounterStore, DiskStore
+from proxy.stores.counters import CounterStore, DiskCounters
 from proxy.stores.index import DiskVariantIndex, RedisVariantIndex, VariantIndex
 from proxy.stores.registry import ImageRecord
 from proxy.upstream.client import UpstreamClient
@@ -214,7 +214,7 @@ class MissGuard:
             if rate:
                 limiter = ClientLimiter(rate, storage=redis.limiter_storage(settings))
         else:
-            disk = DiskStore.open(settings.data_dir / "guards")
+            disk = DiskCounters.open(settings.data_dir / "guards")
             store = counters = disk
             index = DiskVariantIndex(settings.data_dir / "guards-index", clock)
             closers.append(disk.close)

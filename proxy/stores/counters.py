@@ -2,7 +2,7 @@
 
     BudgetStore        protocol: spend (check-and-add, atomic) / refund / spent
     CounterStore       protocol: add (atomic) / read
-    ├── DiskStore      diskcache (SQLite) under PROXY_DATA_DIR: one host's worker processes;
+    ├── DiskCounters   diskcache (SQLite) under PROXY_DATA_DIR: one host's worker processes;
     │                  also a moving window per key, for per-client miss rates
     └── RedisCounters  Lua scripts on Redis: every replica
 
@@ -70,7 +70,7 @@ class CounterStore(Protocol):
         ...
 
 
-class DiskStore:
+class DiskCounters:
     """:class:`BudgetStore` and :class:`CounterStore` on a ``diskcache.Cache`` (SQLite).
 
     Worker processes that open the same directory share the counters: SQLite transactions
@@ -83,7 +83,7 @@ class DiskStore:
         self._cache = cache
 
     @classmethod
-    def open(cls, directory: Path | str) -> DiskStore:
+    def open(cls, directory: Path | str) -> DiskCounters:
         """Open (or create) the store in ``directory``, e.g. ``settings.data_dir / "guards"``."""
         return cls(diskcache.Cache(str(directory)))
 

@@ -22,7 +22,7 @@ from proxy.guards.budget import (
     parse_networks,
 )
 from proxy.settings import Settings, SettingsError
-from proxy.stores.counters import DiskStore, Window
+from proxy.stores.counters import DiskCounters, Window
 
 HOUR_START = 1_700_002_800.0  # 23:00:00 UTC: a day boundary is one hour away
 assert HOUR_START % 3600 == 0
@@ -42,8 +42,8 @@ class FakeClock:
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[DiskStore]:
-    disk = DiskStore.open(tmp_path / "guards")
+def store(tmp_path: Path) -> Iterator[DiskCounters]:
+    disk = DiskCounters.open(tmp_path / "guards")
     yield disk
     disk.close()
 
@@ -70,7 +70,7 @@ def test_batching_saves_the_difference_to_separate_mints() -> None:
 # --- the credit budget --------------------------------------------------------------------
 
 
-async def test_hourly_budget_refuses_then_resets_with_the_hour(store: DiskStore) -> None:
+async def test_hourly_budget_refuses_then_resets_with_the_hour(store: DiskCounters) -> None:
     budget = CreditBudget(store, per_hour=2.5)
     now = HOUR_START + 10
     assert await budget.try_spend(1.1, now)
@@ -82,7 +82,7 @@ async def test_hourly_budget_refuses_then_resets_with_the_hour(store: DiskStore)
 
 
 async def test_daily_budget_spans_hours_and_neither_window_is_charged_on_refusal(
-    store: DiskStore,
+    store: DiskCounters,
 ) -> None:
     budget = CreditBudget(store, per_hour=2.0, per_day=3.0)
     day_start = HOUR_START - 23 * 3600
@@ -96,7 +96,7 @@ async def test_daily_budget_spans_hours_and_neither_window_is_charged_on_refusal
     assert await budget.try_spend(0.5, day_start + 86400)  # a new UTC day
 
 
-async def test_refund_gives_credits_back_to_the_windows_they_came_from(store: DiskStore) -> None:
+async def test_refund_gives_credits_back_to_the_windows_they_came_from(store: DiskCounters) -> None:
     budget = CreditBudget(store, per_hour=1.0)
     assert await budget.try_spend(1.0, HOUR_START)
     assert not await budget.try_spend(0.5, HOUR_START + 1)
@@ -105,7 +105,7 @@ async def test_refund_gives_credits_back_to_the_windows_they_came_from(store: Di
     assert (await budget.remaining(HOUR_START + 2))["hour"]["remaining"] == 0.5
 
 
-async def test_no_limits_spend_freely_and_report_nothing(store: DiskStore) -> None:
+async def test_no_limits_spend_freely_and_report_nothing(store: DiskCounters) -> None:
     budget = CreditBudget(store)
     assert not budget.limited
     assert all([await budget.try_spend(100.0, HOUR_START) for _ in range(3)])
@@ -115,7 +115,7 @@ async def test_no_limits_spend_freely_and_report_nothing(store: DiskStore) -> No
         CreditBudget(store, per_day=0)
 
 
-async def test_concurrent_spends_never_overshoot(store: DiskStore) -> None:
+async def test_concurrent_spends_never_overshoot(store: DiskCounters) -> None:
     budget = CreditBudget(store, per_hour=10.0)
     results = await asyncio.gather(*(budget.try_spend(1.0, HOUR_START) for _ in range(30)))
     assert results.count(True) == 10
@@ -123,7 +123,7 @@ async def test_concurrent_spends_never_overshoot(store: DiskStore) -> None:
 
 def _spend_many(directory: str, count: int) -> int:
     async def run() -> int:
-        disk = DiskStore.open(directory)
+        disk = DiskCounters.open(directory)
         window = Window("shared:hour", 40.0, 3600)
         try:
             return sum([await disk.spend([window], 1.0) for _ in range(count)])
@@ -152,7 +152,7 @@ def clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
 
 @pytest.fixture(params=["memory", "disk"])
 def limiter_of(
-    request: pytest.FixtureRequest, clock: FakeClock, store: DiskStore
+    request: pytest.FixtureRequest, clock: FakeClock, store: DiskCounters
 ) -> Callable[[str], MissLimiter]:
     """Both miss limiters: limits' moving window in memory, and the one in the disk store."""
     if request.param == "memory":
@@ -178,7 +178,7 @@ async def test_a_client_over_its_miss_rate_is_told_how_long_to_wait(
 
 def _miss_many(directory: str, count: int) -> int:
     async def run() -> int:
-        disk = DiskStore.open(directory)
+        disk = DiskCounters.open(directory)
         limiter = DiskClientLimiter("40/hour", disk)
         try:
             return sum([await limiter.hit("198.51.100.7") is None for _ in range(count)])
@@ -270,7 +270,7 @@ def test_trusted_proxies_setting_is_validated() -> None:
 
 
 async def test_the_ledger_totals_are_shared_by_every_worker(tmp_path: Path) -> None:
-    first, second = DiskStore.open(tmp_path), DiskStore.open(tmp_path)
+    first, second = DiskCounters.open(tmp_path), DiskCounters.open(tmp_path)
     try:
         await CostLedger(first).record(spent=1.1, saved_by_coalescing=1.1)
         await CostLedger(second).record(spent=0.25, saved_by_batching=0.85)
