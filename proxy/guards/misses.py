@@ -56,7 +56,7 @@ from proxy.serving.admin import require_admin
 from proxy.settings import Settings
 from proxy.stores.cache import CachedOutput, TwoTierCache
 from proxy.stores.counters import CounterStore, DiskCounters
-from proxy.stores.index import DiskVariantIndex, RedisVariantIndex, VariantIndex
+from proxy.stores.index import DiskVariantIndex, VariantIndex
 from proxy.stores.registry import ImageRecord
 from proxy.upstream.client import UpstreamClient
 from proxy.url import grammar, ladder
@@ -210,7 +210,7 @@ class MissGuard:
         limiter: MissLimiter | None = None
         if redis is not None:
             store = counters = redis.counters
-            index = RedisVariantIndex(redis)
+            index = redis.index
             if rate:
                 limiter = ClientLimiter(rate, storage=redis.limiter_storage(settings))
         else:

@@ -19,7 +19,9 @@ import anyio.to_thread
 import diskcache
 
 if TYPE_CHECKING:
-    from proxy.stores.redis import RedisStore
+    import redis.asyncio
+
+    from proxy.stores.redis import RedisHealth
 
 MAX_INDEXED = 512  # per image; the soonest-expiring entries make room
 
@@ -69,17 +71,27 @@ class DiskVariantIndex:
 class RedisVariantIndex:
     """A hash per image (field: cache key, value: expires_at) that expires with its newest entry."""
 
-    def __init__(self, store: RedisStore) -> None:
-        self._store = store
+    def __init__(
+        self,
+        client: redis.asyncio.Redis,
+        *,
+        prefix: str,
+        clock: Callable[[], float],
+        health: RedisHealth,
+    ) -> None:
+        self._client = client
+        self._prefix = prefix
+        self._clock = clock
+        self._health = health
 
     def _key(self, image_id: str) -> str:
-        return f"{self._store.prefix}fallback-index:{image_id}"
+        return f"{self._prefix}fallback-index:{image_id}"
 
     async def add(self, image_id: str, key: str, expires_at: float) -> None:
         name = self._key(image_id)
-        ttl_ms = max(1000, int((expires_at - self._store.clock()) * 1000))
-        with self._store.health.guard("fallback index"):
-            async with self._store.client.pipeline(transaction=True) as pipe:
+        ttl_ms = max(1000, int((expires_at - self._clock()) * 1000))
+        with self._health.guard("fallback index"):
+            async with self._client.pipeline(transaction=True) as pipe:
                 pipe.hset(name, key, repr(expires_at))
                 # The newest entry lives longest: the hash lives as long as it.
                 pipe.pexpire(name, ttl_ms)
@@ -88,19 +100,19 @@ class RedisVariantIndex:
             if int(size) > MAX_INDEXED:
                 entries = await self._read(name)
                 doomed = sorted(entries, key=entries.__getitem__)[: int(size) - MAX_INDEXED]
-                await self._store.client.hdel(name, *doomed)
+                await self._client.hdel(name, *doomed)
 
     async def _read(self, name: str) -> dict[str, float]:
-        raw: dict[Any, Any] = await self._store.client.hgetall(name)
+        raw: dict[Any, Any] = await self._client.hgetall(name)
         return {_text(k): float(_text(v)) for k, v in raw.items()}
 
     async def entries(self, image_id: str, now: float) -> dict[str, float]:
-        with self._store.health.guard("fallback index"):
+        with self._health.guard("fallback index"):
             entries = await self._read(self._key(image_id))
         return {k: t for k, t in entries.items() if t > now}
 
     async def close(self) -> None:
-        """The client belongs to :class:`proxy.redis_store.RedisStore`."""
+        """The client belongs to :class:`proxy.stores.redis.RedisStore`, which closes it."""
 
 
 def _text(value: bytes | str) -> str:

@@ -5,6 +5,7 @@
     ├── registry               RedisRegistry (proxy.stores.registry): a JSON value per image
     ├── lease                  RedisLease (proxy.stores.leases): SET NX PX with a token
     ├── counters               RedisCounters (proxy.stores.counters): budget and ledger
+    ├── index                  RedisVariantIndex (proxy.stores.index): for fallbacks
     └── invalidations()        pub/sub: what one replica deletes leaves every memory tier at once
 
 Each kind's Redis implementation lives beside its memory and disk ones; this module holds
@@ -34,6 +35,7 @@ from proxy.errors import SharedStoreUnavailableError
 from proxy.settings import Settings
 from proxy.stores.cache import IMAGE_PREFIX, Clock, MemoryTier, RedisTier
 from proxy.stores.counters import RedisCounters
+from proxy.stores.index import RedisVariantIndex
 from proxy.stores.leases import RedisLease
 from proxy.stores.registry import RedisRegistry
 
@@ -138,6 +140,7 @@ class RedisStore:
         self.registry = RedisRegistry(client, prefix=prefix, health=self.health)
         self.lease = RedisLease(client, prefix=prefix, health=self.health)
         self.counters = RedisCounters(client, prefix=prefix, health=self.health)
+        self.index = RedisVariantIndex(client, prefix=prefix, clock=clock, health=self.health)
 
     @classmethod
     def from_settings(cls, settings: Settings, clock: Clock = time.time) -> RedisStore:
