@@ -435,7 +435,7 @@ class Settings:
 
     def _validate_guards(self, bad: typing.Callable[[str, str], SettingsError]) -> None:
         # Imported here because these modules import this one; their parsers name the variable.
-        from proxy.guards.budget import parse_networks, parse_rate
+        from proxy.guards.clients import parse_networks, parse_rate
         from proxy.url.ladder import POLICIES, Ladder
         from proxy.url.signing import Signer
 

@@ -39,16 +39,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from proxy.errors import MissRefusedError, ProxyError
-from proxy.guards.budget import (
-    LEDGER_FIELDS,
+from proxy.guards.budget import LEDGER_FIELDS, CostLedger, CreditBudget, estimate_credits
+from proxy.guards.clients import (
     ClientLimiter,
-    CostLedger,
-    CreditBudget,
     DiskClientLimiter,
     IPNetwork,
     MissLimiter,
     client_address,
-    estimate_credits,
     parse_networks,
 )
 from proxy.guards.minter import CostEvents, Minter, NoCostEvents, Reservation

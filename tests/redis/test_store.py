@@ -10,7 +10,8 @@ from collections.abc import AsyncIterator
 import pytest
 
 from proxy.errors import SharedStoreUnavailableError
-from proxy.guards.budget import ClientLimiter, CostLedger, CreditBudget
+from proxy.guards.budget import CostLedger, CreditBudget
+from proxy.guards.clients import ClientLimiter
 from proxy.settings import Settings
 from proxy.stores.cache import CachedOutput, MemoryTier
 from proxy.stores.redis import RedisStore

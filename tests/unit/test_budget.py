@@ -10,15 +10,12 @@ import limits.aio.storage.memory
 import pytest
 from starlette.datastructures import Headers
 
-from proxy.guards.budget import (
+from proxy.guards.budget import CostLedger, CreditBudget, batching_saving, estimate_credits
+from proxy.guards.clients import (
     ClientLimiter,
-    CostLedger,
-    CreditBudget,
     DiskClientLimiter,
     MissLimiter,
-    batching_saving,
     client_address,
-    estimate_credits,
     parse_networks,
 )
 from proxy.settings import Settings, SettingsError
