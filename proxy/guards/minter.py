@@ -47,6 +47,9 @@ from proxy.url.variant import Variant
 
 log = logging.getLogger("cutproxy.minter")
 
+# An upload is named for the upstream by the image id and its type's usual extension.
+UPLOAD_EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp"}
+
 
 class CostEvents(Protocol):
     """What the minter and the miss guard report; :class:`proxy.metrics.Metrics` listens."""
@@ -247,6 +250,24 @@ class Minter:
         token = await self.mint(output_variants, unique_filename)
         return await self.upstream.process(
             token, image, filename=filename, content_type=content_type
+        )
+
+    async def upload_original(
+        self,
+        output_variants: Sequence[Mapping[str, Any]],
+        data: bytes,
+        *,
+        image_id: str,
+        content_type: str | None,
+    ) -> ProcessResult:
+        """One token (no ``unique_filename``, minted within the budget) and one processing call
+        carrying the image."""
+        kind = content_type or "application/octet-stream"
+        return await self.render(
+            output_variants,
+            image=data,
+            filename=f"{image_id}.{UPLOAD_EXTENSIONS.get(kind, 'bin')}",
+            content_type=kind,
         )
 
     async def _book_ambiguous(self, cost: float) -> None:

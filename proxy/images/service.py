@@ -6,22 +6,19 @@ decodable, not a decompression bomb), then sent to the upstream with the seed's 
 keeps the ``unique_filename`` and the original's facts; the blob store keeps the bytes, by
 SHA-256, so the variant service can upload them again when the upstream forgets them.
 
-Changes to one image (and to one blob's owners) are serialised by :class:`KeyedLock`: an
-in-process lock in front of the shared lease, so the workers of a host (or, with Redis, the
-replicas) agree on who changes what.
+Changes to one image (and to one blob's owners) are serialised by
+:class:`proxy.variants.coalesce.KeyedLock`: an in-process lock in front of the shared lease,
+so the workers of a host (or, with Redis, the replicas) agree on who changes what.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import hashlib
 import io
 import logging
 import time
 import warnings
-import weakref
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -31,18 +28,18 @@ from PIL import Image
 from proxy.errors import (
     BadRequestError,
     PayloadTooLargeError,
-    ServiceUnavailableError,
     UnsupportedMediaError,
 )
-from proxy.guards.minter import Minter
+from proxy.guards.minter import UPLOAD_EXTENSIONS, Minter
 from proxy.images import decoding
 from proxy.settings import Settings
 from proxy.stores.blobs import BlobStore
 from proxy.stores.cache import TwoTierCache
-from proxy.stores.registry import ImageRecord, Registry
-from proxy.upstream.client import ProcessResult, UpstreamClient
+from proxy.stores.leases import Lease
+from proxy.stores.registry import ImageRecord, Registry, record_version
+from proxy.upstream.client import UpstreamClient
 from proxy.url.variant import image_prefix
-from proxy.variants.coalesce import Lease, renewing
+from proxy.variants.coalesce import KeyedLock
 
 log = logging.getLogger("cutproxy.images")
 
@@ -54,12 +51,10 @@ UPLOAD_VARIANT = {
     "format": "webp",
 }
 
-# Magic numbers of the formats the upstream takes; nothing else is even opened.
-_EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp"}
+# Magic numbers of the formats the upstream takes (UPLOAD_EXTENSIONS); nothing else is opened.
 _PILLOW_FORMATS = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp"}
 
 Outcome = Literal["created", "replaced", "unchanged"]
-VARIANTS_GENERATION = "variants_generation"  # in ImageRecord.extra: see record_version
 
 
 # --- checking an upload ---------------------------------------------------------------------
@@ -75,7 +70,7 @@ class Probe:
 
     @property
     def extension(self) -> str:
-        return _EXTENSIONS[self.content_type]
+        return UPLOAD_EXTENSIONS[self.content_type]
 
 
 def sniff(data: bytes) -> str | None:
@@ -190,85 +185,6 @@ def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def record_version(record: ImageRecord) -> str:
-    """What the rendered variants of this record depend on: its bytes (or its upload).
-
-    Part of every cache key, so a replaced image is never served from a stale entry by any
-    worker; a re-upload of the same bytes (self-heal) keeps the version and the cache.
-    """
-    # DELETE /images/{id}/variants bumps the generation: every worker's keys change with it.
-    generation = record.extra.get(VARIANTS_GENERATION)
-    suffix = f".{generation}" if generation else ""
-    if record.sha256:
-        return record.sha256[:16] + suffix
-    raw = f"{record.unique_filename}|{record.width}|{record.height}"
-    return "u" + hashlib.sha256(raw.encode()).hexdigest()[:15] + suffix
-
-
-async def upload_original(
-    minter: Minter,
-    output_variants: Sequence[Mapping[str, Any]],
-    data: bytes,
-    *,
-    image_id: str,
-    content_type: str | None,
-) -> ProcessResult:
-    """One token (no ``unique_filename``, minted within the budget) and one processing call
-    carrying the image."""
-    kind = content_type or "application/octet-stream"
-    return await minter.render(
-        output_variants,
-        image=data,
-        filename=f"{image_id}.{_EXTENSIONS.get(kind, 'bin')}",
-        content_type=kind,
-    )
-
-
-# --- locks ----------------------------------------------------------------------------------
-
-
-class KeyedLock:
-    """Mutual exclusion per key: across tasks (asyncio) and across workers (the lease).
-
-    The lease is renewed every third of ``ttl`` while the lock is held, however long the
-    work takes (an upload may take minutes); if it is lost all the same (this process
-    stalled past ``ttl`` and another took the lease over), the work is stopped with
-    :class:`proxy.errors.LeaseLostError` rather than run on unguarded. A holder that died
-    leaves its lease behind: taken over at once on the same host (the lease names its
-    process), after ``ttl`` from another host (Redis).
-    """
-
-    def __init__(self, lease: Lease, *, ttl: float = 15.0, wait: float = 30.0) -> None:
-        self._lease = lease
-        self._ttl = ttl
-        self._wait = wait
-        self._local: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
-
-    @contextlib.asynccontextmanager
-    async def held(self, key: str) -> AsyncIterator[None]:
-        local = self._local.get(key)
-        if local is None:
-            local = self._local[key] = asyncio.Lock()
-        async with local:
-            name = f"lock:{key}"
-            deadline = time.monotonic() + self._wait
-            delay = 0.005
-            while (token := await self._lease.acquire(name, self._ttl)) is None:
-                if time.monotonic() + delay > deadline:
-                    raise ServiceUnavailableError(
-                        "another change to this image is in progress; retry shortly",
-                        code="image_busy",
-                        retry_after=1.0,
-                    )
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 0.1)
-            try:
-                async with renewing(self._lease, name, token, self._ttl, abort=True):
-                    yield
-            finally:
-                await self._lease.release(name, token)
-
-
 # --- the service ----------------------------------------------------------------------------
 
 
@@ -353,8 +269,7 @@ class ImageService:
             # The same bytes are live upstream under another id: share that upload, for free.
             unique_filename, uploaded_at = twin.unique_filename, twin.uploaded_at
         else:
-            result = await upload_original(
-                self.minter,
+            result = await self.minter.upload_original(
                 [UPLOAD_VARIANT],
                 data,
                 image_id=image_id,

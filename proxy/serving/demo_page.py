@@ -19,14 +19,13 @@ from starlette.routing import Mount, Route
 
 from proxy.errors import BadRequestError
 from proxy.files import WholeFile, WholeStaticFiles
-from proxy.images.service import record_version
 from proxy.serving.cdn import no_store
 from proxy.serving.handlers import state_of
 from proxy.serving.images_api import cached_variants
 from proxy.serving.negotiation import output_size
 from proxy.serving.srcset import parse_ratio
 from proxy.state import AppState
-from proxy.stores.registry import ImageRecord
+from proxy.stores.registry import ImageRecord, record_version
 from proxy.upstream.contract import estimate_credits
 from proxy.url import grammar
 from proxy.url.ladder import Ladder

@@ -27,12 +27,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from proxy.errors import BadRequestError, NotFoundError, PayloadTooLargeError
-from proxy.images.service import Stored, check_size, record_version, sha256_hex
+from proxy.images.service import Stored, check_size, sha256_hex
 from proxy.serving.admin import require_admin
 from proxy.serving.handlers import MAX_JSON_BODY, read_json, record_json, registration, state_of
 from proxy.state import AppState
 from proxy.stores.cache import CachedOutput
-from proxy.stores.registry import ImageRecord
+from proxy.stores.registry import ImageRecord, record_version
 from proxy.upstream.contract import estimate_credits
 from proxy.url import grammar
 from proxy.url.variant import Variant, image_prefix, output_variant

@@ -18,11 +18,11 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from proxy.images.service import VARIANTS_GENERATION
 from proxy.serving.admin import require_admin
 from proxy.serving.cdn import NOT_CONFIGURED, no_store
 from proxy.serving.handlers import state_of
 from proxy.state import AppState
+from proxy.stores.registry import VARIANTS_GENERATION
 from proxy.url import grammar
 from proxy.url.variant import image_prefix
 
@@ -37,7 +37,7 @@ async def purge_image(state: AppState, image_id: str) -> dict[str, Any]:
 async def _next_generation(state: AppState, image_id: str) -> bool:
     """Give the image a new variants generation; False if the image is unknown.
 
-    The generation is part of every cache key (:func:`proxy.images.record_version`), so
+    The generation is part of every cache key (:func:`proxy.stores.registry.record_version`), so
     every worker stops finding the old entries in its memory within
     ``PROXY_IMAGE_VIEW_TTL``, with or without Redis to tell it.
     """

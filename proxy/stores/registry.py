@@ -8,6 +8,7 @@ worker processes of one host and surviving restarts (:class:`DiskRegistry`); in 
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -51,6 +52,24 @@ class ImageRecord:
     def from_dict(cls, data: dict[str, Any]) -> ImageRecord:
         known = set(cls.__dataclass_fields__)
         return cls(**{k: v for k, v in data.items() if k in known})
+
+
+VARIANTS_GENERATION = "variants_generation"  # in ImageRecord.extra: see record_version
+
+
+def record_version(record: ImageRecord) -> str:
+    """What the rendered variants of this record depend on: its bytes (or its upload).
+
+    Part of every cache key, so a replaced image is never served from a stale entry by any
+    worker; a re-upload of the same bytes (self-heal) keeps the version and the cache.
+    """
+    # DELETE /images/{id}/variants bumps the generation: every worker's keys change with it.
+    generation = record.extra.get(VARIANTS_GENERATION)
+    suffix = f".{generation}" if generation else ""
+    if record.sha256:
+        return record.sha256[:16] + suffix
+    raw = f"{record.unique_filename}|{record.width}|{record.height}"
+    return "u" + hashlib.sha256(raw.encode()).hexdigest()[:15] + suffix
 
 
 class Registry(Protocol):

@@ -3,13 +3,17 @@
 Two layers. Within a process, a single-flight map: the first request starts the work as a
 task of its own, later ones await the same task (shielded, so a client that hangs up does not
 cancel work others wait for). Across processes (and, with Redis, machines), a lease in the
-shared store: only its holder mints; the others poll the shared cache until the result
-appears, the lease frees up (then one of them takes over), or their wait runs out (503).
+shared store (:mod:`proxy.stores.leases`): only its holder mints; the others poll the shared
+cache until the result appears, the lease frees up (then one of them takes over), or their
+wait runs out (503).
 
 A lease expires on its own unless its holder keeps renewing it (every third of the TTL while
 it works), so a crashed holder on another machine blocks the others for at most one TTL. On
 one host it blocks nobody: a lease names its holder (host, process id, a random part), and a
 contender on the same host that finds the holder's process gone takes the lease at once.
+
+:class:`KeyedLock` is the same lease held as a lock, for changes to an image (and to the
+owners of its original): in-process first, then across workers.
 """
 
 from __future__ import annotations
@@ -17,6 +21,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from types import TracebackType
 from typing import Any, TypeVar
@@ -222,3 +228,48 @@ class LeaseHeartbeat:
                     "lost the lease on %s while minting; another worker may mint", self._key
                 )
             return
+
+
+# --- keyed locks -------------------------------------------------------------------------------
+
+
+class KeyedLock:
+    """Mutual exclusion per key: across tasks (asyncio) and across workers (the lease).
+
+    The lease is renewed every third of ``ttl`` while the lock is held, however long the
+    work takes (an upload may take minutes); if it is lost all the same (this process
+    stalled past ``ttl`` and another took the lease over), the work is stopped with
+    :class:`proxy.errors.LeaseLostError` rather than run on unguarded. A holder that died
+    leaves its lease behind: taken over at once on the same host (the lease names its
+    process), after ``ttl`` from another host (Redis).
+    """
+
+    def __init__(self, lease: Lease, *, ttl: float = 15.0, wait: float = 30.0) -> None:
+        self._lease = lease
+        self._ttl = ttl
+        self._wait = wait
+        self._local: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
+
+    @contextlib.asynccontextmanager
+    async def held(self, key: str) -> AsyncIterator[None]:
+        local = self._local.get(key)
+        if local is None:
+            local = self._local[key] = asyncio.Lock()
+        async with local:
+            name = f"lock:{key}"
+            deadline = time.monotonic() + self._wait
+            delay = 0.005
+            while (token := await self._lease.acquire(name, self._ttl)) is None:
+                if time.monotonic() + delay > deadline:
+                    raise ServiceUnavailableError(
+                        "another change to this image is in progress; retry shortly",
+                        code="image_busy",
+                        retry_after=1.0,
+                    )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 0.1)
+            try:
+                async with renewing(self._lease, name, token, self._ttl, abort=True):
+                    yield
+            finally:
+                await self._lease.release(name, token)

@@ -41,15 +41,15 @@ from proxy.errors import (
 )
 from proxy.guards.minter import Minter
 from proxy.guards.misses import MissGuard
-from proxy.images.service import KeyedLock, record_version, upload_original
 from proxy.settings import Settings
 from proxy.stores.blobs import BlobStore
 from proxy.stores.cache import CachedOutput, TwoTierCache, output_for
-from proxy.stores.registry import ImageRecord, Registry
+from proxy.stores.leases import Lease
+from proxy.stores.registry import ImageRecord, Registry, record_version
 from proxy.upstream.client import ProcessResult, UpstreamClient
 from proxy.url.variant import Variant, cache_key, output_variant
 from proxy.variants.batching import Ticket
-from proxy.variants.coalesce import Lease, SingleFlight, lead_or_follow
+from proxy.variants.coalesce import KeyedLock, SingleFlight, lead_or_follow
 
 log = logging.getLogger("cutproxy.service")
 
@@ -477,8 +477,7 @@ class VariantService:
                 "missing from the blob store (PROXY_BLOB_DIR): upload the image again",
                 code="original_missing",
             )
-        result = await upload_original(
-            self.minter,
+        result = await self.minter.upload_original(
             specs,
             data,
             image_id=stale.image_id,

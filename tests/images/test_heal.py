@@ -10,8 +10,7 @@ import httpx
 import pytest
 
 from proxy.engine.settings import RETENTION_SECONDS
-from proxy.images.service import VARIANTS_GENERATION
-from proxy.stores.registry import ImageRecord
+from proxy.stores.registry import VARIANTS_GENERATION, ImageRecord
 from tests.images.conftest import AUTH, Rig, photo
 
 

@@ -17,9 +17,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from proxy.images.service import VARIANTS_GENERATION
 from proxy.state import AppState
-from proxy.stores.registry import ImageRecord
+from proxy.stores.registry import VARIANTS_GENERATION, ImageRecord
 from tests.clock import Clock
 from tests.integration.conftest import Engine, product_png, register
 from tests.ops.conftest import AUTH, running, settings

@@ -11,9 +11,8 @@ from pathlib import Path
 import pytest
 
 from proxy.errors import LeaseLostError
-from proxy.images.service import KeyedLock
 from proxy.stores.leases import DiskLease, holder_gone, holder_token
-from proxy.variants.coalesce import lead_or_follow
+from proxy.variants.coalesce import KeyedLock, lead_or_follow
 from tests.lease_holder import lease_holder
 
 KEY = "lock:bytes:0123abcd"
