@@ -8,11 +8,11 @@ request passes the guards in imgproxy's order::
 
 :class:`Guards` is the request side (used by the ``/img`` handler): signature, ladder,
 the client's address, and how a fallback answer looks. :class:`MissGuard` is the miss side
-(used by :class:`proxy.service.VariantService`, which alone knows a request is a miss): it
-admits or refuses a miss (the client's rate, then a budget reservation), batches the
-admitted ones, and finds the nearest cached size when a miss is refused. Every token, a
-miss's or not, is minted by its :class:`proxy.minter.Minter`, which holds the budget and
-keeps the books (:class:`proxy.budget.CostLedger`).
+(used by :class:`proxy.variants.service.VariantService`, which alone knows a request is a
+miss, and batches the admitted ones): it prices a miss, admits or refuses it (the client's
+rate, then a budget reservation), and finds the nearest cached size when a miss is refused.
+Every token, a miss's or not, is minted by its :class:`proxy.guards.minter.Minter`, which
+holds the budget and keeps the books (:class:`proxy.guards.budget.CostLedger`).
 
 Signed non-canonical URLs: the signature is checked against the path as requested; the
 308 to the canonical spelling or the ladder's size carries a fresh signature (first key,
@@ -59,7 +59,6 @@ from proxy.upstream.client import UpstreamClient
 from proxy.url import grammar, ladder
 from proxy.url.signing import EXPIRY_PARAM, SIGNATURE_PARAM, Signer
 from proxy.url.variant import Variant, output_variant
-from proxy.variants.batching import Batcher, RenderMany, Ticket
 
 if TYPE_CHECKING:
     from proxy.stores.counters import BudgetStore
@@ -169,7 +168,7 @@ _NO_TOTALS = {**dict.fromkeys(LEDGER_FIELDS, 0.0), "ambiguous_mints": 0}
 
 @dataclass
 class MissGuard:
-    """Admits or refuses misses and batches the admitted ones; the minter keeps the books."""
+    """Admits or refuses misses, prices them, and finds fallbacks; the minter keeps the books."""
 
     settings: Settings
     minter: Minter
@@ -178,15 +177,6 @@ class MissGuard:
     clock: Callable[[], float] = time.time
     events: CostEvents = field(default_factory=NoCostEvents)
     closers: list[Callable[[], Any]] = field(default_factory=list)
-    batcher: Batcher[Reservation] = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.batcher = Batcher(
-            window=self.settings.batch_window_ms / 1000,
-            max_size=self.settings.batch_max_variants,
-            price=self._price,
-            pay=self.minter.paying,
-        )
 
     @classmethod
     def from_settings(
@@ -247,34 +237,16 @@ class MissGuard:
         for close in self.closers:
             await anyio.to_thread.run_sync(close)
 
-    # -- the mint -----------------------------------------------------------------------------
+    # -- admission ----------------------------------------------------------------------------
     def estimate(self, variant: Variant, record: ImageRecord) -> float:
         """What minting this variant alone costs, by the upstream's price rules."""
-        return self._price(record, [variant])
+        return self.price(record, [variant])
 
-    def _price(self, record: ImageRecord, variants: list[Variant]) -> float:
+    def price(self, record: ImageRecord, variants: list[Variant]) -> float:
         """What one token for these variants of the image costs."""
         return estimate_credits(
             [output_variant(v, self.settings, record.original_size) for v in variants]
         )
-
-    async def mint(
-        self,
-        record: ImageRecord,
-        variant: Variant,
-        client: str | None,
-        render_many: RenderMany,
-        ticket: Ticket | None = None,
-    ) -> CachedOutput:
-        """Admit the miss (rate, budget), then mint it, batched with its image's others.
-
-        ``ticket`` is the one :meth:`proxy.batching.Batcher.expect` gave the miss.
-        """
-
-        async def admit(credits: float) -> Reservation:
-            return await self.admit(client, credits)
-
-        return await self.batcher.render(record, variant, admit, render_many, ticket)
 
     async def admit(self, client: str | None, credits: float) -> Reservation:
         """Count one miss for ``client`` and reserve ``credits``; MissRefusedError if over."""

@@ -2,10 +2,12 @@
 
 Order on every request: image version (in-memory view of the registry) → memory tier (no
 I/O) → in-process single flight → shared tier → registry → cross-process lease → mint +
-process → store in both tiers. A miss this process leads passes the guards first
-(:class:`proxy.guards.MissGuard`: the client's miss rate, the credit budget, batching);
-hits, in either tier, never touch them. Every token, a miss's, a warm-up's or a
-re-upload's, is minted by the guards' :class:`proxy.minter.Minter` (ladder, budget, books).
+process → store in both tiers. A miss this process leads is admitted by the guards
+(:class:`proxy.guards.misses.MissGuard`: the client's miss rate, the credit budget at the
+miss's price) as it joins its image's batch (:class:`proxy.variants.batching.Batcher`,
+owned here); hits, in either tier, never touch them. Every token, a miss's, a warm-up's or
+a re-upload's, is minted by the guards' :class:`proxy.guards.minter.Minter` (ladder,
+budget, books).
 
 Cache keys carry the image's version (its content hash), so when an image is replaced every
 worker stops serving the old variants within ``PROXY_IMAGE_VIEW_TTL``, without any message
@@ -39,7 +41,7 @@ from proxy.errors import (
     UpstreamError,
     UpstreamGoneError,
 )
-from proxy.guards.minter import Minter
+from proxy.guards.minter import Minter, Reservation
 from proxy.guards.misses import MissGuard
 from proxy.settings import Settings
 from proxy.stores.blobs import BlobStore
@@ -48,7 +50,7 @@ from proxy.stores.leases import Lease
 from proxy.stores.registry import ImageRecord, Registry, record_version
 from proxy.upstream.client import ProcessResult, UpstreamClient
 from proxy.url.variant import Variant, cache_key, output_variant
-from proxy.variants.batching import Ticket
+from proxy.variants.batching import Batcher, Ticket
 from proxy.variants.coalesce import KeyedLock, SingleFlight, lead_or_follow
 
 log = logging.getLogger("cutproxy.service")
@@ -115,9 +117,11 @@ class VariantService:
     blobs: BlobStore | None = None  # the kept originals, for re-uploads
     reuploads: SingleFlight = field(default_factory=SingleFlight)
     events: ServiceEvents = field(default_factory=NoEvents)
-    guards: MissGuard | None = None  # rate, budget, batching and books for misses
+    guards: MissGuard | None = None  # rate, budget, prices and fallbacks for misses
     # Every token goes through the guards' minter (budget, ladder, books); bare without guards.
     minter: Minter = field(init=False)
+    # Misses of one image arriving together share a token (only with guards: they price it).
+    batcher: Batcher[Reservation] | None = field(init=False)
     locks: KeyedLock = field(init=False)  # per image; shared with the image service
     # Past the view's life, hits are answered from the last record seen while one background
     # read refreshes it (None: when changes are announced, i.e. with Redis; see _stale).
@@ -144,6 +148,16 @@ class VariantService:
             self.guards.minter
             if self.guards is not None
             else Minter(self.upstream, clock=self.clock)
+        )
+        self.batcher = (
+            Batcher(
+                window=self.settings.batch_window_ms / 1000,
+                max_size=self.settings.batch_max_variants,
+                price=self.guards.price,
+                pay=self.minter.paying,
+            )
+            if self.guards is not None
+            else None
         )
         self.locks = KeyedLock(self.lease, ttl=self.settings.lease_ttl)
         self._resting = TTLCache(
@@ -316,7 +330,7 @@ class VariantService:
 
     async def _miss(self, variant: Variant, key: str, client: str | None = None) -> Resolved:
         # Announced before the checks below, so a batch of this image knows one more may come.
-        ticket = self.guards.batcher.expect(variant.image_id) if self.guards else None
+        ticket = self.batcher.expect(variant.image_id) if self.batcher else None
         with ticket or contextlib.nullcontext():
             return await self._checked_miss(variant, key, client, ticket)
 
@@ -336,12 +350,7 @@ class VariantService:
             minted = True
             self.events.rendering(1)
             try:
-                if self.guards is None:
-                    fresh = await self.render(variant, record)
-                else:
-                    fresh = await self.guards.mint(
-                        record, variant, client, self.render_many, ticket
-                    )
+                fresh = await self._mint(record, variant, client, ticket)
             finally:
                 self.events.rendering(-1)
             await self.cache.set(key, fresh)
@@ -365,6 +374,20 @@ class VariantService:
         if self.guards is not None:  # another worker minted it while this one waited
             await self.guards.coalesced(credits)
         return Resolved(output, "shared")
+
+    async def _mint(
+        self, record: ImageRecord, variant: Variant, client: str | None, ticket: Ticket | None
+    ) -> CachedOutput:
+        """Mint a miss this process leads: admitted by the guards (the client's rate, the
+        budget at its price), batched with its image's others. Bare without guards."""
+        guards = self.guards
+        if guards is None or self.batcher is None:
+            return await self.render(variant, record)
+
+        async def admit(credits: float) -> Reservation:
+            return await guards.admit(client, credits)
+
+        return await self.batcher.render(record, variant, admit, self.render_many, ticket)
 
     async def render(self, variant: Variant, record: ImageRecord) -> CachedOutput:
         """One token for exactly this variant, then processing with the token alone."""
