@@ -19,14 +19,13 @@ the upstream forgot. For each token it
 (``PROXY_LADDER_POLICY``), so warm-ups cannot mint sizes visitors are refused, and
 :meth:`Minter.check` refuses any variant off the ladder at the door itself.
 
-Reservations follow the task: :meth:`Minter.paying` opens an account (a context variable)
-that the mints inside it, including tasks they start, draw on.
+Reservations are paid with explicitly: :meth:`Minter.paying` opens an :class:`Account` of
+them, and the mints given that account draw on it. A mint given none opens its own.
 """
 
 from __future__ import annotations
 
 import contextlib
-import contextvars
 import dataclasses
 import logging
 import time
@@ -85,18 +84,17 @@ class Reservation:
 
 
 @dataclass
-class _Account:
-    """Credits reserved for the mints of one scope, and how much of them tokens drew."""
+class Account:
+    """Credits reserved for the mints of one render, and how much of them tokens drew.
+
+    Open while its :meth:`Minter.paying` block runs; a mint given a closed account (its
+    render is over, e.g. a re-upload that outlived the request that started it) opens its own.
+    """
 
     reserved: float
     at: float
     drawn: float = 0.0
     open: bool = True
-
-
-_account: contextvars.ContextVar[_Account | None] = contextvars.ContextVar(
-    "cutproxy_mint_account", default=None
-)
 
 
 class Minter:
@@ -190,32 +188,33 @@ class Minter:
             self.events.budget_remaining(name, window["remaining"])
 
     @contextlib.asynccontextmanager
-    async def paying(self, reservations: Sequence[Reservation] = ()) -> AsyncIterator[None]:
-        """Mints inside the block (and tasks it starts) draw on ``reservations``.
+    async def paying(self, reservations: Sequence[Reservation] = ()) -> AsyncIterator[Account]:
+        """An account of ``reservations`` for the mints given it inside the block.
 
         A mint that costs more than is left reserves the difference itself. When the block
         ends, what no token drew is given back, so the books are square before anyone is
         answered.
         """
         at = min((r.at for r in reservations), default=self.clock())
-        account = _Account(reserved=round(sum(r.credits for r in reservations), 2), at=at)
-        reset = _account.set(account)
+        account = Account(reserved=round(sum(r.credits for r in reservations), 2), at=at)
         try:
-            yield
+            yield account
         finally:
-            _account.reset(reset)
             account.open = False
             await self._refund(round(account.reserved - account.drawn, 2), account.at)
 
     # -- the mint -------------------------------------------------------------------------
     async def mint(
-        self, output_variants: Sequence[Mapping[str, Any]], unique_filename: str | None = None
+        self,
+        output_variants: Sequence[Mapping[str, Any]],
+        unique_filename: str | None = None,
+        account: Account | None = None,
     ) -> str:
-        """One token for ``output_variants`` (of the upload ``unique_filename``, if given)."""
-        account = _account.get()
+        """One token for ``output_variants`` (of the upload ``unique_filename``, if given),
+        drawing on ``account`` (see :meth:`paying`) while it is open."""
         if account is None or not account.open:
-            async with self.paying():
-                return await self.mint(output_variants, unique_filename)
+            async with self.paying() as own:
+                return await self.mint(output_variants, unique_filename, own)
         specs = [dict(v) for v in output_variants]
         cost = estimate_credits(specs)
         short = round(cost - (account.reserved - account.drawn), 2)
@@ -244,10 +243,11 @@ class Minter:
         image: bytes | None = None,
         filename: str = "image",
         content_type: str = "application/octet-stream",
+        account: Account | None = None,
     ) -> ProcessResult:
         """Mint a token, then process it: with ``image`` for an upload, else the upload
         ``unique_filename`` is reused."""
-        token = await self.mint(output_variants, unique_filename)
+        token = await self.mint(output_variants, unique_filename, account)
         return await self.upstream.process(
             token, image, filename=filename, content_type=content_type
         )
@@ -259,6 +259,7 @@ class Minter:
         *,
         image_id: str,
         content_type: str | None,
+        account: Account | None = None,
     ) -> ProcessResult:
         """One token (no ``unique_filename``, minted within the budget) and one processing call
         carrying the image."""
@@ -268,6 +269,7 @@ class Minter:
             image=data,
             filename=f"{image_id}.{UPLOAD_EXTENSIONS.get(kind, 'bin')}",
             content_type=kind,
+            account=account,
         )
 
     async def _book_ambiguous(self, cost: float) -> None:

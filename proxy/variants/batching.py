@@ -28,7 +28,6 @@ import asyncio
 import contextlib
 import functools
 from collections.abc import Awaitable, Callable
-from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Generic, TypeVar
@@ -38,7 +37,8 @@ from proxy.stores.registry import ImageRecord
 from proxy.url.variant import Variant
 
 P = TypeVar("P")
-RenderMany = Callable[[ImageRecord, list[Variant]], Awaitable[dict[Variant, CachedOutput]]]
+# One token for the variants of one image, paid with what admitting its members returned.
+RenderMany = Callable[[ImageRecord, list[Variant], list[P]], Awaitable[dict[Variant, CachedOutput]]]
 
 
 @dataclass
@@ -52,8 +52,6 @@ class Member(Generic[P]):
 
 Price = Callable[[ImageRecord, list[Variant]], float]
 Admit = Callable[[float], Awaitable[P]]
-# Opens the books for one render, given its members' payloads; closes them after it.
-Pay = Callable[[list[P]], AbstractAsyncContextManager[None]]
 
 
 @dataclass
@@ -105,18 +103,17 @@ class Batcher(Generic[P]):
     Each miss is admitted (``admit``: rate and budget) at what it adds to its batch, by
     ``price``: the full rate when it is the first, 0.25 credit after (more if it is the
     first over 1 MP). Admissions of one batch take turns, so what its members were admitted
-    at adds up to what the batch costs. The render runs inside ``pay`` (the minter's
-    account of those admissions), which gives back what no token used before any waiter is
+    at adds up to what the batch costs. ``render_many`` is given those admissions to pay
+    with, and gives back what no token used before it returns, that is before any waiter is
     answered, so the books are square by the time a client sees its response.
     """
 
-    def __init__(self, *, window: float, max_size: int, price: Price, pay: Pay[P]) -> None:
+    def __init__(self, *, window: float, max_size: int, price: Price) -> None:
         if window < 0 or max_size < 1:
             raise ValueError("window must be >= 0 and max_size >= 1")
         self.window = window
         self.max_size = max_size
         self._price = price
-        self._pay = pay
         self._open: dict[tuple[str, str], _Batch[P]] = {}
         self._images: dict[str, _Image] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -154,7 +151,7 @@ class Batcher(Generic[P]):
         record: ImageRecord,
         variant: Variant,
         admit: Admit[P],
-        render_many: RenderMany,
+        render_many: RenderMany[P],
         ticket: Ticket | None = None,
     ) -> CachedOutput:
         """This variant's output, minted alone or together with others of the same image.
@@ -191,7 +188,7 @@ class Batcher(Generic[P]):
         return await asyncio.shield(future)
 
     def _join(
-        self, group: tuple[str, str], record: ImageRecord, render_many: RenderMany
+        self, group: tuple[str, str], record: ImageRecord, render_many: RenderMany[P]
     ) -> _Batch[P]:
         batch = self._open.get(group)
         if batch is None:
@@ -210,7 +207,7 @@ class Batcher(Generic[P]):
         return batch
 
     async def _close_later(
-        self, group: tuple[str, str], batch: _Batch[P], render_many: RenderMany
+        self, group: tuple[str, str], batch: _Batch[P], render_many: RenderMany[P]
     ) -> None:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(batch.ready.wait(), self.window)
@@ -227,13 +224,13 @@ class Batcher(Generic[P]):
             state.minting -= 1
             self._settled(group[0])
 
-    async def _render(self, batch: _Batch[P], render_many: RenderMany) -> None:
+    async def _render(self, batch: _Batch[P], render_many: RenderMany[P]) -> None:
         variants = list(dict.fromkeys(m.variant for m in batch.members))
         outputs: dict[Variant, CachedOutput] = {}
         error: BaseException | None = None
         try:
-            async with self._pay([m.payload for m in batch.members]):
-                outputs = await render_many(batch.record, variants)
+            payloads = [m.payload for m in batch.members]
+            outputs = await render_many(batch.record, variants, payloads)
         except asyncio.CancelledError:
             for member in batch.members:
                 member.future.cancel()

@@ -41,7 +41,7 @@ from proxy.errors import (
     UpstreamError,
     UpstreamGoneError,
 )
-from proxy.guards.minter import Minter, Reservation
+from proxy.guards.minter import Account, Minter, Reservation
 from proxy.guards.misses import MissGuard
 from proxy.settings import Settings
 from proxy.stores.blobs import BlobStore
@@ -154,7 +154,6 @@ class VariantService:
                 window=self.settings.batch_window_ms / 1000,
                 max_size=self.settings.batch_max_variants,
                 price=self.guards.price,
-                pay=self.minter.paying,
             )
             if self.guards is not None
             else None
@@ -387,23 +386,32 @@ class VariantService:
         async def admit(credits: float) -> Reservation:
             return await guards.admit(client, credits)
 
-        return await self.batcher.render(record, variant, admit, self.render_many, ticket)
+        return await self.batcher.render(record, variant, admit, self._render_paid, ticket)
+
+    async def _render_paid(
+        self, record: ImageRecord, variants: list[Variant], reservations: list[Reservation]
+    ) -> dict[Variant, CachedOutput]:
+        """:meth:`render_many` drawing on the batch's reservations; what no token drew is
+        given back as it returns, before any member of the batch is answered."""
+        async with self.minter.paying(reservations) as account:
+            return await self.render_many(record, variants, account)
 
     async def render(self, variant: Variant, record: ImageRecord) -> CachedOutput:
         """One token for exactly this variant, then processing with the token alone."""
         return (await self.render_many(record, [variant]))[variant]
 
     async def render_many(
-        self, record: ImageRecord, variants: list[Variant]
+        self, record: ImageRecord, variants: list[Variant], account: Account | None = None
     ) -> dict[Variant, CachedOutput]:
         """One token for all ``variants`` of one image (extra variants cost 0.25 credit each).
 
         Callers own caching; this only spends the mint and reads the answer. A size off the
-        ladder is refused here too, whoever asks (400).
+        ladder is refused here too, whoever asks (400). The mint draws on ``account`` (the
+        admitted misses' reservations), or reserves its price itself.
         """
         self.minter.check(variants)
         specs = [output_variant(v, self.settings, record.original_size) for v in variants]
-        result = await self._process(record, specs)
+        result = await self._process(record, specs, account)
         now = self.clock()
         outputs: dict[Variant, CachedOutput] = {}
         for variant, spec in zip(variants, specs, strict=True):
@@ -421,29 +429,36 @@ class VariantService:
         return outputs
 
     # -- uploads the upstream forgot ---------------------------------------------------------
-    async def _process(self, record: ImageRecord, specs: list[dict[str, Any]]) -> ProcessResult:
+    async def _process(
+        self, record: ImageRecord, specs: list[dict[str, Any]], account: Account | None
+    ) -> ProcessResult:
         """Mint and process ``specs`` for the image, uploading its original again if needed.
 
         An upload older than ``PROXY_REUPLOAD_AFTER`` is re-uploaded before the mint (so no
         visitor waits for the upstream's 404); a 404 from either call is healed the same way.
+        Every token draws on ``account``.
         """
         if self._expired(record):
-            record, result = await self._heal(record, specs)
+            record, result = await self._heal(record, specs, account)
             if result is not None:
                 return result
         try:
-            return await self._mint_and_process(record, specs)
+            return await self._mint_and_process(record, specs, account)
         except UpstreamGoneError:
             if record.sha256 is None:
                 raise _not_kept(record) from None
             log.info("upstream forgot the upload of %s; uploading it again", record.image_id)
-        record, result = await self._heal(record, specs)
-        return result if result is not None else await self._mint_and_process(record, specs)
+        record, result = await self._heal(record, specs, account)
+        if result is not None:
+            return result
+        return await self._mint_and_process(record, specs, account)
 
     async def _mint_and_process(
-        self, record: ImageRecord, specs: list[dict[str, Any]]
+        self, record: ImageRecord, specs: list[dict[str, Any]], account: Account | None
     ) -> ProcessResult:
-        return await self.minter.render(specs, unique_filename=record.unique_filename)
+        return await self.minter.render(
+            specs, unique_filename=record.unique_filename, account=account
+        )
 
     def _expired(self, record: ImageRecord) -> bool:
         return (
@@ -454,12 +469,13 @@ class VariantService:
         )
 
     async def _heal(
-        self, stale: ImageRecord, specs: list[dict[str, Any]]
+        self, stale: ImageRecord, specs: list[dict[str, Any]], account: Account | None
     ) -> tuple[ImageRecord, ProcessResult | None]:
         """The image with a live upload, plus the outputs for ``specs`` if they came with it.
 
         One re-upload per image at a time: tasks of this worker join one flight, workers meet
         at the lease, and whoever arrives after it finished finds the fresh record instead.
+        The re-upload's token draws on the ``account`` of the request that leads it.
         """
         if stale.sha256 is None or self.blobs is None:
             raise _not_kept(stale)
@@ -479,7 +495,7 @@ class VariantService:
                 key,
                 ttl=self.settings.lease_ttl,
                 wait=self.settings.coalesce_wait,
-                lead=lambda: self._reupload(stale, specs),
+                lead=lambda: self._reupload(stale, specs, account),
                 check=fresher,
             )
 
@@ -490,7 +506,7 @@ class VariantService:
         return record, None
 
     async def _reupload(
-        self, stale: ImageRecord, specs: list[dict[str, Any]]
+        self, stale: ImageRecord, specs: list[dict[str, Any]], account: Account | None
     ) -> tuple[ImageRecord, ProcessResult]:
         assert stale.sha256 is not None and self.blobs is not None
         data = await self.blobs.get(stale.sha256)
@@ -505,6 +521,7 @@ class VariantService:
             data,
             image_id=stale.image_id,
             content_type=stale.content_type,
+            account=account,
         )
         uploaded_at = self.clock()
         fresh = stale.evolve(unique_filename=result.unique_filename, uploaded_at=uploaded_at)

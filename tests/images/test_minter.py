@@ -71,6 +71,29 @@ async def test_a_budget_limits_warm_ups_and_uploads_too(rig: Rig) -> None:
     assert books["budget"]["hour"]["remaining"] == 0
 
 
+@pytest.mark.parametrize(
+    "rig_settings", [{"budget_credits_per_hour": 0.5, "reupload_after": 3600.0}]
+)
+async def test_a_miss_that_renews_an_old_upload_pays_for_it_with_its_own_admission(
+    rig: Rig,
+) -> None:
+    assert (await rig.upload("mug", photo(1))).status_code == 201  # the hour's 0.5, spent
+    rig.clock.advance(3600)  # a new hour, and the upload is old enough to be renewed first
+    before = await rig.stats()
+
+    # The miss is admitted at its price, 0.5: all the hour has. Its one token is the
+    # re-upload's, which draws on that admission instead of asking the budget again.
+    answer = await rig.client.get("/img/mug/320x320/ffffff.jpg")
+    assert answer.status_code == 302, answer.text
+
+    after = await rig.stats()
+    assert after["uploads"] == before["uploads"] + 1
+    assert after["tokens_minted"] == before["tokens_minted"] + 1
+    books = await costs(rig)
+    assert books["spent"] == round(after["credits_charged"], 2) == 1.0
+    assert books["budget"]["hour"]["remaining"] == 0
+
+
 LADDER = {"ladder_widths": "320,640", "ladder_ratios": "1:1,4:3"}
 
 
