@@ -13,8 +13,8 @@ import httpx
 import pytest
 
 from proxy.errors import UpstreamError, UpstreamTimeoutError
-from proxy.stores.masters import fetch_master
 from proxy.variants.derive import MasterError, decode_master
+from proxy.variants.fetch import fetch_master
 from tests.integration.conftest import ENGINE_KEY, Engine, product_png
 from tests.servers import Server, cutproxy, free_port, start
 
