@@ -17,7 +17,11 @@ hit ever waits for Redis, so a hung Redis cannot slow hits down.
 
 When the upstream has forgotten an upload (it keeps files 2 hours), the kept
 original is uploaded again together with the wanted variants: one token, one processing call,
-shared by every request (and worker) that needs it.
+shared by every request (and worker) that needs it (:mod:`proxy.variants.reupload`).
+
+Why over 400 lines: the image view (the registry's records trusted for a while, refreshed in
+the background) stays in the class whose ``peek`` is the hit path, which reads it with no
+call in between; the miss path, the batch and the re-upload live in their own modules.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Protocol
 
 from cachetools import LRUCache, TTLCache
 
@@ -39,7 +43,6 @@ from proxy.errors import (
     ProxyError,
     SharedStoreUnavailableError,
     UpstreamError,
-    UpstreamGoneError,
 )
 from proxy.guards.minter import Account, Minter, Reservation
 from proxy.guards.misses import MissGuard
@@ -48,10 +51,11 @@ from proxy.stores.blobs import BlobStore
 from proxy.stores.cache import CachedOutput, TwoTierCache, output_for
 from proxy.stores.leases import Lease
 from proxy.stores.registry import ImageRecord, Registry, record_version
-from proxy.upstream.client import ProcessResult, UpstreamClient
+from proxy.upstream.client import UpstreamClient
 from proxy.url.variant import Variant, cache_key, output_variant
 from proxy.variants.batching import Batcher, Ticket
 from proxy.variants.coalesce import KeyedLock, SingleFlight, lead_or_follow
+from proxy.variants.reupload import Reuploads
 
 log = logging.getLogger("cutproxy.service")
 
@@ -123,6 +127,7 @@ class VariantService:
     # Misses of one image arriving together share a token (only with guards: they price it).
     batcher: Batcher[Reservation] | None = field(init=False)
     locks: KeyedLock = field(init=False)  # per image; shared with the image service
+    uploads: Reuploads = field(init=False)  # mints, uploading forgotten originals again
     # Past the view's life, hits are answered from the last record seen while one background
     # read refreshes it (None: when changes are announced, i.e. with Redis; see _stale).
     serve_stale: bool | None = None
@@ -159,6 +164,17 @@ class VariantService:
             else None
         )
         self.locks = KeyedLock(self.lease, ttl=self.settings.lease_ttl)
+        self.uploads = Reuploads(
+            settings=self.settings,
+            registry=self.registry,
+            lease=self.lease,
+            minter=self.minter,
+            locks=self.locks,
+            blobs=self.blobs,
+            clock=self.clock,
+            on_reupload=self.events.reuploaded,
+            flight=self.reuploads,
+        )
         self._resting = TTLCache(
             maxsize=self.settings.memory_cache_size,
             ttl=self.settings.image_view_ttl,
@@ -411,7 +427,7 @@ class VariantService:
         """
         self.minter.check(variants)
         specs = [output_variant(v, self.settings, record.original_size) for v in variants]
-        result = await self._process(record, specs, account)
+        result = await self.uploads.process(record, specs, account)
         now = self.clock()
         outputs: dict[Variant, CachedOutput] = {}
         for variant, spec in zip(variants, specs, strict=True):
@@ -427,125 +443,3 @@ class VariantService:
             )
         log.info("minted %d variant(s) of %s", len(variants), record.image_id)
         return outputs
-
-    # -- uploads the upstream forgot ---------------------------------------------------------
-    async def _process(
-        self, record: ImageRecord, specs: list[dict[str, Any]], account: Account | None
-    ) -> ProcessResult:
-        """Mint and process ``specs`` for the image, uploading its original again if needed.
-
-        An upload older than ``PROXY_REUPLOAD_AFTER`` is re-uploaded before the mint (so no
-        visitor waits for the upstream's 404); a 404 from either call is healed the same way.
-        Every token draws on ``account``.
-        """
-        if self._expired(record):
-            record, result = await self._heal(record, specs, account)
-            if result is not None:
-                return result
-        try:
-            return await self._mint_and_process(record, specs, account)
-        except UpstreamGoneError:
-            if record.sha256 is None:
-                raise _not_kept(record) from None
-            log.info("upstream forgot the upload of %s; uploading it again", record.image_id)
-        record, result = await self._heal(record, specs, account)
-        if result is not None:
-            return result
-        return await self._mint_and_process(record, specs, account)
-
-    async def _mint_and_process(
-        self, record: ImageRecord, specs: list[dict[str, Any]], account: Account | None
-    ) -> ProcessResult:
-        return await self.minter.render(
-            specs, unique_filename=record.unique_filename, account=account
-        )
-
-    def _expired(self, record: ImageRecord) -> bool:
-        return (
-            record.sha256 is not None
-            and self.blobs is not None
-            and record.uploaded_at is not None
-            and self.clock() - record.uploaded_at >= self.settings.reupload_after
-        )
-
-    async def _heal(
-        self, stale: ImageRecord, specs: list[dict[str, Any]], account: Account | None
-    ) -> tuple[ImageRecord, ProcessResult | None]:
-        """The image with a live upload, plus the outputs for ``specs`` if they came with it.
-
-        One re-upload per image at a time: tasks of this worker join one flight, workers meet
-        at the lease, and whoever arrives after it finished finds the fresh record instead.
-        The re-upload's token draws on the ``account`` of the request that leads it.
-        """
-        if stale.sha256 is None or self.blobs is None:
-            raise _not_kept(stale)
-        key = f"reupload:{stale.image_id}"
-
-        async def fresher() -> tuple[ImageRecord, ProcessResult | None] | None:
-            current = await self.registry.get(stale.image_id)
-            if current is None:
-                raise NotFoundError(f"unknown image {stale.image_id!r}", code="unknown_image")
-            if current.unique_filename != stale.unique_filename:
-                return current, None
-            return None
-
-        async def shared() -> tuple[ImageRecord, ProcessResult | None]:
-            return await lead_or_follow(
-                self.lease,
-                key,
-                ttl=self.settings.lease_ttl,
-                wait=self.settings.coalesce_wait,
-                lead=lambda: self._reupload(stale, specs, account),
-                check=fresher,
-            )
-
-        record, result = await self.reuploads.run(key, shared, wait=self.settings.coalesce_wait)
-        wanted = {spec["variant_name"] for spec in specs}
-        if result is not None and wanted <= result.output_urls.keys():
-            return record, result
-        return record, None
-
-    async def _reupload(
-        self, stale: ImageRecord, specs: list[dict[str, Any]], account: Account | None
-    ) -> tuple[ImageRecord, ProcessResult]:
-        assert stale.sha256 is not None and self.blobs is not None
-        data = await self.blobs.get(stale.sha256)
-        if data is None:
-            raise UpstreamError(
-                f"the upstream forgot image {stale.image_id!r} and its kept original is "
-                "missing from the blob store (PROXY_BLOB_DIR): upload the image again",
-                code="original_missing",
-            )
-        result = await self.minter.upload_original(
-            specs,
-            data,
-            image_id=stale.image_id,
-            content_type=stale.content_type,
-            account=account,
-        )
-        uploaded_at = self.clock()
-        fresh = stale.evolve(unique_filename=result.unique_filename, uploaded_at=uploaded_at)
-        # Read, check and write under the image's lock: a delete, a replacement or a purge
-        # (a new variants generation) that lands meanwhile is neither revived nor undone.
-        async with self.locks.held(f"image:{stale.image_id}"):
-            current = await self.registry.get(stale.image_id)
-            if current is not None and current.sha256 == stale.sha256:
-                # The same bytes (perhaps a new generation): they get the new upload.
-                fresh = current.evolve(
-                    unique_filename=result.unique_filename, uploaded_at=uploaded_at
-                )
-                await self.registry.put(fresh)
-            else:
-                log.info("image %s changed during its re-upload; left as it is", stale.image_id)
-        self.events.reuploaded()
-        log.info("re-uploaded the kept original of %s", stale.image_id)
-        return fresh, result
-
-
-def _not_kept(record: ImageRecord) -> UpstreamError:
-    return UpstreamError(
-        f"the upstream no longer has image {record.image_id!r} and the proxy keeps no original "
-        "of it (it was registered by unique_filename alone): upload the image file again "
-        f"(PUT /images/{record.image_id})",
-        code="original_not_kept",
-    )
