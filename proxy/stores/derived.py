@@ -27,6 +27,10 @@ storage, so a tier that fails to read or write is logged and skipped (a miss), n
   restores it);
 - the index is SQLite in WAL mode: readers never wait for a writer, and every process on the
   host sees the same entries; all file and SQLite work runs in worker threads.
+
+Why over 400 lines: like every kind in ``proxy/stores``, the derived variants' tiers sit side
+by side in one module, and :class:`DiskBytes` alone is some 380 of them, built around the one
+promise above (the file whole before its row); split up, that promise would be read in parts.
 """
 
 from __future__ import annotations

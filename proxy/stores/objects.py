@@ -1,12 +1,13 @@
 """An S3-compatible object store, where store mode keeps image masters and derived variants.
 
-    ObjectStoreConfig        bucket, prefix, endpoint, region, keys, addressing style
     ObjectStore              put / get / head / delete / delete_prefix / list / ensure_bucket
+                             over an ObjectStoreConfig (proxy.stores.objects_config)
 
     ServiceUnavailableError (proxy.errors)
     └── ObjectStoreUnavailableError  503  the store is down, slow or failing (Retry-After)
         └── ObjectStoreDeniedError   503  the store refused the credentials or the operation
     ObjectStoreConfigError (ValueError)   a PROXY_STORE_* value is malformed: raised at start-up
+                                          (proxy.stores.objects_config)
 
 The client is ``obstore`` (Rust's ``object_store`` behind native asyncio awaitables; the work
 runs on its own threads, so the event loop never waits on a hash or a copy): docs/objectstore.md
@@ -27,11 +28,9 @@ import asyncio
 import builtins
 import datetime
 import logging
-import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal, TypeVar
-from urllib.parse import urlsplit
+from typing import Literal, TypeVar
 
 import httpx
 import obstore
@@ -39,24 +38,18 @@ import obstore.exceptions
 from obstore.store import S3Store
 
 from proxy.errors import ServiceUnavailableError
-
-if TYPE_CHECKING:
-    from obstore.store import ClientConfig, RetryConfig
+from proxy.stores.objects_config import (
+    CONNECT_TIMEOUT,
+    DEFAULT_REGION,
+    ObjectStoreConfig,
+    valid_key,
+)
 
 log = logging.getLogger("cutproxy.objectstore")
 
-AddressingStyle = Literal["path", "virtual"]
-
-DEFAULT_REGION = "us-east-1"
-DEFAULT_TIMEOUT = 10.0  # seconds for one call, retries included
-CONNECT_TIMEOUT = 2.0  # an unreachable store is known well before the call's deadline
-MAX_RETRIES = 2  # connection errors and 5xx, with object_store's jittered backoff
 RETRY_AFTER = 5.0  # what a 503 tells clients while the store is down
 PAGE = 1000  # keys per listing page and per DeleteObjects request (S3's limit)
 _SIGNED_URL_LIFETIME = datetime.timedelta(minutes=1)  # used at once, by us only
-
-# S3's bucket naming rules (the common subset every provider accepts).
-_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 
 T = TypeVar("T")
 
@@ -88,147 +81,6 @@ class ObjectStoreDeniedError(ObjectStoreUnavailableError):
     """The object store refused the credentials, or they may not do what was asked."""
 
     code = "object_store_denied"
-
-
-class ObjectStoreConfigError(ValueError):
-    """A PROXY_STORE_* value is malformed or inconsistent; the message names the variable."""
-
-
-@dataclass(frozen=True)
-class ObjectStoreConfig:
-    """Where the objects live and how to reach them. Keys are masked in ``repr``."""
-
-    bucket: str
-    prefix: str = ""
-    endpoint: str | None = None  # unset: AWS, from the region
-    region: str = DEFAULT_REGION
-    access_key: str | None = None  # unset: the client's usual sources (env, instance role)
-    secret_key: str | None = None
-    addressing_style: AddressingStyle | None = None  # unset: path with an endpoint, else virtual
-    timeout: float = DEFAULT_TIMEOUT
-
-    def __post_init__(self) -> None:
-        if not _BUCKET.match(self.bucket) or ".." in self.bucket:
-            raise ObjectStoreConfigError(
-                f"PROXY_STORE_URL: bucket {self.bucket!r} is not a valid S3 bucket name "
-                "(3-63 characters: lower-case letters, digits, '.' and '-')"
-            )
-        if self.prefix and not _valid_key(self.prefix):
-            raise ObjectStoreConfigError(
-                f"PROXY_STORE_URL: prefix {self.prefix!r} must be '/'-separated names "
-                "without empty, '.' or '..' parts"
-            )
-        if self.endpoint is not None:
-            parts = urlsplit(self.endpoint)
-            if parts.scheme not in ("http", "https") or not parts.hostname:
-                raise ObjectStoreConfigError(
-                    "PROXY_STORE_ENDPOINT must be an http(s) URL such as http://127.0.0.1:8333"
-                )
-            if parts.path not in ("", "/") or parts.query or parts.fragment or "@" in parts.netloc:
-                raise ObjectStoreConfigError(
-                    "PROXY_STORE_ENDPOINT must be scheme://host[:port], without a path or "
-                    "credentials (those go in PROXY_STORE_ACCESS_KEY and PROXY_STORE_SECRET_KEY)"
-                )
-        if not self.region.strip():
-            raise ObjectStoreConfigError("PROXY_STORE_REGION must not be blank")
-        if (self.access_key is None) != (self.secret_key is None):
-            raise ObjectStoreConfigError(
-                "PROXY_STORE_ACCESS_KEY and PROXY_STORE_SECRET_KEY are set together or not at all"
-            )
-        if self.access_key is not None and not (self.access_key.strip() and self.secret_key):
-            raise ObjectStoreConfigError(
-                "PROXY_STORE_ACCESS_KEY and PROXY_STORE_SECRET_KEY must not be blank"
-            )
-        if self.addressing_style not in (None, "path", "virtual"):
-            raise ObjectStoreConfigError("PROXY_STORE_ADDRESSING must be path or virtual")
-        if not self.timeout > 0:
-            raise ObjectStoreConfigError("PROXY_STORE_TIMEOUT must be greater than 0")
-
-    @classmethod
-    def from_url(
-        cls,
-        url: str,
-        *,
-        endpoint: str | None = None,
-        region: str | None = None,
-        access_key: str | None = None,
-        secret_key: str | None = None,
-        addressing_style: str | None = None,
-        timeout: float = DEFAULT_TIMEOUT,
-    ) -> ObjectStoreConfig:
-        """Parse ``s3://bucket[/prefix]`` and the other PROXY_STORE_* values."""
-        parts = urlsplit(url.strip())
-        if parts.scheme != "s3" or not parts.netloc:
-            raise ObjectStoreConfigError(
-                "PROXY_STORE_URL must look like s3://bucket or s3://bucket/prefix"
-            )
-        if parts.query or parts.fragment or "@" in parts.netloc or ":" in parts.netloc:
-            raise ObjectStoreConfigError(
-                "PROXY_STORE_URL takes only a bucket and a prefix: s3://bucket/prefix "
-                "(the endpoint and keys have their own PROXY_STORE_* variables)"
-            )
-        if addressing_style not in (None, "path", "virtual"):
-            raise ObjectStoreConfigError("PROXY_STORE_ADDRESSING must be path or virtual")
-        return cls(
-            bucket=parts.netloc,
-            prefix=parts.path.strip("/"),
-            endpoint=endpoint.rstrip("/") if endpoint else None,
-            region=region or DEFAULT_REGION,
-            access_key=access_key or None,
-            secret_key=secret_key or None,
-            addressing_style=addressing_style,  # type: ignore[arg-type]  # checked above
-            timeout=timeout,
-        )
-
-    @property
-    def url(self) -> str:
-        return f"s3://{self.bucket}/{self.prefix}" if self.prefix else f"s3://{self.bucket}"
-
-    @property
-    def style(self) -> AddressingStyle:
-        if self.addressing_style is not None:
-            return self.addressing_style
-        return "path" if self.endpoint else "virtual"
-
-    def __repr__(self) -> str:
-        masked = "***" if self.access_key else None
-        return (
-            f"ObjectStoreConfig(url={self.url!r}, endpoint={self.endpoint!r}, "
-            f"region={self.region!r}, access_key={masked!r}, secret_key={masked!r}, "
-            f"addressing_style={self.style!r}, timeout={self.timeout!r})"
-        )
-
-    __str__ = __repr__
-
-    def client_kwargs(self, *, prefix: bool = True) -> dict[str, object]:
-        """``S3Store`` keyword arguments for this configuration (the bucket goes first)."""
-        kwargs: dict[str, object] = {
-            "region": self.region,
-            "virtual_hosted_style_request": self.style == "virtual",
-        }
-        if prefix and self.prefix:
-            kwargs["prefix"] = self.prefix
-        if self.endpoint:
-            endpoint = self.endpoint
-            if self.style == "virtual":  # object_store wants the bucket's own host then
-                parts = urlsplit(endpoint)
-                endpoint = f"{parts.scheme}://{self.bucket}.{parts.netloc}"
-            kwargs["endpoint"] = endpoint
-        if self.access_key and self.secret_key:
-            kwargs["access_key_id"] = self.access_key
-            kwargs["secret_access_key"] = self.secret_key
-        client: ClientConfig = {
-            "allow_http": bool(self.endpoint and self.endpoint.startswith("http://")),
-            "timeout": datetime.timedelta(seconds=self.timeout),
-            "connect_timeout": datetime.timedelta(seconds=min(CONNECT_TIMEOUT, self.timeout)),
-        }
-        retry: RetryConfig = {
-            "max_retries": MAX_RETRIES,
-            "retry_timeout": datetime.timedelta(seconds=self.timeout),
-        }
-        kwargs["client_options"] = client
-        kwargs["retry_config"] = retry
-        return kwargs
 
 
 @dataclass(frozen=True)
@@ -507,13 +359,8 @@ class ObjectStore:
         await self.close()
 
 
-def _valid_key(key: str) -> bool:
-    parts = key.split("/")
-    return all(part and part not in (".", "..") for part in parts)
-
-
 def _check_key(key: str) -> None:
-    if not key or not _valid_key(key):
+    if not key or not valid_key(key):
         raise ValueError(
             f"object key {key!r} must be '/'-separated names without empty, '.' or '..' parts"
         )

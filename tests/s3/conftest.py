@@ -7,7 +7,8 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
-from proxy.stores.objects import ObjectStore, ObjectStoreConfig
+from proxy.stores.objects import ObjectStore
+from proxy.stores.objects_config import ObjectStoreConfig
 from tests.components import require
 from tests.s3.server import (
     ACCESS_KEY,

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from proxy.stores.objects import ObjectStore, ObjectStoreConfig, ObjectStoreConfigError
+from proxy.stores.objects import ObjectStore
+from proxy.stores.objects_config import ObjectStoreConfig, ObjectStoreConfigError
 
 ACCESS = "AKIAEXAMPLEACCESS0001"
 SECRET = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
