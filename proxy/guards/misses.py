@@ -54,6 +54,7 @@ from proxy.settings import Settings
 from proxy.stores.cache import CachedOutput, TwoTierCache
 from proxy.stores.counters import CounterStore, DiskCounters
 from proxy.stores.index import DiskVariantIndex, VariantIndex
+from proxy.stores.redis_health import unavailable
 from proxy.stores.registry import ImageRecord
 from proxy.upstream.client import UpstreamClient
 from proxy.url import grammar, ladder
@@ -254,8 +255,6 @@ class MissGuard:
             try:
                 wait = await self.limiter.hit(client)
             except limits.errors.StorageError as exc:
-                from proxy.stores.redis import unavailable
-
                 raise unavailable(exc) from exc
             if wait is not None:
                 raise MissRefusedError(

@@ -36,7 +36,7 @@ from proxy.errors import SharedStoreUnavailableError
 if TYPE_CHECKING:
     import redis.asyncio
 
-    from proxy.stores.redis import RedisHealth
+    from proxy.stores.redis_health import RedisHealth
 
 Clock = Callable[[], float]
 

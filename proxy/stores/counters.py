@@ -27,7 +27,7 @@ from proxy.upstream.contract import to_hundredths
 if TYPE_CHECKING:
     import redis.asyncio
 
-    from proxy.stores.redis import RedisHealth
+    from proxy.stores.redis_health import RedisHealth
 
 _R = TypeVar("_R")
 

@@ -21,7 +21,7 @@ import diskcache
 if TYPE_CHECKING:
     import redis.asyncio
 
-    from proxy.stores.redis import RedisHealth
+    from proxy.stores.redis_health import RedisHealth
 
 MAX_INDEXED = 512  # per image; the soonest-expiring entries make room
 

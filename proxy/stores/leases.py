@@ -30,7 +30,7 @@ from proxy.errors import SharedStoreUnavailableError
 if TYPE_CHECKING:
     import redis.asyncio
 
-    from proxy.stores.redis import RedisHealth
+    from proxy.stores.redis_health import RedisHealth
 
 log = logging.getLogger("cutproxy.leases")
 

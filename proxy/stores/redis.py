@@ -1,4 +1,4 @@
-"""Redis as the store every replica shares: the connection, its health, and the bundle.
+"""Redis as the store every replica shares: the connection, the bundle, the invalidations.
 
     RedisStore                 one asyncio client (a bounded pool, short timeouts) per process
     ├── tier                   RedisTier (proxy.stores.cache): entries with PX expiry
@@ -8,8 +8,10 @@
     ├── index                  RedisVariantIndex (proxy.stores.index): for fallbacks
     └── invalidations()        pub/sub: what one replica deletes leaves every memory tier at once
 
-Each kind's Redis implementation lives beside its memory and disk ones; this module holds
-what they share. Redis errors are translated at the boundary, by :class:`RedisHealth`, into
+Each kind's Redis implementation lives beside its memory and disk ones; this module connects
+and builds them. Redis errors are translated at the boundary, by
+:class:`proxy.stores.redis_health.RedisHealth` (one per bundle, in a module of its own so
+that the kinds can name it without importing this one), into
 :class:`SharedStoreUnavailableError` (503 + Retry-After). The memory tier is consulted before
 any call reaches Redis, so hits keep working while Redis is down; a miss needs the lease, so
 it is refused rather than minted blindly. Writes whose loss only costs a later re-mint
@@ -23,11 +25,10 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 
 import limits.aio.storage
 import redis.asyncio
-import redis.exceptions
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
@@ -37,65 +38,12 @@ from proxy.stores.cache import IMAGE_PREFIX, Clock, MemoryTier, RedisTier
 from proxy.stores.counters import RedisCounters
 from proxy.stores.index import RedisVariantIndex
 from proxy.stores.leases import RedisLease
+from proxy.stores.redis_health import UNREACHABLE, RedisHealth, unavailable
 from proxy.stores.registry import RedisRegistry
 
 log = logging.getLogger("cutproxy.redis")
 
-RETRY_AFTER = 5.0  # what a 503 tells clients while Redis is down
 HEALTH_CHECK_INTERVAL = 10  # idle connections (and the pub/sub one) are PINGed this often
-
-# What "Redis is unreachable" looks like: refused, reset, timed out, loading, failed over.
-UNREACHABLE: tuple[type[BaseException], ...] = (
-    redis.exceptions.ConnectionError,
-    redis.exceptions.TimeoutError,
-    redis.exceptions.ReadOnlyError,
-    OSError,
-)
-
-
-class RedisHealth:
-    """Whether Redis answered lately, and how often it did not: logs each change once.
-
-    ``on_unavailable`` hooks (metrics) are called with the operation that failed.
-    """
-
-    def __init__(self, clock: Clock = time.monotonic) -> None:
-        self._clock = clock
-        self.reachable = True
-        self.down_since: float | None = None
-        self.failures = 0
-        self.on_unavailable: list[Callable[[str], None]] = []
-
-    def failed(self, operation: str, exc: BaseException) -> None:
-        self.failures += 1
-        if self.reachable:
-            self.reachable = False
-            self.down_since = self._clock()
-            log.error(
-                "shared store (Redis) unreachable on %s: %s; serving memory hits only, "
-                "misses answer 503 until it is back",
-                operation,
-                type(exc).__name__,
-            )
-        for hook in self.on_unavailable:
-            hook(operation)
-
-    def succeeded(self) -> None:
-        if not self.reachable:
-            down_for = self._clock() - (self.down_since or self._clock())
-            self.reachable = True
-            self.down_since = None
-            log.warning("shared store (Redis) reachable again after %.1f s", down_for)
-
-    @contextlib.contextmanager
-    def guard(self, operation: str) -> Iterator[None]:
-        """Run one Redis operation: its connection errors become a 503, its success is noted."""
-        try:
-            yield
-        except UNREACHABLE as exc:
-            self.failed(operation, exc)
-            raise unavailable(exc) from exc
-        self.succeeded()
 
 
 def connect(settings: Settings) -> redis.asyncio.Redis:
@@ -209,13 +157,6 @@ def limits_uri(redis_url: str) -> str:
     scheme, sep, rest = redis_url.partition("://")
     scheme = "redis+unix" if scheme.lower() == "unix" else scheme.lower()
     return f"async+{scheme}{sep}{rest}"
-
-
-def unavailable(exc: BaseException) -> SharedStoreUnavailableError:
-    """The 503 for a Redis failure met outside this module (e.g. inside ``limits``)."""
-    return SharedStoreUnavailableError(
-        "the shared store is unreachable; retry shortly", retry_after=RETRY_AFTER
-    )
 
 
 LISTEN_BACKOFF = 0.1  # seconds before subscribing again; doubles on each failure in a row

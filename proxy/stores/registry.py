@@ -20,7 +20,7 @@ import diskcache
 if TYPE_CHECKING:
     import redis.asyncio
 
-    from proxy.stores.redis import RedisHealth
+    from proxy.stores.redis_health import RedisHealth
 
 
 @dataclass(frozen=True, slots=True)
