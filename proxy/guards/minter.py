@@ -51,7 +51,7 @@ UPLOAD_EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "web
 
 
 class CostEvents(Protocol):
-    """What the minter and the miss guard report; :class:`proxy.metrics.Metrics` listens."""
+    """What the minter and the miss guard report; :class:`proxy.ops.metrics.Metrics` listens."""
 
     def credits_saved_by(self, by: str, credits: float) -> None:
         """Credits not spent, ``by`` coalescing or batching."""

@@ -159,7 +159,7 @@ def _canonical_variant(target: grammar.Canonical, limits: grammar.Limits) -> Var
 
 # --- the books -------------------------------------------------------------------------------
 
-# The minter keeps them (:mod:`proxy.minter`): what is spent, saved and reserved.
+# The minter keeps them (:mod:`proxy.guards.minter`): what is spent, saved and reserved.
 
 
 # --- miss side -------------------------------------------------------------------------------

@@ -89,7 +89,7 @@ def inspect(data: bytes, max_pixels: int) -> Probe:
 
     415 for anything but PNG, JPEG or WebP; 400 when it does not decode to the end or
     declares more than ``max_pixels`` pixels (checked from the header, before decoding).
-    Memory stays bounded (:mod:`proxy.decoding`): a PNG is checked row by row, never held
+    Memory stays bounded (:mod:`proxy.images.decoding`): a PNG is checked row by row, never held
     whole; a JPEG is decoded at 1/8 scale; a WebP within ``max_pixels``.
     """
     content_type = sniff(data)

@@ -310,7 +310,7 @@ return n
 
 
 class RedisTier:
-    """:class:`proxy.cache.SharedTier` in Redis: one string per entry, expiring with it.
+    """:class:`SharedTier` in Redis: one string per entry, expiring with it.
 
     Each entry is also listed in its image's index set, so dropping an image's variants
     (``delete_prefix("/img/<id>/")``) touches only those keys, never a SCAN of the keyspace.

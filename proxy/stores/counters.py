@@ -186,7 +186,7 @@ return 1
 
 
 class RedisCounters:
-    """:class:`proxy.budget.BudgetStore` and :class:`proxy.budget.CounterStore` in Redis.
+    """:class:`BudgetStore` and :class:`CounterStore` in Redis.
 
     Amounts are whole hundredths of a credit (``INCRBY`` is exact); check-and-add is one
     Lua script, so replicas never overspend a window between them.

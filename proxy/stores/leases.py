@@ -169,7 +169,7 @@ return 0
 
 
 class RedisLease:
-    """:class:`proxy.coalesce.Lease` across machines: ``SET key token NX PX ttl``.
+    """:class:`Lease` across machines: ``SET key token NX PX ttl``.
 
     Only the holder's token releases or extends it (compare-and-act in Lua, atomic in Redis).
     The token names its holder (``host:pid:random``) so an operator can see who is minting,

@@ -124,7 +124,7 @@ class RedisStore:
                 await task
 
     def limiter_storage(self, settings: Settings) -> limits.aio.storage.Storage:
-        """A ``limits`` storage on the same Redis for :class:`proxy.budget.ClientLimiter`.
+        """A ``limits`` storage on the same Redis for :class:`proxy.guards.clients.ClientLimiter`.
 
         Its failures arrive as ``limits.errors.StorageError``: where the limiter is called,
         turn them into the proxy's 503 with :meth:`unavailable`.

@@ -143,7 +143,7 @@ class DiskRegistry:
 
 
 class RedisRegistry:
-    """:class:`proxy.registry.Registry` in Redis: ``image:<id>`` JSON and an ``images`` zset.
+    """:class:`Registry` in Redis: ``image:<id>`` JSON and an ``images`` zset.
 
     All ids score 0 in the sorted set, so ``ZRANGEBYLEX`` pages through them in id order.
     Nothing expires: like the disk registry, records stay until deleted.

@@ -74,7 +74,7 @@ class Resolved:
 
 
 class ServiceEvents(Protocol):
-    """What the service reports as it works; :class:`proxy.metrics.Metrics` listens."""
+    """What the service reports as it works; :class:`proxy.ops.metrics.Metrics` listens."""
 
     def resolved(self, tier: str) -> None:
         """A request got its answer from ``tier`` (memory, shared, miss, coalesced)."""
