@@ -1,6 +1,6 @@
 """The local engine's settings: frozen, built from ``PROXY_ENGINE_*`` variables and CLI flags.
 
-Each field is declared once with its variable and a line of help (``proxy.settings.setting``);
+Each field is declared once with its variable and a line of help (``proxy.envconfig.setting``);
 ``cutproxy engine --help`` and docs/engine.md are generated from the same declarations.
 Defaults are the real service's where it publishes one; where it does not, the help says so.
 """
@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-# The proxy's loader reads the environment for the engine too, so both read "true", "1.5"
-# and paths the same way and name a bad variable the same way.
-from proxy.settings import SettingsError, check_finite, describe, load, setting
+# The proxy's settings use the same loader, so both read "true", "1.5" and paths the same
+# way and name a bad variable the same way.
+from proxy.envconfig import SettingsError, check_finite, describe, load, setting
 
 DEFAULT_PORT = 9000
 MAX_RESOLUTION = 12_000_000
