@@ -18,11 +18,17 @@ from urllib.parse import urlsplit
 # The generic loader is shared with the local engine's settings; SettingsError is re-exported
 # here because every owner of a setting raises it.
 from proxy.envconfig import SettingsError, check_finite, describe, load, setting
+from proxy.upstream.contract import (
+    DEFAULT_OUTPUT_COMPRESSION,
+    DEFAULT_QUALITY,
+    MAX_RESOLUTION,
+    MAX_UPLOAD_MB,
+    QUALITIES,
+    RETENTION_SECONDS,
+)
 
 DEFAULT_TOKEN_URL = "https://backgroundcut.co/api/v3/remove-bg/token/"
 DEFAULT_PROCESS_URL = "https://api.backgroundcut.co/v3/remove-bg/"
-UPSTREAM_RETENTION_SECONDS = 2 * 60 * 60
-MAX_PIXELS = 12_000_000
 
 
 @dataclass(frozen=True)
@@ -58,9 +64,13 @@ class Settings:
         "or this proxy's public host for the embedded engine; `*.example.com` allowed).",
     )
     # --- variants -------------------------------------------------------------------------
-    quality: str = setting("medium", "PROXY_QUALITY", "Cut-out quality: low, medium or high.")
+    quality: str = setting(
+        DEFAULT_QUALITY, "PROXY_QUALITY", "Cut-out quality: low, medium or high."
+    )
     output_compression: int = setting(
-        85, "PROXY_OUTPUT_COMPRESSION", "Encoder compression/quality 1..100."
+        DEFAULT_OUTPUT_COMPRESSION,
+        "PROXY_OUTPUT_COMPRESSION",
+        "Encoder compression/quality 1..100.",
     )
     autocrop: bool = setting(False, "PROXY_AUTOCROP", "Crop tight to the subject (+0.5 credit).")
     max_width: int = setting(4000, "PROXY_MAX_WIDTH", "Largest width a URL may ask for.")
@@ -76,7 +86,7 @@ class Settings:
         256, "PROXY_DISK_CACHE_SIZE_MB", "Size limit of the disk cache tier in MiB."
     )
     output_ttl: float = setting(
-        float(UPSTREAM_RETENTION_SECONDS),
+        float(RETENTION_SECONDS),
         "PROXY_OUTPUT_TTL",
         "Seconds an upstream output URL lives (upstream retention: 2 h).",
     )
@@ -137,7 +147,7 @@ class Settings:
         "off, snap (redirect to the next ladder size up) or strict (400 off the ladder).",
     )
     max_pixels: int = setting(
-        MAX_PIXELS,
+        MAX_RESOLUTION,
         "PROXY_MAX_PIXELS",
         "Largest width*height a URL may ask for (upstream cap 12,000,000; under 1,000,000 "
         "a mint is billed at the low rate).",
@@ -211,7 +221,9 @@ class Settings:
         "a volume shared by every replica when there are several).",
     )
     max_upload_mb: float = setting(
-        12.0, "PROXY_MAX_UPLOAD_MB", "Largest upload in MiB (413 above it; upstream cap: 12)."
+        float(MAX_UPLOAD_MB),
+        "PROXY_MAX_UPLOAD_MB",
+        "Largest upload in MiB (413 above it; upstream cap: 12).",
     )
     max_input_pixels: int = setting(
         50_000_000,
@@ -219,7 +231,7 @@ class Settings:
         "Largest decoded upload (width*height); more is refused as a decompression bomb (400).",
     )
     reupload_after: float = setting(
-        float(UPSTREAM_RETENTION_SECONDS - 600),
+        float(RETENTION_SECONDS - 600),
         "PROXY_REUPLOAD_AFTER",
         "Seconds after which an upload is assumed gone upstream (retention: 2 h) and the kept "
         "original is uploaded again before the next render, without waiting for a 404.",
@@ -383,7 +395,7 @@ class Settings:
             raise bad("ttl_margin", "must be smaller than PROXY_OUTPUT_TTL")
         if self.retry_attempts < 1:
             raise bad("retry_attempts", "must be at least 1")
-        if self.quality not in ("low", "medium", "high"):
+        if self.quality not in QUALITIES:
             raise bad("quality", "must be low, medium or high")
         if not 1 <= self.output_compression <= 100:
             raise bad("output_compression", "must be between 1 and 100")
@@ -435,8 +447,8 @@ class Settings:
             Signer.from_hex(self.signing_key, self.signing_salt, self.signature_size)
         if self.ladder_policy not in POLICIES:
             raise bad("ladder_policy", f"must be {', '.join(POLICIES[:-1])} or {POLICIES[-1]}")
-        if not 1 <= self.max_pixels <= MAX_PIXELS:
-            raise bad("max_pixels", f"must be between 1 and {MAX_PIXELS}")
+        if not 1 <= self.max_pixels <= MAX_RESOLUTION:
+            raise bad("max_pixels", f"must be between 1 and {MAX_RESOLUTION}")
         if Ladder.from_settings(self) is None and self.ladder_policy != "off":
             raise bad(
                 "ladder_policy",

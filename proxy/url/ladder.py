@@ -26,7 +26,8 @@ from dataclasses import dataclass
 from typing import Final
 
 from proxy.errors import BadRequestError
-from proxy.settings import MAX_PIXELS, Settings, SettingsError
+from proxy.settings import Settings, SettingsError
+from proxy.upstream.contract import MAX_RESOLUTION
 from proxy.url.grammar import Canonical
 from proxy.url.variant import Variant
 
@@ -61,7 +62,7 @@ class Ladder:
         *,
         max_width: int | None = None,
         max_height: int | None = None,
-        max_pixels: int = MAX_PIXELS,
+        max_pixels: int = MAX_RESOLUTION,
     ) -> Ladder | None:
         """Build a ladder from comma-separated specs; None when it has no size at all.
 
