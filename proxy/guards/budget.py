@@ -30,7 +30,7 @@ import limits.aio.storage
 import limits.aio.strategies
 import limits.storage
 
-from proxy.settings import SettingsError
+from proxy.setting_values import IPNetwork, parse_networks, parse_rate
 from proxy.upstream.contract import batching_saving, estimate_credits, to_hundredths
 
 __all__ = [
@@ -50,7 +50,6 @@ __all__ = [
 
 _R = TypeVar("_R")
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 # --- stores -------------------------------------------------------------------------------
@@ -253,22 +252,6 @@ class CreditBudget:
 # --- per-client miss limits -----------------------------------------------------------------
 
 
-def parse_rate(text: str) -> limits.RateLimitItem:
-    """One ``limits`` rate such as ``60/minute`` or ``10 per second``.
-
-    Raises :class:`SettingsError` naming ``PROXY_CLIENT_MISS_RATE``.
-    """
-    try:
-        items = limits.parse_many(text)
-    except ValueError:
-        items = []
-    if len(items) != 1:
-        raise SettingsError(
-            f"PROXY_CLIENT_MISS_RATE: expected one rate like 60/minute, got {text[:40]!r}"
-        )
-    return items[0]
-
-
 class _PerClientRate:
     """A miss rate per client: the limit, the clock and the namespace its counts live in."""
 
@@ -379,19 +362,6 @@ class DiskClientLimiter(_PerClientRate):
 
 
 # --- the client's address -------------------------------------------------------------------
-
-
-def parse_networks(cidrs: Sequence[str]) -> tuple[IPNetwork, ...]:
-    """CIDRs (``10.0.0.0/8``, ``::1``) as networks; SettingsError names PROXY_TRUSTED_PROXIES."""
-    out = []
-    for cidr in cidrs:
-        try:
-            out.append(ipaddress.ip_network(cidr.strip(), strict=False))
-        except ValueError:
-            raise SettingsError(
-                f"PROXY_TRUSTED_PROXIES: expected CIDRs like 10.0.0.0/8, got {cidr[:50]!r}"
-            ) from None
-    return tuple(out)
 
 
 def client_address(
