@@ -203,7 +203,7 @@ def app_from_environment() -> Starlette:
     """uvicorn's factory in every worker: settings from the environment the CLI prepared."""
     from proxy.app import create_app
     from proxy.engine.settings import EngineSettings
-    from proxy.images.decoding import return_large_blocks
+    from proxy.malloc import return_large_blocks
 
     return_large_blocks()  # decoded uploads go back to the system once checked
 

@@ -24,7 +24,7 @@ from proxy.engine.keys import key_path, load_or_create
 from proxy.engine.settings import DEFAULT_PORT, EngineSettings
 from proxy.engine.store import Store
 from proxy.envconfig import SettingsError
-from proxy.images.decoding import return_large_blocks
+from proxy.malloc import return_large_blocks
 
 GRACEFUL_SHUTDOWN_SECONDS = 5
 _RUN_OPTIONS = ("host", "port", "workers")
