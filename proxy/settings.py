@@ -6,10 +6,10 @@ cannot drift apart.
 
 The ground floor: it imports only the loader (:mod:`proxy.envconfig`), the parsers of
 structured values (:mod:`proxy.setting_values`) and the upstream contract's constants, never
-a package that uses a setting. Why it is over 400 lines: about 70 settings are declared
-here, a few lines each with their help, and checked together in :meth:`Settings.validate`
-(several checks span settings); split by concern, the README table and ``--help`` would have
-to gather them again and a check across two files could be missed.
+a package that uses a setting. Why it is over 400 lines: over 60 settings are declared here,
+a few lines each with their help, and checked together in :meth:`Settings.validate` (several
+checks span settings); split by concern, the README table and ``--help`` would have to gather
+them again, and a check spanning two files could be missed.
 """
 
 from __future__ import annotations
