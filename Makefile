@@ -42,6 +42,7 @@ lint: $(DEV)
 	$(BIN)/ruff check proxy tests
 	$(BIN)/ruff format --check proxy tests
 	$(BIN)/mypy
+	$(BIN)/lint-imports --no-cache
 
 test: lint
 	$(BIN)/python -m pytest -q -p no:cacheprovider

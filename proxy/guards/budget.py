@@ -1,8 +1,8 @@
 """Cost guards: what a mint costs, how much may be spent, and who is causing the misses.
 
-- :func:`estimate_credits` (from :mod:`proxy.engine.pricing`, re-exported) prices a mint's
-  ``output_variants`` by the upstream's rules, and :func:`batching_saving` what one token
-  for several variants saves;
+- :func:`estimate_credits` and :func:`batching_saving` (from :mod:`proxy.upstream.contract`,
+  re-exported) price a mint's ``output_variants`` by the upstream's rules, and what one
+  token for several variants saves;
 - :class:`CreditBudget` caps estimated credits per UTC hour and day, over a
   :class:`BudgetStore` (here :class:`DiskStore`, shared by one host's worker processes;
   a Redis store can satisfy the same protocol for several hosts);
@@ -30,8 +30,8 @@ import limits.aio.storage
 import limits.aio.strategies
 import limits.storage
 
-from proxy.settings import SettingsError
-from proxy.upstream.contract import estimate_credits, to_hundredths
+from proxy.setting_values import IPNetwork, parse_networks, parse_rate
+from proxy.upstream.contract import batching_saving, estimate_credits, to_hundredths
 
 __all__ = [
     "BudgetStore",
@@ -50,16 +50,6 @@ __all__ = [
 
 _R = TypeVar("_R")
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
-
-
-# --- prices ---------------------------------------------------------------------------------
-
-
-def batching_saving(output_variants: Sequence[Mapping[str, Any]]) -> float:
-    """Credits saved by minting these variants in one token rather than one token each."""
-    separately = sum(estimate_credits([v]) for v in output_variants)
-    return round(separately - estimate_credits(output_variants), 2)
 
 
 # --- stores -------------------------------------------------------------------------------
@@ -108,7 +98,7 @@ class DiskStore:
 
     Worker processes that open the same directory share the counters: SQLite transactions
     make check-and-add atomic. Amounts are kept as integer hundredths of a credit (like
-    :func:`proxy.engine.pricing.to_hundredths`) so that sums are exact. All disk access
+    :func:`proxy.upstream.contract.to_hundredths`) so that sums are exact. All disk access
     runs in a worker thread.
     """
 
@@ -262,22 +252,6 @@ class CreditBudget:
 # --- per-client miss limits -----------------------------------------------------------------
 
 
-def parse_rate(text: str) -> limits.RateLimitItem:
-    """One ``limits`` rate such as ``60/minute`` or ``10 per second``.
-
-    Raises :class:`SettingsError` naming ``PROXY_CLIENT_MISS_RATE``.
-    """
-    try:
-        items = limits.parse_many(text)
-    except ValueError:
-        items = []
-    if len(items) != 1:
-        raise SettingsError(
-            f"PROXY_CLIENT_MISS_RATE: expected one rate like 60/minute, got {text[:40]!r}"
-        )
-    return items[0]
-
-
 class _PerClientRate:
     """A miss rate per client: the limit, the clock and the namespace its counts live in."""
 
@@ -388,19 +362,6 @@ class DiskClientLimiter(_PerClientRate):
 
 
 # --- the client's address -------------------------------------------------------------------
-
-
-def parse_networks(cidrs: Sequence[str]) -> tuple[IPNetwork, ...]:
-    """CIDRs (``10.0.0.0/8``, ``::1``) as networks; SettingsError names PROXY_TRUSTED_PROXIES."""
-    out = []
-    for cidr in cidrs:
-        try:
-            out.append(ipaddress.ip_network(cidr.strip(), strict=False))
-        except ValueError:
-            raise SettingsError(
-                f"PROXY_TRUSTED_PROXIES: expected CIDRs like 10.0.0.0/8, got {cidr[:50]!r}"
-            ) from None
-    return tuple(out)
 
 
 def client_address(

@@ -9,9 +9,9 @@ from typing import Any
 import httpx
 import pytest
 
-from proxy.engine.settings import RETENTION_SECONDS
 from proxy.images.service import VARIANTS_GENERATION
 from proxy.stores.registry import ImageRecord
+from proxy.upstream.contract import RETENTION_SECONDS
 from tests.images.conftest import AUTH, Rig, photo
 
 
