@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import tomllib
 
 from tests.sync_docs import GENERATED, README, ROOT, blocks, expected, pages
 
@@ -43,3 +44,28 @@ def test_the_issue_sections_are_there() -> None:
     ):
         text = (ROOT / "docs" / page).read_text()
         assert re.search(rf"^#+ {heading}$", text, re.M), f"docs/{page}: {heading}"
+
+
+def test_the_readme_is_a_front_page() -> None:
+    # Everything else lives in docs/, linked: the front page stays a few hundred lines.
+    assert len(README.read_text().splitlines()) <= 300
+
+
+def _packages_in_table(text: str, heading: str) -> set[str]:
+    section = f"\n{text}".split(f"\n{heading}\n", 1)[1]
+    table = re.search(r"^\| package \| why \|\n\|---\|---\|\n((?:\|.*\n)+)", section, re.M)
+    assert table, heading
+    cells = [row.split("|")[1] for row in table[1].splitlines()]
+    return {_normal(name) for cell in cells for name in cell.split(",")}
+
+
+def _normal(name: str) -> str:
+    return re.split(r"[\[<>=!~ ]", name.strip(), maxsplit=1)[0].lower().replace("_", "-")
+
+
+def test_every_dependency_is_explained() -> None:
+    declared = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    wanted = {_normal(requirement) for requirement in declared}
+    assert _packages_in_table(README.read_text(), "## Dependencies") == wanted
+    docs = (ROOT / "docs" / "dependencies.md").read_text()
+    assert _packages_in_table(docs, "# Dependencies, and why each") == wanted
