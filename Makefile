@@ -42,6 +42,7 @@ lint: $(DEV)
 	$(BIN)/ruff check proxy tests
 	$(BIN)/ruff format --check proxy tests
 	$(BIN)/mypy
+	$(BIN)/lint-imports --no-cache
 
 test: lint
 	$(BIN)/python -m pytest -q -p no:cacheprovider
@@ -50,6 +51,7 @@ bench: $(DEV)
 	@command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get install -y -qq wrk >/dev/null; } || { echo 'make bench needs wrk (apt-get install wrk)'; exit 1; }
 	$(BIN)/python -m tests.bench
 
+# The generated parts of docs/: the settings tables in docs/settings.md and docs/engine.md.
 docs: $(DEV)
 	$(BIN)/python -m tests.sync_docs
 

@@ -20,9 +20,7 @@ from starlette.responses import Response
 from starlette.routing import Mount, Route
 from starlette.types import ASGIApp
 
-from proxy.engine.app import create_engine_app, public_engine_app
-from proxy.engine.keys import with_api_key
-from proxy.engine.settings import EngineSettings
+from proxy.embedded import EngineSettings, LocalEngine
 from proxy.errors import ProxyError
 from proxy.guards import misses as guards
 from proxy.guards.misses import Guards, MissGuard
@@ -46,8 +44,6 @@ from proxy.variants.service import VariantService
 
 log = logging.getLogger("cutproxy")
 
-EMBEDDED_BASE = "http://local-engine"
-
 
 def create_app(
     settings: Settings,
@@ -57,11 +53,7 @@ def create_app(
     upstream_transport: httpx.AsyncBaseTransport | None = None,
     metrics_dir: Path | None = None,
 ) -> Starlette:
-    engine_app: Starlette | None = None
-    if settings.embedded_engine:
-        # Its API key (the data dir's, unless configured) never leaves this process.
-        engine_settings = with_api_key(engine_settings or embedded_engine_settings(settings))
-        engine_app = create_engine_app(engine_settings)
+    engine = LocalEngine.start(settings, engine_settings) if settings.embedded_engine else None
     metrics = Metrics(multiprocess_path=metrics_dir)
     calls = health.UpstreamCalls(
         settings.ready_upstream_failures, settings.ready_failure_window, clock
@@ -69,8 +61,7 @@ def create_app(
     state = build_state(
         settings,
         clock,
-        engine_app,
-        engine_settings,
+        engine,
         upstream_transport,
         metrics=metrics,
         on_call=calls.note,
@@ -80,8 +71,8 @@ def create_app(
         shared=state.variants.cache.shared,
         probe_upstream=health.upstream_probe(
             state.upstream,
-            f"{EMBEDDED_BASE}/_engine/health" if engine_app is not None else settings.token_url,
-            embedded=engine_app is not None,
+            engine.health_url if engine is not None else settings.token_url,
+            embedded=engine is not None,
         ),
         timeout=settings.ready_timeout,
         cache_seconds=settings.ready_cache,
@@ -111,17 +102,16 @@ def create_app(
         Route("/metrics", metrics.endpoint, methods=["GET"]),
         Route("/admin/costs", guards.costs_endpoint, methods=["GET"]),
     ]
-    if engine_app is not None:
-        public = public_engine_app(engine_app, faults_key=settings.admin_token)
-        routes.append(Mount("/_engine", app=public))
+    if engine is not None:
+        routes.append(Mount("/_engine", app=engine.public_app(faults_key=settings.admin_token)))
     if settings.demo:
         routes += demo_page.routes()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         async with contextlib.AsyncExitStack() as stack:
-            if engine_app is not None:
-                await stack.enter_async_context(engine_app.router.lifespan_context(engine_app))
+            if engine is not None:
+                await stack.enter_async_context(engine.lifespan())
             if state.redis is not None:
                 memory, forget = state.variants.cache.memory, state.variants.forget
                 await stack.enter_async_context(state.redis.invalidations(memory, forget))
@@ -165,33 +155,19 @@ class ProxyApp(Starlette):
         return HitPath(super().build_middleware_stack(), *self._hit_path)
 
 
-def embedded_engine_settings(settings: Settings) -> EngineSettings:
-    return EngineSettings.from_env(
-        {},
-        public_url=settings.public_url.rstrip("/") + "/_engine",
-        data_dir=settings.data_dir / "engine",
-    )
-
-
 def build_state(
     settings: Settings,
     clock: Callable[[], float],
-    engine_app: ASGIApp | None,
-    engine_settings: EngineSettings | None,
+    engine: LocalEngine | None,
     transport: httpx.AsyncBaseTransport | None,
     *,
     metrics: Metrics | None = None,
     on_call: Callable[[str, str, float], None] | None = None,
 ) -> AppState:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    if engine_app is not None and engine_settings is not None:
-        config = UpstreamConfig.from_settings(
-            settings,
-            api_key=engine_settings.api_key,
-            token_url=f"{EMBEDDED_BASE}/api/v3/remove-bg/token/",
-            process_url=f"{EMBEDDED_BASE}/v3/remove-bg/",
-        )
-        transport = transport or httpx.ASGITransport(app=engine_app)
+    if engine is not None:
+        config = engine.upstream_config(settings)
+        transport = transport or engine.transport()
     else:
         config = UpstreamConfig.from_settings(settings)
     metrics = metrics or Metrics()

@@ -3,36 +3,48 @@
 Every field is declared once with its environment variable and a line of help; the README's
 settings table and the CLI's ``--help`` are generated from the same declarations, so they
 cannot drift apart.
+
+The ground floor: it imports only the loader (:mod:`proxy.envconfig`), the parsers of
+structured values (:mod:`proxy.setting_values`) and the upstream contract's constants, never
+a package that uses a setting. Why it is over 400 lines: over 60 settings are declared here,
+a few lines each with their help, and checked together in :meth:`Settings.validate` (several
+checks span settings); split by concern, the README table and ``--help`` would have to gather
+them again, and a check spanning two files could be missed.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
-import os
-import types
 import typing
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+# The generic loader is shared with the local engine's settings; SettingsError is re-exported
+# here because every owner of a setting raises it.
+from proxy.envconfig import SettingsError, check_finite, describe, load, setting
+from proxy.setting_values import (
+    LADDER_POLICIES,
+    MAX_SIGNATURE_SIZE,
+    PURGE_STYLES,
+    ladder_classes,
+    parse_networks,
+    parse_rate,
+    signing_pairs,
+)
+from proxy.upstream.contract import (
+    DEFAULT_OUTPUT_COMPRESSION,
+    DEFAULT_QUALITY,
+    MAX_RESOLUTION,
+    MAX_UPLOAD_MB,
+    QUALITIES,
+    RETENTION_SECONDS,
+)
+
 DEFAULT_TOKEN_URL = "https://backgroundcut.co/api/v3/remove-bg/token/"
 DEFAULT_PROCESS_URL = "https://api.backgroundcut.co/v3/remove-bg/"
-UPSTREAM_RETENTION_SECONDS = 2 * 60 * 60
-MAX_PIXELS = 12_000_000
-
-
-class SettingsError(ValueError):
-    """A setting is missing or malformed; the message names the variable."""
-
-
-def setting(default: Any, env: str, help: str, *, secret: bool = False) -> Any:
-    """Declare a field with the environment variable that sets it and a line of help."""
-    if isinstance(default, list | dict | set):
-        raise TypeError("use a tuple for sequence defaults")
-    return field(default=default, metadata={"env": env, "help": help, "secret": secret})
 
 
 @dataclass(frozen=True)
@@ -68,9 +80,13 @@ class Settings:
         "or this proxy's public host for the embedded engine; `*.example.com` allowed).",
     )
     # --- variants -------------------------------------------------------------------------
-    quality: str = setting("medium", "PROXY_QUALITY", "Cut-out quality: low, medium or high.")
+    quality: str = setting(
+        DEFAULT_QUALITY, "PROXY_QUALITY", "Cut-out quality: low, medium or high."
+    )
     output_compression: int = setting(
-        85, "PROXY_OUTPUT_COMPRESSION", "Encoder compression/quality 1..100."
+        DEFAULT_OUTPUT_COMPRESSION,
+        "PROXY_OUTPUT_COMPRESSION",
+        "Encoder compression/quality 1..100.",
     )
     autocrop: bool = setting(False, "PROXY_AUTOCROP", "Crop tight to the subject (+0.5 credit).")
     max_width: int = setting(4000, "PROXY_MAX_WIDTH", "Largest width a URL may ask for.")
@@ -86,7 +102,7 @@ class Settings:
         256, "PROXY_DISK_CACHE_SIZE_MB", "Size limit of the disk cache tier in MiB."
     )
     output_ttl: float = setting(
-        float(UPSTREAM_RETENTION_SECONDS),
+        float(RETENTION_SECONDS),
         "PROXY_OUTPUT_TTL",
         "Seconds an upstream output URL lives (upstream retention: 2 h).",
     )
@@ -147,7 +163,7 @@ class Settings:
         "off, snap (redirect to the next ladder size up) or strict (400 off the ladder).",
     )
     max_pixels: int = setting(
-        MAX_PIXELS,
+        MAX_RESOLUTION,
         "PROXY_MAX_PIXELS",
         "Largest width*height a URL may ask for (upstream cap 12,000,000; under 1,000,000 "
         "a mint is billed at the low rate).",
@@ -221,7 +237,9 @@ class Settings:
         "a volume shared by every replica when there are several).",
     )
     max_upload_mb: float = setting(
-        12.0, "PROXY_MAX_UPLOAD_MB", "Largest upload in MiB (413 above it; upstream cap: 12)."
+        float(MAX_UPLOAD_MB),
+        "PROXY_MAX_UPLOAD_MB",
+        "Largest upload in MiB (413 above it; upstream cap: 12).",
     )
     max_input_pixels: int = setting(
         50_000_000,
@@ -229,7 +247,7 @@ class Settings:
         "Largest decoded upload (width*height); more is refused as a decompression bomb (400).",
     )
     reupload_after: float = setting(
-        float(UPSTREAM_RETENTION_SECONDS - 600),
+        float(RETENTION_SECONDS - 600),
         "PROXY_REUPLOAD_AFTER",
         "Seconds after which an upload is assumed gone upstream (retention: 2 h) and the kept "
         "original is uploaded again before the next render, without waiting for a 404.",
@@ -393,7 +411,7 @@ class Settings:
             raise bad("ttl_margin", "must be smaller than PROXY_OUTPUT_TTL")
         if self.retry_attempts < 1:
             raise bad("retry_attempts", "must be at least 1")
-        if self.quality not in ("low", "medium", "high"):
+        if self.quality not in QUALITIES:
             raise bad("quality", "must be low, medium or high")
         if not 1 <= self.output_compression <= 100:
             raise bad("output_compression", "must be between 1 and 100")
@@ -434,20 +452,24 @@ class Settings:
             raise bad("redis_max_connections", "must be at least 1")
 
     def _validate_guards(self, bad: typing.Callable[[str, str], SettingsError]) -> None:
-        # Imported here because these modules import this one; their parsers name the variable.
-        from proxy.guards.clients import parse_networks, parse_rate
-        from proxy.url.ladder import POLICIES, Ladder
-        from proxy.url.signing import Signer
-
-        if not 1 <= self.signature_size <= 32:
-            raise bad("signature_size", "must be between 1 and 32")
+        if not 1 <= self.signature_size <= MAX_SIGNATURE_SIZE:
+            raise bad("signature_size", f"must be between 1 and {MAX_SIGNATURE_SIZE}")
         if self.signing_key or self.signing_salt:
-            Signer.from_hex(self.signing_key, self.signing_salt, self.signature_size)
-        if self.ladder_policy not in POLICIES:
-            raise bad("ladder_policy", f"must be {', '.join(POLICIES[:-1])} or {POLICIES[-1]}")
-        if not 1 <= self.max_pixels <= MAX_PIXELS:
-            raise bad("max_pixels", f"must be between 1 and {MAX_PIXELS}")
-        if Ladder.from_settings(self) is None and self.ladder_policy != "off":
+            signing_pairs(self.signing_key, self.signing_salt, self.signature_size)
+        if self.ladder_policy not in LADDER_POLICIES:
+            policies = LADDER_POLICIES
+            raise bad("ladder_policy", f"must be {', '.join(policies[:-1])} or {policies[-1]}")
+        if not 1 <= self.max_pixels <= MAX_RESOLUTION:
+            raise bad("max_pixels", f"must be between 1 and {MAX_RESOLUTION}")
+        ladder = ladder_classes(
+            self.ladder_widths,
+            self.ladder_ratios,
+            self.ladder_presets,
+            max_width=self.max_width,
+            max_height=self.max_height,
+            max_pixels=self.max_pixels,
+        )
+        if ladder is None and self.ladder_policy != "off":
             raise bad(
                 "ladder_policy",
                 "needs a ladder: set PROXY_LADDER_WIDTHS and _RATIOS, or PROXY_LADDER_PRESETS",
@@ -467,8 +489,6 @@ class Settings:
             raise bad("fallback_max_age", "must not be negative")
 
     def _validate_cdn(self, bad: typing.Callable[[str, str], SettingsError]) -> None:
-        from proxy.serving.cdn import PURGE_STYLES  # it imports this module
-
         for name in ("browser_max_age", "cdn_max_age"):
             limit = getattr(self, name)
             if limit is not None and limit < 0:
@@ -488,49 +508,6 @@ class Settings:
     def describe(self) -> dict[str, Any]:
         """Settings as shown to operators: secrets are masked."""
         return describe(self)
-
-
-def describe(settings: Any) -> dict[str, Any]:
-    """A settings dataclass by variable name, secrets masked: for operators and logs."""
-    out: dict[str, Any] = {}
-    for f in dataclasses.fields(settings):
-        value = getattr(settings, f.name)
-        if f.metadata.get("secret") and value:
-            value = "***"
-        out[f.metadata["env"]] = str(value) if isinstance(value, Path) else value
-    return out
-
-
-def load(
-    cls: type, environ: Mapping[str, str] | None, overrides: Mapping[str, Any]
-) -> dict[str, Any]:
-    """Field values for the settings dataclass ``cls`` from the environment and overrides.
-
-    Each field names its variable (``setting(..., env=...)``); an override that is not None
-    wins over the environment; a malformed value raises SettingsError naming its source.
-    """
-    environ = os.environ if environ is None else environ
-    fields = dataclasses.fields(cls)
-    unknown = set(overrides) - {f.name for f in fields}
-    if unknown:
-        raise SettingsError(f"unknown setting(s): {', '.join(sorted(unknown))}")
-    hints = typing.get_type_hints(cls)
-    values: dict[str, Any] = {}
-    for f in fields:
-        env = f.metadata["env"]
-        if overrides.get(f.name) is not None:
-            raw: Any = overrides[f.name]
-            source = f"--{f.name.replace('_', '-')}"
-        elif environ.get(env, "") != "":
-            raw = environ[env]
-            source = env
-        else:
-            continue
-        try:
-            values[f.name] = _coerce(raw, hints[f.name])
-        except (TypeError, ValueError) as exc:
-            raise SettingsError(f"{source}: {exc}") from None
-    return values
 
 
 def settings_table() -> list[tuple[str, str, str]]:
@@ -560,59 +537,3 @@ def _host(url: str) -> str:
 
 
 _REDIS_SCHEMES = ("redis", "rediss", "unix")
-_TRUE = {"1", "true", "yes", "on"}
-_FALSE = {"0", "false", "no", "off"}
-
-
-def _finite(number: float, given: Any) -> float:
-    """``number``, unless it is nan or ±inf: no setting means either, and NaN breaks every
-    comparison made with it (a NaN TTL is never "expired" nor "fresh")."""
-    if not math.isfinite(number):
-        raise ValueError(f"expected a finite number, got {given!r}")
-    return number
-
-
-def check_finite(settings: Any, env_name: typing.Callable[[str], str]) -> None:
-    """Refuse a nan or infinite float field (one set in code, past the loader's check)."""
-    for f in dataclasses.fields(settings):
-        value = getattr(settings, f.name)
-        if isinstance(value, float) and not math.isfinite(value):
-            raise SettingsError(f"{env_name(f.name)}: expected a finite number, got {value!r}")
-
-
-def _coerce(raw: Any, hint: Any) -> Any:
-    """Turn an environment string (or a CLI value) into the field's type."""
-    origin = typing.get_origin(hint)
-    args = typing.get_args(hint)
-    if origin in (types.UnionType, typing.Union):
-        inner = [a for a in args if a is not type(None)]
-        return _coerce(raw, inner[0])
-    if not isinstance(raw, str):
-        if hint is float and isinstance(raw, int | float) and not isinstance(raw, bool):
-            return _finite(float(raw), raw)
-        if origin is tuple and isinstance(raw, list | tuple):
-            return tuple(raw)
-        return raw
-    text = raw.strip()
-    if hint is bool:
-        if text.lower() in _TRUE:
-            return True
-        if text.lower() in _FALSE:
-            return False
-        raise ValueError(f"expected true/false, got {text!r}")
-    if hint is int:
-        try:
-            return int(text)
-        except ValueError:
-            raise ValueError(f"expected a whole number, got {text!r}") from None
-    if hint is float:
-        try:
-            number = float(text)
-        except ValueError:
-            raise ValueError(f"expected a number, got {text!r}") from None
-        return _finite(number, text)
-    if hint is Path:
-        return Path(text).expanduser()
-    if origin is tuple:
-        return tuple(part.strip() for part in text.split(",") if part.strip())
-    return text

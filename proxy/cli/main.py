@@ -202,19 +202,15 @@ def settings_markdown() -> str:
 def app_from_environment() -> Starlette:
     """uvicorn's factory in every worker: settings from the environment the CLI prepared."""
     from proxy.app import create_app
-    from proxy.engine.settings import EngineSettings
-    from proxy.images.decoding import return_large_blocks
+    from proxy.embedded import embedded_engine_settings
+    from proxy.malloc import return_large_blocks
 
     return_large_blocks()  # decoded uploads go back to the system once checked
 
     settings = _load_settings()
     engine_settings = None
     if settings.embedded_engine:
-        engine_settings = EngineSettings.from_env(
-            os.environ,
-            public_url=settings.public_url.rstrip("/") + "/_engine",
-            data_dir=os.environ.get("PROXY_ENGINE_DATA_DIR") or settings.data_dir / "engine",
-        )
+        engine_settings = embedded_engine_settings(settings, os.environ)
     return create_app(settings, engine_settings=engine_settings, metrics_dir=multiprocess_dir())
 
 
@@ -235,9 +231,9 @@ def _register_plugins() -> None:
     from proxy.cli import images as images_cli
     from proxy.cli import sign as guards_cli
     from proxy.cli import srcset as srcset_cli
-    from proxy.engine import cli as engine_cli
+    from proxy.embedded import register_cli as register_engine_cli
 
-    engine_cli.register(app)
+    register_engine_cli(app)
     images_cli.register(app)
     guards_cli.register(app)
     srcset_cli.register(app)

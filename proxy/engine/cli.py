@@ -23,8 +23,8 @@ from proxy.engine.faults import Faults, FaultState
 from proxy.engine.keys import key_path, load_or_create
 from proxy.engine.settings import DEFAULT_PORT, EngineSettings
 from proxy.engine.store import Store
-from proxy.images.decoding import return_large_blocks
-from proxy.settings import SettingsError
+from proxy.envconfig import SettingsError
+from proxy.malloc import return_large_blocks
 
 GRACEFUL_SHUTDOWN_SECONDS = 5
 _RUN_OPTIONS = ("host", "port", "workers")

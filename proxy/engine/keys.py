@@ -15,7 +15,7 @@ import stat
 from pathlib import Path
 
 from proxy.engine.settings import EngineSettings
-from proxy.settings import SettingsError
+from proxy.envconfig import SettingsError
 
 KEY_FILE = "api-key"
 

@@ -12,7 +12,6 @@ composite onto the background colour → encode as asked.
 from __future__ import annotations
 
 import io
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -21,6 +20,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from proxy.engine.cutout import Cutout
 from proxy.engine.errors import InvalidRequestError
 from proxy.engine.variants import OutputVariant
+from proxy.upstream.contract import fit
 
 INPUT_FORMATS = {"PNG": "png", "JPEG": "jpg", "WEBP": "webp"}
 INPUT_CONTENT_TYPES = {"png": "image/png", "jpg": "image/jpeg", "webp": "image/webp"}
@@ -78,29 +78,6 @@ def _split_alpha(image: Image.Image, file_format: str) -> Source:
     if alpha.getextrema()[0] == 255:
         return Source(rgba.convert("RGB"), None, file_format)
     return Source(rgba.convert("RGB"), alpha, file_format)
-
-
-def fit(size: tuple[int, int], max_resolution: int) -> tuple[int, int]:
-    """The largest size with the same aspect ratio and at most ``max_resolution`` pixels.
-
-    Never larger than ``size``: upscaling costs the same and only blurs.
-    """
-    width, height = size
-    if width * height <= max_resolution:
-        return size
-    scale = math.sqrt(max_resolution / (width * height))
-    new_width = max(1, math.floor(width * scale))
-    new_height = max(1, math.floor(height * scale))
-    if new_width == 1:
-        new_height = min(new_height, max_resolution)
-    if new_height == 1:
-        new_width = min(new_width, max_resolution)
-    while new_width * new_height > max_resolution:  # float rounding only: a step or two
-        if new_width >= new_height:
-            new_width -= 1
-        else:
-            new_height -= 1
-    return new_width, new_height
 
 
 def subject_box(mask: Image.Image) -> tuple[int, int, int, int] | None:

@@ -1,6 +1,6 @@
 """The local engine's settings: frozen, built from ``PROXY_ENGINE_*`` variables and CLI flags.
 
-Each field is declared once with its variable and a line of help (``proxy.settings.setting``);
+Each field is declared once with its variable and a line of help (``proxy.envconfig.setting``);
 ``cutproxy engine --help`` and docs/engine.md are generated from the same declarations.
 Defaults are the real service's where it publishes one; where it does not, the help says so.
 """
@@ -14,13 +14,12 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-# The proxy's loader reads the environment for the engine too, so both read "true", "1.5"
-# and paths the same way and name a bad variable the same way.
-from proxy.settings import SettingsError, check_finite, describe, load, setting
+# The proxy's settings use the same loader, so both read "true", "1.5" and paths the same
+# way and name a bad variable the same way.
+from proxy.envconfig import SettingsError, check_finite, describe, load, setting
+from proxy.upstream.contract import MAX_UPLOAD_MB, RETENTION_SECONDS
 
 DEFAULT_PORT = 9000
-MAX_RESOLUTION = 12_000_000
-RETENTION_SECONDS = 2 * 60 * 60
 ERROR_STYLES = ("error", "detail", "errors", "text")
 FAULT_MODES = ("ok", "down", "hang")
 
@@ -78,7 +77,7 @@ class EngineSettings:
         "answers 429 with Retry-After. Unset: no limit.",
     )
     max_upload_mb: float = setting(
-        12.0, "PROXY_ENGINE_MAX_UPLOAD_MB", "Largest upload in MiB (413 above it)."
+        float(MAX_UPLOAD_MB), "PROXY_ENGINE_MAX_UPLOAD_MB", "Largest upload in MiB (413 above it)."
     )
     max_input_pixels: int = setting(
         80_000_000,

@@ -11,14 +11,16 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from proxy.engine.errors import InvalidRequestError
-from proxy.engine.settings import MAX_RESOLUTION
+from proxy.upstream.contract import (
+    DEFAULT_FORMAT,
+    DEFAULT_OUTPUT_COMPRESSION,
+    DEFAULT_QUALITY,
+    MAX_RESOLUTION,
+    OUTPUT_FORMATS,
+    QUALITIES,
+)
 
-FORMATS = ("png", "webp", "jpg")
-QUALITIES = ("low", "medium", "high")
 CONTENT_TYPES = {"png": "image/png", "webp": "image/webp", "jpg": "image/jpeg"}
-DEFAULT_FORMAT = "png"
-DEFAULT_QUALITY = "medium"
-DEFAULT_COMPRESSION = 85
 MAX_NAME_LENGTH = 200
 _HEX = re.compile(r"#([0-9A-Fa-f]{3}|[0-9A-Fa-f]{6})")
 
@@ -32,7 +34,7 @@ class OutputVariant:
     format: str = DEFAULT_FORMAT
     quality: str = DEFAULT_QUALITY
     background_color: str | None = None
-    output_compression: int = DEFAULT_COMPRESSION
+    output_compression: int = DEFAULT_OUTPUT_COMPRESSION
     autocrop: bool = False
 
     @property
@@ -99,8 +101,8 @@ def _parse_one(item: Any, where: str) -> OutputVariant:
         raise bad("max_resolution", f"must be a whole number from 1 to {MAX_RESOLUTION:,}")
 
     fmt = item.get("format", DEFAULT_FORMAT)
-    if fmt not in FORMATS:
-        raise bad("format", f"must be one of {', '.join(FORMATS)}")
+    if fmt not in OUTPUT_FORMATS:
+        raise bad("format", f"must be one of {', '.join(OUTPUT_FORMATS)}")
 
     quality = item.get("quality", DEFAULT_QUALITY)
     if quality not in QUALITIES:
@@ -115,7 +117,7 @@ def _parse_one(item: Any, where: str) -> OutputVariant:
             digits = "".join(c * 2 for c in digits)
         color = "#" + digits.upper()
 
-    compression = item.get("output_compression", DEFAULT_COMPRESSION)
+    compression = item.get("output_compression", DEFAULT_OUTPUT_COMPRESSION)
     if not _is_int(compression) or not 1 <= compression <= 100:
         raise bad("output_compression", "must be a whole number from 1 to 100")
 

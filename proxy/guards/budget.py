@@ -1,8 +1,8 @@
 """Cost guards: what a mint costs, how much may be spent, and what was spent and saved.
 
-- :func:`estimate_credits` (from :mod:`proxy.engine.pricing`, re-exported) prices a mint's
-  ``output_variants`` by the upstream's rules, and :func:`batching_saving` what one token
-  for several variants saves;
+- :func:`estimate_credits` and :func:`batching_saving` (from :mod:`proxy.upstream.contract`,
+  re-exported) price a mint's ``output_variants`` by the upstream's rules, and what one
+  token for several variants saves;
 - :class:`CreditBudget` caps estimated credits per UTC hour and day, over a
   :class:`proxy.stores.counters.BudgetStore` (on disk for one host's worker processes, or
   in Redis for several hosts);
@@ -14,11 +14,8 @@ Time is always a parameter (``now``, unix seconds).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any
-
 from proxy.stores.counters import BudgetStore, CounterStore, Window
-from proxy.upstream.contract import estimate_credits
+from proxy.upstream.contract import batching_saving, estimate_credits
 
 __all__ = [
     "CostLedger",
@@ -26,15 +23,6 @@ __all__ = [
     "batching_saving",
     "estimate_credits",
 ]
-
-# --- prices ---------------------------------------------------------------------------------
-
-
-def batching_saving(output_variants: Sequence[Mapping[str, Any]]) -> float:
-    """Credits saved by minting these variants in one token rather than one token each."""
-    separately = sum(estimate_credits([v]) for v in output_variants)
-    return round(separately - estimate_credits(output_variants), 2)
-
 
 # --- the credit budget ----------------------------------------------------------------------
 

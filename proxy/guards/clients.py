@@ -1,11 +1,11 @@
 """Who causes the misses: the client behind trusted proxies, and its miss rate.
 
 - :func:`client_address` finds the client behind trusted reverse proxies
-  (``PROXY_TRUSTED_PROXIES``, parsed by :func:`parse_networks`);
+  (``PROXY_TRUSTED_PROXIES``, parsed by :func:`proxy.setting_values.parse_networks`);
 - :class:`ClientLimiter` caps cache misses per client with the ``limits`` library (in
   memory, or in Redis for several hosts); :class:`DiskClientLimiter` does the same in the
   disk counter store, one count for the worker processes of one host
-  (``PROXY_CLIENT_MISS_RATE``, parsed by :func:`parse_rate`).
+  (``PROXY_CLIENT_MISS_RATE``, parsed by :func:`proxy.setting_values.parse_rate`).
 
 Time is an injected clock.
 """
@@ -22,30 +22,13 @@ import limits.aio.storage
 import limits.aio.strategies
 import limits.storage
 
-from proxy.settings import SettingsError
+from proxy.setting_values import IPNetwork, parse_rate
 from proxy.stores.counters import DiskCounters
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 # --- per-client miss limits -----------------------------------------------------------------
-
-
-def parse_rate(text: str) -> limits.RateLimitItem:
-    """One ``limits`` rate such as ``60/minute`` or ``10 per second``.
-
-    Raises :class:`SettingsError` naming ``PROXY_CLIENT_MISS_RATE``.
-    """
-    try:
-        items = limits.parse_many(text)
-    except ValueError:
-        items = []
-    if len(items) != 1:
-        raise SettingsError(
-            f"PROXY_CLIENT_MISS_RATE: expected one rate like 60/minute, got {text[:40]!r}"
-        )
-    return items[0]
 
 
 class _PerClientRate:
@@ -148,19 +131,6 @@ class DiskClientLimiter(_PerClientRate):
 
 
 # --- the client's address -------------------------------------------------------------------
-
-
-def parse_networks(cidrs: Sequence[str]) -> tuple[IPNetwork, ...]:
-    """CIDRs (``10.0.0.0/8``, ``::1``) as networks; SettingsError names PROXY_TRUSTED_PROXIES."""
-    out = []
-    for cidr in cidrs:
-        try:
-            out.append(ipaddress.ip_network(cidr.strip(), strict=False))
-        except ValueError:
-            raise SettingsError(
-                f"PROXY_TRUSTED_PROXIES: expected CIDRs like 10.0.0.0/8, got {cidr[:50]!r}"
-            ) from None
-    return tuple(out)
 
 
 def client_address(

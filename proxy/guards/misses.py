@@ -40,16 +40,10 @@ from starlette.responses import JSONResponse, Response
 
 from proxy.errors import MissRefusedError, ProxyError
 from proxy.guards.budget import LEDGER_FIELDS, CostLedger, CreditBudget, estimate_credits
-from proxy.guards.clients import (
-    ClientLimiter,
-    DiskClientLimiter,
-    IPNetwork,
-    MissLimiter,
-    client_address,
-    parse_networks,
-)
+from proxy.guards.clients import ClientLimiter, DiskClientLimiter, MissLimiter, client_address
 from proxy.guards.minter import CostEvents, Minter, NoCostEvents, Reservation
 from proxy.serving.admin import require_admin
+from proxy.setting_values import IPNetwork, parse_networks
 from proxy.settings import Settings
 from proxy.stores.cache import CachedOutput, TwoTierCache
 from proxy.stores.counters import CounterStore, DiskCounters

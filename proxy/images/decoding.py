@@ -7,21 +7,18 @@ A full decode holds 4 bytes a pixel: 196 MB for a 7000x7000 PNG that is 200 KB o
   hand. The metadata chunks after the pixels are read too (an orientation can live there).
 - JPEG and WebP are decoded by Pillow (JPEG at 1/8 scale), within PROXY_MAX_INPUT_PIXELS.
 - Freed in a worker thread, glibc keeps a decode's memory in that thread's arena: 187 MB
-  after one 7000x7000 decode, 560 MB after three at once. :func:`return_large_blocks`
+  after one 7000x7000 decode, 560 MB after three at once. :func:`proxy.malloc.return_large_blocks`
   (once per server process) gives large blocks back to the system when they are freed.
 """
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import re
 import struct
 import zlib
 from typing import Any
 
 SLICE = 1 << 20  # bytes of inflated rows held at once
-MMAP_THRESHOLD = 1 << 20  # allocations this large get their own mapping, unmapped on free
 MAX_TEXT = 1 << 20  # a metadata chunk inflating past this is refused (as Pillow does)
 _FEED = 1 << 16  # compressed bytes handed to zlib at once (its unconsumed tail is a copy)
 
@@ -196,22 +193,3 @@ def _inflate_text(data: bytes) -> bytes:
     if len(text) > MAX_TEXT:
         raise CorruptImageError("a text chunk inflates past 1 MiB")
     return text
-
-
-_M_MMAP_THRESHOLD = -3  # mallopt's parameter number (glibc's malloc.h)
-
-
-def return_large_blocks(threshold: int = MMAP_THRESHOLD) -> bool:
-    """Have glibc map each allocation of ``threshold`` bytes or more on its own and unmap it
-    when freed. True when applied; False off glibc (nothing to do there).
-
-    By default glibc raises that threshold (up to 32 MiB) each time a large block is freed,
-    so the next image buffers come from an arena, which keeps them once freed. A fixed
-    threshold turns that adjustment off.
-    """
-    name = ctypes.util.find_library("c")
-    try:
-        mallopt = ctypes.CDLL(name).mallopt if name else None
-    except (OSError, AttributeError):
-        return False
-    return bool(mallopt is not None and mallopt(_M_MMAP_THRESHOLD, threshold) == 1)

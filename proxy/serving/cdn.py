@@ -28,11 +28,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Scope
 
+from proxy.setting_values import PURGE_STYLES
 from proxy.settings import Settings
 
 log = logging.getLogger("cutproxy.cdn")
 
-PURGE_STYLES = ("varnish", "fastly", "cloudflare")
 """The values of ``PROXY_CDN_PURGE_STYLE``."""
 
 NO_STORE = "no-store"

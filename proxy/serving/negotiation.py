@@ -6,8 +6,8 @@ format and until when it lives, so they can size a view before downloading and r
 URL before it dies. Both answers say ``Vary: Accept``.
 
 The size is what the renderer will make: the original scaled to fit the box (aspect ratio
-kept, never upscaled, floored), by the same rules as ``max_resolution`` in
-:mod:`proxy.variant` and ``fit`` in the engine. When the original's size is not known (an
+kept, never upscaled, floored), by the upstream contract's rules (``pixel_budget`` and
+``fit`` in :mod:`proxy.upstream.contract`). When the original's size is not known (an
 image registered by ``unique_filename`` alone), or autocrop makes it depend on the subject,
 the box is reported instead and ``size_exact`` is false.
 """
@@ -22,11 +22,11 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
-from proxy.engine.render import fit
 from proxy.serving import responses
 from proxy.serving.cdn import CachePolicy, tag_raw
 from proxy.state import AppState
 from proxy.stores.cache import CachedOutput
+from proxy.upstream.contract import fit
 from proxy.url.variant import Variant, max_resolution
 
 JSON = "application/json"

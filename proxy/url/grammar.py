@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass
 
 from proxy.errors import BadRequestError
-from proxy.settings import MAX_PIXELS
+from proxy.upstream.contract import MAX_RESOLUTION
 from proxy.url.variant import EXTENSIONS, TRANSPARENT, Variant
 
 IMAGE_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
@@ -32,7 +32,7 @@ class Canonical:
 class Limits:
     max_width: int
     max_height: int
-    max_pixels: int = MAX_PIXELS  # PROXY_MAX_PIXELS
+    max_pixels: int = MAX_RESOLUTION  # PROXY_MAX_PIXELS
 
 
 def check_image_id(image_id: str) -> str:

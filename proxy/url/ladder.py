@@ -21,25 +21,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import re
 from dataclasses import dataclass
-from typing import Final
 
 from proxy.errors import BadRequestError
-from proxy.settings import MAX_PIXELS, Settings, SettingsError
+from proxy.setting_values import LADDER_POLICIES, Ratio, Size, ladder_classes
+from proxy.settings import Settings
+from proxy.upstream.contract import MAX_RESOLUTION
 from proxy.url.grammar import Canonical
 from proxy.url.variant import Variant
-
-POLICIES: Final = ("off", "snap", "strict")
-"""The values of ``PROXY_LADDER_POLICY``."""
-
-Size = tuple[int, int]
-Ratio = tuple[int, int]
-
-_WIDTH = re.compile(r"[1-9][0-9]{0,5}")
-_RATIO = re.compile(r"([1-9][0-9]{0,3}):([1-9][0-9]{0,3})")
-_PRESET = re.compile(r"([1-9][0-9]{0,5})x([1-9][0-9]{0,5})")
-_NONE = {"", "none"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,65 +50,25 @@ class Ladder:
         *,
         max_width: int | None = None,
         max_height: int | None = None,
-        max_pixels: int = MAX_PIXELS,
+        max_pixels: int = MAX_RESOLUTION,
     ) -> Ladder | None:
         """Build a ladder from comma-separated specs; None when it has no size at all.
 
         ``widths`` like ``320,640``, ``ratios`` like ``1:1,16:9``, ``presets`` like
         ``1200x630``; ``none`` (or empty) for none. Widths ``none`` turns the width grid off.
         Width-grid rungs beyond the bounds are dropped; a preset beyond them is an error.
-        Raises :class:`SettingsError` naming ``PROXY_LADDER_*``.
+        Raises :class:`SettingsError` naming ``PROXY_LADDER_*`` (the parsing is
+        :func:`proxy.setting_values.ladder_classes`, which the settings validate with).
         """
-        width_list = [
-            w for (w,) in _split(widths, "PROXY_LADDER_WIDTHS", _WIDTH, "widths like 640")
-        ]
-        ratio_list = [
-            _reduce(a, b) for a, b in _split(ratios, "PROXY_LADDER_RATIOS", _RATIO, "W:H like 4:3")
-        ]
-        preset_list = [
-            (w, h) for w, h in _split(presets, "PROXY_LADDER_PRESETS", _PRESET, "WxH like 1200x630")
-        ]
-        if not width_list:
-            ratio_list = []  # no width grid: the ratios have nothing to shape
-        elif not ratio_list:
-            raise SettingsError(
-                "PROXY_LADDER_RATIOS: the ladder widths need at least one ratio like 1:1 "
-                "(or set PROXY_LADDER_WIDTHS to `none` for presets only)"
-            )
-        if not (width_list or preset_list):
-            return None
-
-        def fits(size: Size) -> bool:
-            w, h = size
-            return (
-                (max_width is None or w <= max_width)
-                and (max_height is None or h <= max_height)
-                and w * h <= max_pixels
-            )
-
-        groups: dict[Ratio, set[Size]] = {}
-        for ratio in ratio_list:
-            rw, rh = ratio
-            rungs = {(w, max(1, round(w * rh / rw))) for w in width_list}
-            groups.setdefault(ratio, set()).update(s for s in rungs if fits(s))
-        for preset in preset_list:
-            if not fits(preset):
-                raise SettingsError(
-                    f"PROXY_LADDER_PRESETS: {preset[0]}x{preset[1]} is over the size limits "
-                    f"(PROXY_MAX_WIDTH, PROXY_MAX_HEIGHT, PROXY_MAX_PIXELS)"
-                )
-            groups.setdefault(_reduce(*preset), set()).add(preset)
-        classes = tuple(
-            (ratio, tuple(sorted(sizes, key=_area_then_width)))
-            for ratio, sizes in sorted(groups.items(), key=lambda item: item[0][0] / item[0][1])
-            if sizes
+        classes = ladder_classes(
+            widths,
+            ratios,
+            presets,
+            max_width=max_width,
+            max_height=max_height,
+            max_pixels=max_pixels,
         )
-        if not classes:
-            raise SettingsError(
-                "PROXY_LADDER_WIDTHS: every ladder size is over the size limits "
-                "(PROXY_MAX_WIDTH, PROXY_MAX_HEIGHT, PROXY_MAX_PIXELS)"
-            )
-        return cls(classes)
+        return None if classes is None else cls(classes)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Ladder | None:
@@ -172,8 +121,8 @@ def apply(ladder: Ladder | None, policy: str, variant: Variant) -> Variant | Can
     ``strict`` off the ladder, and under ``snap`` when the request is larger than every rung
     of its class. With signed URLs, the caller signs the redirect target (keeping ``exp``).
     """
-    if policy not in POLICIES:
-        raise ValueError(f"unknown ladder policy {policy!r}; expected one of {POLICIES}")
+    if policy not in LADDER_POLICIES:
+        raise ValueError(f"unknown ladder policy {policy!r}; expected one of {LADDER_POLICIES}")
     if ladder is None or policy == "off" or ladder.allowed(variant.width, variant.height):
         return variant
     asked = f"{variant.width}x{variant.height}"
@@ -200,29 +149,3 @@ def snap_width(ladder: Ladder, width: int) -> int:
         if candidate >= width:
             return candidate
     return widths[-1]
-
-
-def _area_then_width(size: Size) -> tuple[int, int]:
-    return size[0] * size[1], size[0]
-
-
-def _reduce(a: int, b: int) -> Ratio:
-    g = math.gcd(a, b)
-    return a // g, b // g
-
-
-def _split(spec: str, env: str, pattern: re.Pattern[str], shape: str) -> list[tuple[int, ...]]:
-    if spec.strip().lower() in _NONE:
-        return []
-    out: list[tuple[int, ...]] = []
-    for item in spec.split(","):
-        item = item.strip()
-        if not item:
-            continue
-        match = pattern.fullmatch(item)
-        if match is None:
-            raise SettingsError(f"{env}: expected {shape}, got {item[:20]!r}")
-        value = tuple(int(group) for group in (match.groups() or (match[0],)))
-        if value not in out:
-            out.append(value)
-    return out

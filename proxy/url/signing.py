@@ -30,16 +30,12 @@ from dataclasses import dataclass
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 from proxy.errors import ForbiddenError
-from proxy.settings import Settings, SettingsError
+from proxy.setting_values import MAX_SIGNATURE_SIZE, signing_pairs
+from proxy.settings import Settings
 
 SIGNATURE_PARAM = "s"
 EXPIRY_PARAM = "exp"
-MAX_SIGNATURE_SIZE = hashlib.sha256().digest_size  # 32
 _EXPIRY = re.compile(r"[1-9][0-9]{0,15}")
-_HEX = re.compile(r"(?:[0-9A-Fa-f]{2})+")
-_KEY_ENV = "PROXY_SIGNING_KEY"
-_SALT_ENV = "PROXY_SIGNING_SALT"
-_SIZE_ENV = "PROXY_SIGNATURE_SIZE"
 
 
 @dataclass(frozen=True, slots=True, repr=False)
@@ -67,29 +63,13 @@ class Signer:
         *,
         clock: Callable[[], float] = time.time,
     ) -> Signer:
-        """Decode hex keys and salts (one salt per key).
+        """Decode hex keys and salts (one salt per key), by
+        :func:`proxy.setting_values.signing_pairs`, which the settings validate with.
 
         Raises :class:`SettingsError` naming ``PROXY_SIGNING_KEY``, ``PROXY_SIGNING_SALT`` or
         ``PROXY_SIGNATURE_SIZE`` when they are empty, not hex, or of different counts.
         """
-        if isinstance(keys, str) or isinstance(salts, str):
-            raise TypeError("keys and salts are sequences of hex strings")
-        if not keys:
-            raise SettingsError(f"{_KEY_ENV}: at least one hex key is needed")
-        if not salts:
-            raise SettingsError(f"{_SALT_ENV}: at least one hex salt is needed")
-        if len(keys) != len(salts):
-            raise SettingsError(
-                f"{_KEY_ENV} has {len(keys)} key(s) but {_SALT_ENV} has {len(salts)} "
-                "salt(s): give one salt per key, in the same order"
-            )
-        if not 1 <= size <= MAX_SIGNATURE_SIZE:
-            raise SettingsError(f"{_SIZE_ENV}: must be between 1 and {MAX_SIGNATURE_SIZE}")
-        pairs = tuple(
-            (_unhex(key, _KEY_ENV, n), _unhex(salt, _SALT_ENV, n))
-            for n, (key, salt) in enumerate(zip(keys, salts, strict=True), start=1)
-        )
-        return cls(pairs, size, clock)
+        return cls(signing_pairs(keys, salts, size), size, clock)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Signer | None:
@@ -172,13 +152,3 @@ def _signature(key: bytes, salt: bytes, path: str, exp: int | None, size: int) -
         message += f"?{EXPIRY_PARAM}={exp}".encode("ascii")
     digest = hmac.new(key, message, hashlib.sha256).digest()[:size]
     return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
-
-
-def _unhex(value: str, env: str, position: int) -> bytes:
-    text = value.strip()
-    if not _HEX.fullmatch(text):
-        # Name the position, never the value: it is a secret.
-        raise SettingsError(
-            f"{env}: entry {position} must be a non-empty hex string (an even number of 0-9a-f)"
-        )
-    return bytes.fromhex(text)

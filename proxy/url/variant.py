@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import math
 from dataclasses import dataclass
 from typing import Any
 
-from proxy.settings import MAX_PIXELS, Settings
+from proxy.settings import Settings
+from proxy.upstream.contract import pixel_budget
 
 TRANSPARENT = "transparent"
 EXTENSIONS = ("jpg", "png", "webp")
@@ -64,19 +64,9 @@ def image_prefix(image_id: str) -> str:
 
 
 def max_resolution(variant: Variant, original: tuple[int, int] | None) -> int:
-    """Pixel budget so the output fits inside ``width`` x ``height``.
-
-    The upstream keeps the aspect ratio and never exceeds ``max_resolution`` pixels, so for a
-    known original we pick the largest budget whose output fits the box, and never more than
-    the original itself (upscaling costs the same and looks worse). Unknown original: w*h.
-    """
-    box = variant.width * variant.height
-    if original is None or original[0] < 1 or original[1] < 1:
-        return max(1, min(box, MAX_PIXELS))
-    ow, oh = original
-    scale = min(variant.width / ow, variant.height / oh, 1.0)
-    pixels = math.floor(ow * scale) * math.floor(oh * scale)
-    return max(1, min(pixels, MAX_PIXELS))
+    """Pixel budget so the output fits inside ``width`` x ``height``: the upstream contract's
+    :func:`~proxy.upstream.contract.pixel_budget` for the variant's box."""
+    return pixel_budget((variant.width, variant.height), original)
 
 
 def output_variant(

@@ -31,6 +31,7 @@ import pyvips
 from cachetools import LRUCache
 
 from proxy.errors import BadRequestError, UpstreamError
+from proxy.upstream.contract import MAX_RESOLUTION
 
 Fit = Literal["contain", "pad", "cover"]
 Format = Literal["jpg", "png", "webp", "avif"]
@@ -46,7 +47,7 @@ CONTENT_TYPES = {
     "avif": "image/avif",
 }
 #: The upstream caps its output at 12 MP; a master over it is refused before decoding.
-MAX_MASTER_PIXELS = 12_000_000
+MAX_MASTER_PIXELS = MAX_RESOLUTION
 #: A frame (pad, cover) can be larger than the master; it still has to fit in memory.
 MAX_FRAME_PIXELS = 12_000_000
 BYTES_PER_PIXEL = 4  # a decoded master is 8-bit RGBA

@@ -1,25 +1,11 @@
-"""docs/engine.md keeps up with the code: its settings table is generated."""
+"""docs/engine.md keeps up with the code: its settings table is generated (``make docs``)."""
 
 from __future__ import annotations
 
-import re
-from pathlib import Path
-
-from proxy.engine.settings import settings_markdown
-
-DOC = Path(__file__).resolve().parents[2] / "docs" / "engine.md"
-BLOCK = re.compile(r"(<!-- engine-settings:start -->\n)(.*?)(<!-- engine-settings:end -->)", re.S)
-
-
-def current(text: str) -> str:
-    return BLOCK.sub(lambda m: m[1] + settings_markdown() + "\n" + m[3], text)
+from tests.sync_docs import DOCS, blocks, expected
 
 
 def test_settings_table_is_current() -> None:
-    text = DOC.read_text()
-    assert BLOCK.search(text)
-    assert text == current(text), "run: python -m tests.engine.test_docs"
-
-
-if __name__ == "__main__":
-    DOC.write_text(current(DOC.read_text()))
+    text = (DOCS / "engine.md").read_text()
+    assert blocks(text) == ["engine-settings"]
+    assert text == expected(text), "run: make docs"

@@ -1,4 +1,7 @@
-"""The engine's parts on their own: prices, sizes, tokens, settings, shared state."""
+"""The engine's parts on their own: tokens, settings, shared state.
+
+Its prices and sizes are the upstream contract's: tests/unit/test_contract.py checks them.
+"""
 
 from __future__ import annotations
 
@@ -8,63 +11,18 @@ from pathlib import Path
 
 import httpx
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
 
 from proxy.engine.app import create_engine_app
 from proxy.engine.errors import UnauthorizedError
 from proxy.engine.keys import key_path, load_or_create
 from proxy.engine.ratelimit import ApiRateLimit
-from proxy.engine.render import fit
 from proxy.engine.settings import EngineSettings
 from proxy.engine.store import Store
 from proxy.engine.tokens import TokenSigner
 from proxy.engine.variants import OutputVariant
-from proxy.settings import SettingsError
-from proxy.upstream.contract import estimate_credits
+from proxy.envconfig import SettingsError
 from tests.engine.conftest import ASGI_BASE, Clock
 from tests.engine.photos import photo_jpeg
-
-
-@pytest.mark.parametrize(
-    ("variants", "credits"),
-    [
-        ([], 0.0),
-        ([{"variant_name": "a"}], 1.1),
-        ([{"variant_name": "a", "max_resolution": 999_999}], 0.5),
-        ([{"variant_name": "a", "max_resolution": 1_000_000}], 1.1),
-        ([{"variant_name": "a", "max_resolution": 500_000, "autocrop": True}], 1.0),
-        ([{"variant_name": "a"}, {"variant_name": "b"}, {"variant_name": "c"}], 1.6),
-        # The largest variant pays the standard rate wherever it is listed.
-        ([{"max_resolution": 100}, {"max_resolution": 4_000_000}], 1.35),
-        ([{"max_resolution": 100}, {"max_resolution": 200, "autocrop": True}], 1.25),
-    ],
-)
-def test_prices_follow_the_public_rules(variants: list[dict[str, object]], credits: float) -> None:
-    assert estimate_credits(variants) == credits
-
-
-def test_one_mint_of_many_variants_costs_less_than_many_mints() -> None:
-    one = [{"variant_name": "v"}]
-    assert estimate_credits(one * 4) < 4 * estimate_credits(one)
-
-
-@given(
-    st.integers(1, 20_000),
-    st.integers(1, 20_000),
-    st.integers(1, 12_000_000),
-)
-def test_fit_keeps_within_budget_and_shape(width: int, height: int, budget: int) -> None:
-    out_width, out_height = fit((width, height), budget)
-    assert out_width * out_height <= max(budget, 1)
-    assert out_width <= width and out_height <= height
-    if width * height <= budget:
-        assert (out_width, out_height) == (width, height)
-    else:
-        assert out_width * out_height > 0.9 * budget or min(out_width, out_height) < 20
-        if min(out_width, out_height) >= 20:  # rounding moves each side by under 3 px
-            ratio = (out_width / out_height) / (width / height)
-            assert abs(ratio - 1) <= 6 / min(out_width, out_height)
 
 
 def test_tokens_are_signed_timed_and_opaque() -> None:

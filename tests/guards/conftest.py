@@ -17,7 +17,8 @@ import httpx
 import pytest
 from starlette.applications import Starlette
 
-from proxy.app import create_app, embedded_engine_settings
+from proxy.app import create_app
+from proxy.embedded import embedded_engine_settings
 from proxy.engine.settings import EngineSettings
 from proxy.settings import Settings
 from proxy.url.signing import Signer

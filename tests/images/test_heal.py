@@ -9,8 +9,8 @@ from typing import Any
 import httpx
 import pytest
 
-from proxy.engine.settings import RETENTION_SECONDS
 from proxy.stores.registry import VARIANTS_GENERATION, ImageRecord
+from proxy.upstream.contract import RETENTION_SECONDS
 from tests.images.conftest import AUTH, Rig, photo
 
 

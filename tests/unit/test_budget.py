@@ -16,8 +16,8 @@ from proxy.guards.clients import (
     DiskClientLimiter,
     MissLimiter,
     client_address,
-    parse_networks,
 )
+from proxy.setting_values import parse_networks
 from proxy.settings import Settings, SettingsError
 from proxy.stores.counters import DiskCounters, Window
 
