@@ -106,7 +106,7 @@ def master_size(original: tuple[int, int], max_pixels: int) -> tuple[int, int]:
     with the original's aspect ratio and at most ``max_pixels`` pixels, never above the
     original. The upstream's pixel-budget rule, as the local engine plays it
     (``proxy.engine.render.fit``; the proxy does not import the engine); the check allows
-    :data:`proxy.stores.masters.SIZE_SLACK` for the upstream's own rounding."""
+    :data:`proxy.variants.fetch.SIZE_SLACK` for the upstream's own rounding."""
     width, height = original
     if width * height <= max_pixels:
         return original
