@@ -7,39 +7,44 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import anyio.to_thread
 import httpx
 from starlette.applications import Starlette
-from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
-from starlette.requests import Request
-from starlette.responses import Response
 from starlette.routing import Mount, Route
 from starlette.types import ASGIApp
 
 from proxy.embedded import EngineSettings, LocalEngine
 from proxy.errors import ProxyError
-from proxy.guards import misses as guards
-from proxy.guards.misses import Guards, MissGuard
+from proxy.guards.misses import MissGuard
 from proxy.images import demo
 from proxy.images.service import ImageService
 from proxy.ops import health
 from proxy.ops.accesslog import AccessLog, note_upstream
 from proxy.ops.metrics import Metrics
-from proxy.serving import demo_page, handlers, images_api, purge, responses, srcset_api
-from proxy.serving.cdn import Purger, add_tags, tagged
+from proxy.serving import handlers, responses
+from proxy.serving.cdn import CachePolicy, Purger, tagged
+from proxy.serving.costs_api import CostsAPI
+from proxy.serving.demo_page import DemoPage
 from proxy.serving.hitpath import HitPath
+from proxy.serving.images_api import ImagesAPI
+from proxy.serving.negotiation import Negotiation
+from proxy.serving.purge import Purge
+from proxy.serving.srcset_api import SrcsetAPI
+from proxy.serving.variant_route import VariantEndpoint, describe
+from proxy.setting_values import parse_networks
 from proxy.settings import Settings
-from proxy.state import AppState
 from proxy.stores.blobs import DirectoryBlobStore
 from proxy.stores.cache import DiskTier, MemoryTier, SharedTier, TwoTierCache
 from proxy.stores.leases import DiskLease, Lease
 from proxy.stores.redis import RedisStore
 from proxy.stores.registry import DiskRegistry, Registry
 from proxy.upstream.client import UpstreamClient, UpstreamConfig
+from proxy.url.decision import ROUTE, Decider
 from proxy.variants.service import VariantService
 
 log = logging.getLogger("cutproxy")
@@ -52,13 +57,13 @@ def create_app(
     clock: Callable[[], float] = time.time,
     upstream_transport: httpx.AsyncBaseTransport | None = None,
     metrics_dir: Path | None = None,
-) -> Starlette:
+) -> ProxyApp:
     engine = LocalEngine.start(settings, engine_settings) if settings.embedded_engine else None
     metrics = Metrics(multiprocess_path=metrics_dir)
     calls = health.UpstreamCalls(
         settings.ready_upstream_failures, settings.ready_failure_window, clock
     )
-    state = build_state(
+    services = build_state(
         settings,
         clock,
         engine,
@@ -66,11 +71,12 @@ def create_app(
         metrics=metrics,
         on_call=calls.note,
     )
+    variants, registry = services.variants, services.registry
     readiness = health.Readiness(
         data_dir=settings.data_dir,
-        shared=state.variants.cache.shared,
+        shared=variants.cache.shared,
         probe_upstream=health.upstream_probe(
-            state.upstream,
+            services.upstream,
             engine.health_url if engine is not None else settings.token_url,
             embedded=engine is not None,
         ),
@@ -81,30 +87,46 @@ def create_app(
         calls=calls,
     )
 
-    variant_route = Route(
-        "/img/{image_id}/{size}/{filename}",
-        handlers.Endpoint(handlers.variant),
-        methods=["GET", "HEAD"],
+    # One decision per variant URL, asked by the hit path, the route, warm-up, srcset, demo.
+    decider = Decider.from_settings(settings, describe)
+    policy = CachePolicy.from_settings(settings)
+    variant_endpoint = VariantEndpoint(
+        decider,
+        variants,
+        Negotiation(policy, variants.viewed, registry, clock, autocrop=settings.autocrop),
+        trusted=parse_networks(settings.trusted_proxies),
+        fallback_max_age=settings.fallback_max_age,
+        error_max_age=settings.error_max_age,
+        clock=clock,
     )
+    images_api = ImagesAPI(
+        settings,
+        images=services.images,
+        registry=registry,
+        variants=variants,
+        decider=decider,
+        clock=clock,
+    )
+    srcset_api = SrcsetAPI(settings, registry=registry, decider=decider, clock=clock)
+    purge = Purge(settings.admin_token, services.images, registry, variants, services.purger)
+    costs = CostsAPI(settings.admin_token, variants.guards)
     routes: list[Route | Mount] = [
-        variant_route,
-        Route("/images", images_api.list_images, methods=["GET"]),
-        Route("/images", images_api.post_image, methods=["POST"]),
-        Route("/images/{image_id}", images_api.put_image, methods=["PUT"]),
-        Route("/images/{image_id}", images_api.get_image, methods=["GET"]),
-        Route("/images/{image_id}", images_api.delete_image, methods=["DELETE"]),
-        Route("/images/{image_id}/warm", images_api.warm_image, methods=["POST"]),
+        Route(ROUTE, variant_endpoint, methods=["GET", "HEAD"]),
+        *images_api.routes(),
         Route("/images/{image_id}/variants", purge.delete_variants, methods=["DELETE"]),
-        Route("/srcset/{image_id}", tagged(srcset_api.srcset_markup), methods=["GET", "HEAD"]),
+        Route("/srcset/{image_id}", tagged(srcset_api.markup), methods=["GET", "HEAD"]),
         Route("/health", handlers.health, methods=["GET", "HEAD"]),
         Route("/health/live", health.live, methods=["GET", "HEAD"]),
         Route("/health/ready", health.ready_endpoint(readiness), methods=["GET", "HEAD"]),
         Route("/metrics", metrics.endpoint, methods=["GET"]),
-        Route("/admin/costs", guards.costs_endpoint, methods=["GET"]),
+        Route("/admin/costs", costs.costs, methods=["GET"]),
     ]
     if engine is not None:
         routes.append(Mount("/_engine", app=engine.public_app(faults_key=settings.admin_token)))
     if settings.demo:
+        demo_page = DemoPage(
+            settings, registry=registry, variants=variants, decider=decider, clock=clock
+        )
         routes += demo_page.routes()
 
     @contextlib.asynccontextmanager
@@ -112,47 +134,84 @@ def create_app(
         async with contextlib.AsyncExitStack() as stack:
             if engine is not None:
                 await stack.enter_async_context(engine.lifespan())
-            if state.redis is not None:
-                memory, forget = state.variants.cache.memory, state.variants.forget
-                await stack.enter_async_context(state.redis.invalidations(memory, forget))
+            if services.redis is not None:
+                memory, forget = variants.cache.memory, variants.forget
+                await stack.enter_async_context(services.redis.invalidations(memory, forget))
             if settings.demo:
-                await stack.enter_async_context(demo_registered(state))
+                await stack.enter_async_context(demo_registered(services.images, registry))
             try:
                 yield
             finally:
-                await state.aclose()
+                await services.aclose()
                 metrics.process_exited()
 
+    def hit_path(app: ASGIApp) -> ASGIApp:
+        return HitPath(
+            app,
+            decider=decider,
+            hit_output=variants.hit_output,
+            policy=policy,
+            clock=clock,
+            metrics=metrics,
+        )
+
     app = ProxyApp(
-        state,
-        metrics,
+        services,
+        hit_path,
         routes=routes,
         middleware=[
             Middleware(AccessLog, metrics=metrics),
         ],
-        exception_handlers={
-            ProxyError: _proxy_error,
-            HTTPException: _http_error,
-            Exception: _unexpected_error,
-        },
+        exception_handlers=responses.error_handlers(settings.error_max_age),
         lifespan=lifespan,
     )
     # A path off by a trailing slash is a 404, not Starlette's redirect: that one is
     # absolute, built from the request's Host header, so it could send clients anywhere.
     app.router.redirect_slashes = False
-    app.state.proxy = state
     return app
 
 
 class ProxyApp(Starlette):
-    """Starlette, with the hit path (:mod:`proxy.hitpath`) in front of its whole stack."""
+    """Starlette, with the hit path (:mod:`proxy.serving.hitpath`) in front of its whole
+    stack. ``services`` are what the factory built (for its lifespan, and for tests that look
+    inside); no handler reaches them through the app."""
 
-    def __init__(self, state: AppState, metrics: Metrics, **kwargs: Any) -> None:
+    def __init__(
+        self, services: Services, hit_path: Callable[[ASGIApp], ASGIApp], **kwargs: Any
+    ) -> None:
         super().__init__(**kwargs)
-        self._hit_path = (state, metrics)
+        self.services = services
+        self._hit_path = hit_path
 
     def build_middleware_stack(self) -> ASGIApp:
-        return HitPath(super().build_middleware_stack(), *self._hit_path)
+        return self._hit_path(super().build_middleware_stack())
+
+
+@dataclass
+class Services:
+    """The long-lived services the app factory built; the lifespan closes them."""
+
+    settings: Settings
+    clock: Callable[[], float]
+    registry: Registry
+    upstream: UpstreamClient
+    variants: VariantService
+    images: ImageService
+    redis: RedisStore | None = None  # PROXY_REDIS_URL: the client the shared stores use
+    purger: Purger | None = None  # PROXY_CDN_PURGE_URL: purges the CDN by surrogate key
+
+    async def aclose(self) -> None:
+        await self.variants.flight.drain(timeout=self.settings.token_timeout)
+        await self.upstream.aclose()
+        await self.variants.cache.close()
+        await self.variants.lease.close()
+        await self.registry.close()
+        if self.variants.guards is not None:
+            await self.variants.guards.aclose()
+        if self.redis is not None:
+            await self.redis.aclose()
+        if self.purger is not None:
+            await self.purger.aclose()
 
 
 def build_state(
@@ -163,7 +222,7 @@ def build_state(
     *,
     metrics: Metrics | None = None,
     on_call: Callable[[str, str, float], None] | None = None,
-) -> AppState:
+) -> Services:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     if engine is not None:
         config = engine.upstream_config(settings)
@@ -229,7 +288,7 @@ def build_state(
         minter=variants.minter,
         locks=variants.locks,
     )
-    return AppState(
+    return Services(
         settings,
         clock,
         registry,
@@ -237,7 +296,6 @@ def build_state(
         variants,
         images,
         redis=redis,
-        guards=Guards.from_settings(settings),
         purger=purger,
     )
 
@@ -259,20 +317,20 @@ DEMO_RETRY_SECONDS = 2.0
 
 @contextlib.asynccontextmanager
 async def demo_registered(
-    state: AppState, retry_every: float = DEMO_RETRY_SECONDS
+    images: ImageService, registry: Registry, retry_every: float = DEMO_RETRY_SECONDS
 ) -> AsyncIterator[None]:
     """Register the demo before serving. With the store (Redis) or the upstream down, serve
     anyway, not ready (``/health/ready`` says why), and keep trying in the background."""
     retrying = None
     try:
-        await register_demo(state)
+        await register_demo(images, registry)
     except ProxyError as exc:
         log.warning(
             "could not register the demo image yet (%s); serving without it, retrying every %gs",
             exc.message,
             retry_every,
         )
-        retrying = asyncio.ensure_future(_register_demo_later(state, retry_every))
+        retrying = asyncio.ensure_future(_register_demo_later(images, registry, retry_every))
     try:
         yield
     finally:
@@ -282,58 +340,24 @@ async def demo_registered(
                 await retrying
 
 
-async def _register_demo_later(state: AppState, every: float) -> None:
+async def _register_demo_later(images: ImageService, registry: Registry, every: float) -> None:
     while True:
         await anyio.sleep(every)
         try:
-            await register_demo(state)
+            await register_demo(images, registry)
             return
         except ProxyError:
             continue  # still down: the store's and the upstream's own logs say so
 
 
-async def register_demo(state: AppState) -> None:
+async def register_demo(images: ImageService, registry: Registry) -> None:
     """Upload the generated demo photo once; later starts (and other workers) find it there.
 
     The lock makes the workers starting together take turns, so only the first uploads.
     """
-    async with state.images.locks.held(f"demo:{demo.DEMO_ID}"):
-        if await state.registry.get(demo.DEMO_ID) is not None:
+    async with images.locks.held(f"demo:{demo.DEMO_ID}"):
+        if await registry.get(demo.DEMO_ID) is not None:
             return
         data = await anyio.to_thread.run_sync(demo.product_photo)
-        await state.images.store(demo.DEMO_ID, data)
+        await images.store(demo.DEMO_ID, data)
     log.info("registered the demo image as %r", demo.DEMO_ID)
-
-
-def _max_age(request: Request) -> int:
-    state: AppState = request.app.state.proxy
-    return state.settings.error_max_age
-
-
-async def _proxy_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, ProxyError)
-    # An error about an image (a 404 for a gone one, say) is purged with it too.
-    return add_tags(request.scope, responses.error(exc, _max_age(request)))
-
-
-async def _http_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, HTTPException)
-    codes = {404: "not_found", 405: "method_not_allowed"}
-    messages = {
-        404: "no such route: variants live at /img/<image_id>/<w>x<h>/<bg>.<ext>",
-        405: f"{request.method} is not allowed here",
-    }
-    body = {
-        "error": codes.get(exc.status_code, "http_error"),
-        "message": messages.get(exc.status_code, str(exc.detail)),
-    }
-    response = responses.json_error(exc.status_code, body, _max_age(request))
-    if exc.headers:
-        response.headers.update(exc.headers)
-    return add_tags(request.scope, response)
-
-
-async def _unexpected_error(request: Request, exc: Exception) -> Response:
-    log.error("unexpected error on %s: %s", request.url.path, type(exc).__name__, exc_info=exc)
-    body = {"error": "internal_error", "message": "the proxy failed unexpectedly; see its log"}
-    return responses.json_error(500, body, 0)

@@ -1,4 +1,4 @@
-"""The cost and abuse guards, wired into the request path.
+"""The cost and abuse guards on misses.
 
 Every cache miss mints a token upstream, and minting spends the customer's credits. A
 request passes the guards in imgproxy's order::
@@ -6,18 +6,12 @@ request passes the guards in imgproxy's order::
     signature → URL grammar → size ladder → cache (hits: never limited)
       → on a miss: client's miss rate → credit budget → coalesce / batch → mint
 
-:class:`Guards` is the request side (used by the ``/img`` handler): signature, ladder,
-the client's address, and how a fallback answer looks. :class:`MissGuard` is the miss side
-(used by :class:`proxy.variants.service.VariantService`, which alone knows a request is a
-miss, and batches the admitted ones): it prices a miss, admits or refuses it (the client's
-rate, then a budget reservation), and finds the nearest cached size when a miss is refused.
-Every token, a miss's or not, is minted by its :class:`proxy.guards.minter.Minter`, which
-holds the budget and keeps the books (:class:`proxy.guards.budget.CostLedger`).
-
-Signed non-canonical URLs: the signature is checked against the path as requested; the
-308 to the canonical spelling or the ladder's size carries a fresh signature (first key,
-same ``exp``). So a page may sign whatever it puts in ``srcset``; signing canonical ladder
-sizes saves the extra hop.
+The first three are the variant decision's (:mod:`proxy.url.decision`). :class:`MissGuard`
+is the miss side (used by :class:`proxy.variants.service.VariantService`, which alone knows a
+request is a miss, and batches the admitted ones): it prices a miss, admits or refuses it (the
+client's rate, then a budget reservation), and finds the nearest cached size when a miss is
+refused. Every token, a miss's or not, is minted by its :class:`proxy.guards.minter.Minter`,
+which holds the budget and keeps the books (:class:`proxy.guards.budget.CostLedger`).
 """
 
 from __future__ import annotations
@@ -30,20 +24,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qsl, urlencode
 
 import anyio.to_thread
 import limits.errors
-from starlette.datastructures import QueryParams
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
 
 from proxy.errors import MissRefusedError, ProxyError
 from proxy.guards.budget import LEDGER_FIELDS, CostLedger, CreditBudget, estimate_credits
-from proxy.guards.clients import ClientLimiter, DiskClientLimiter, MissLimiter, client_address
+from proxy.guards.clients import ClientLimiter, DiskClientLimiter, MissLimiter
 from proxy.guards.minter import CostEvents, Minter, NoCostEvents, Reservation
-from proxy.serving.admin import require_admin
-from proxy.setting_values import IPNetwork, parse_networks
 from proxy.settings import Settings
 from proxy.stores.cache import CachedOutput, TwoTierCache
 from proxy.stores.counters import CounterStore, DiskCounters
@@ -51,8 +39,7 @@ from proxy.stores.index import DiskVariantIndex, VariantIndex
 from proxy.stores.redis_health import unavailable
 from proxy.stores.registry import ImageRecord
 from proxy.upstream.client import UpstreamClient
-from proxy.url import grammar, ladder
-from proxy.url.signing import EXPIRY_PARAM, SIGNATURE_PARAM, Signer
+from proxy.url import ladder
 from proxy.url.variant import Variant, output_variant
 
 if TYPE_CHECKING:
@@ -61,94 +48,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("cutproxy.guards")
 
-FALLBACK_HEADER = "X-Cutproxy-Fallback"
 MAX_FALLBACK_TRIES = 8  # cached candidates read before giving up on a fallback
-
-
-# --- request side --------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Guards:
-    """Signature, ladder and client address: what the ``/img`` handler checks."""
-
-    signer: Signer | None = None
-    ladder: ladder.Ladder | None = None
-    policy: str = "off"
-    trusted: tuple[IPNetwork, ...] = ()
-    fallback_max_age: int = 60
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> Guards:
-        return cls(
-            signer=Signer.from_settings(settings),
-            ladder=ladder.Ladder.from_settings(settings),
-            policy=settings.ladder_policy,
-            trusted=parse_networks(settings.trusted_proxies),
-            fallback_max_age=settings.fallback_max_age,
-        )
-
-    def verify(self, path: str, query_string: bytes, now: float) -> None:
-        """403 unless the URL is signed (when signing keys are configured)."""
-        if self.signer is not None:
-            self.signer.verify(path, QueryParams(query_string), now)
-
-    def hold(
-        self, parsed: Variant | grammar.Canonical, limits: grammar.Limits
-    ) -> Variant | grammar.Canonical:
-        """Hold a parsed request to the ladder: the variant, or where to redirect it.
-
-        A non-canonical spelling is judged by what it means, so ``320x240@2x`` off the
-        ladder redirects straight to its rung, in one hop.
-        """
-        if self.ladder is None or self.policy == "off":
-            return parsed
-        variant = parsed if isinstance(parsed, Variant) else _canonical_variant(parsed, limits)
-        if variant is None:
-            return parsed
-        held = ladder.apply(self.ladder, self.policy, variant)
-        return held if isinstance(held, grammar.Canonical) else parsed
-
-    def redirect_query(self, request: Request, target: str) -> str:
-        """The query for a redirect to ``target``: signed anew when signing is on."""
-        if self.signer is None:
-            return request.url.query
-        pairs = [
-            (name, value)
-            for name, value in parse_qsl(request.url.query, keep_blank_values=True)
-            if name not in (SIGNATURE_PARAM, EXPIRY_PARAM)
-        ]
-        raw_exp = request.query_params.get(EXPIRY_PARAM)
-        exp = int(raw_exp) if raw_exp else None  # verify() accepted it: digits only
-        pairs.append((SIGNATURE_PARAM, self.signer.sign_path(target, exp)))
-        if exp is not None:
-            pairs.append((EXPIRY_PARAM, str(exp)))
-        return urlencode(pairs)
-
-    def client(self, request: Request) -> str:
-        """The address held responsible for the request's misses."""
-        peer = request.client.host if request.client is not None else ""
-        return client_address(peer, request.headers, self.trusted) or "unknown"
-
-    def mark_fallback(
-        self, response: Response, reason: str | None, output: CachedOutput, now: float
-    ) -> None:
-        """Label a fallback answer; browsers may keep it briefly, shared caches never.
-
-        The caller built ``response`` as a per-request decision (``no-store`` everywhere);
-        this lets the browser reuse it for ``PROXY_FALLBACK_MAX_AGE`` seconds (``private``).
-        """
-        response.headers[FALLBACK_HEADER] = reason or "refused"
-        age = max(0, min(self.fallback_max_age, math.floor(output.remaining(now))))
-        response.headers["Cache-Control"] = f"private, max-age={age}" if age else "no-store"
-
-
-def _canonical_variant(target: grammar.Canonical, limits: grammar.Limits) -> Variant | None:
-    parts = target.path.split("/")  # "", "img", id, size, filename
-    if len(parts) != 5:
-        return None
-    parsed = grammar.parse(parts[2], parts[3], parts[4], limits)
-    return parsed if isinstance(parsed, Variant) else None
 
 
 # --- the books -------------------------------------------------------------------------------
@@ -337,17 +237,3 @@ class MissGuard:
             "client_miss_rate": self.limiter.rate if self.limiter is not None else None,
             "batch_window_ms": self.settings.batch_window_ms,
         }
-
-
-# --- the admin endpoint ----------------------------------------------------------------------
-
-
-async def costs_endpoint(request: Request) -> Response:
-    """``GET /admin/costs``: credits spent and saved, and what is left of the budget."""
-    state = request.app.state.proxy
-    require_admin(request, state.settings.admin_token)
-    guard: MissGuard | None = state.variants.guards
-    body: dict[str, Any] = (
-        await guard.costs() if guard is not None else {**_NO_TOTALS, "budget": {}}
-    )
-    return JSONResponse(body, headers={"Cache-Control": "no-store"})

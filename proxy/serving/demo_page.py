@@ -10,6 +10,7 @@ image what the picked size costs and whether it is cached. Its data comes from
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,28 +21,94 @@ from starlette.routing import Mount, Route
 from proxy.errors import BadRequestError
 from proxy.files import WholeFile, WholeStaticFiles
 from proxy.serving.cdn import no_store
-from proxy.serving.handlers import state_of
 from proxy.serving.images_api import cached_variants
 from proxy.serving.negotiation import output_size
 from proxy.serving.srcset import parse_ratio
-from proxy.state import AppState
-from proxy.stores.registry import ImageRecord, record_version
+from proxy.settings import Settings
+from proxy.stores.registry import ImageRecord, Registry, record_version
 from proxy.upstream.contract import estimate_credits
 from proxy.url import grammar
-from proxy.url.ladder import Ladder
-from proxy.url.signing import Signer
-from proxy.url.variant import Variant, output_variant
+from proxy.url.decision import Decider
+from proxy.url.variant import output_variant
+from proxy.variants.service import VariantService
 
 STATIC = Path(__file__).resolve().parent / "static"
 MAX_IMAGES = 48
 
 
-def routes() -> list[Route | Mount]:
-    return [
-        Route("/", index, methods=["GET", "HEAD"]),
-        Route("/demo/images", images, methods=["GET"]),
-        Mount("/static", app=WholeStaticFiles(directory=STATIC), name="static"),
-    ]
+class DemoPage:
+    """The page, its static files and ``GET /demo/images``: the registry's images, and what
+    the variant decision and the caches say about the picked variant of each."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        registry: Registry,
+        variants: VariantService,
+        decider: Decider[Any],
+        clock: Callable[[], float],
+    ) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.variants = variants
+        self.decider = decider
+        self.clock = clock
+
+    def routes(self) -> list[Route | Mount]:
+        return [
+            Route("/", index, methods=["GET", "HEAD"]),
+            Route("/demo/images", self.images, methods=["GET"]),
+            Mount("/static", app=WholeStaticFiles(directory=STATIC), name="static"),
+        ]
+
+    async def images(self, request: Request) -> Response:
+        settings = self.settings
+        pick = _pick(request)
+        records = await self.registry.list(limit=MAX_IMAGES)
+        ladder = self.decider.ladder  # listed whatever the policy
+        body: dict[str, Any] = {
+            "pick": {"size": pick.size, "bg": pick.bg, "ext": pick.ext},
+            "widths": sorted({w for w, _ in ladder.sizes}) if ladder else [],
+            "ratios": [f"{rw}:{rh}" for (rw, rh), _ in ladder.classes] if ladder else ["1:1"],
+            "ladder_policy": settings.ladder_policy,
+            "signing": self.decider.signer is not None,
+            "embedded_engine": settings.embedded_engine,
+            "images": [await self._image(record, pick) for record in records],
+        }
+        return JSONResponse(body, headers=no_store())
+
+    async def _image(self, record: ImageRecord, pick: Pick) -> dict[str, Any]:
+        image_id = record.image_id
+        asked = f"/img/{image_id}/{pick.size}/{pick.bg}.{pick.ext}"
+        entry: dict[str, Any] = {
+            "image_id": image_id,
+            "original": {"width": record.width, "height": record.height},
+            "url": asked,
+        }
+        try:  # what a visitor's URL of this pick is served
+            variant = self.decider.variant(image_id, pick.size, f"{pick.bg}.{pick.ext}")
+        except BadRequestError as exc:
+            return {**entry, "error": exc.message}
+        output, _tier = await self.variants.cache.get(
+            self.variants.key(variant, record_version(record))
+        )
+        now = self.clock()
+        cached = output is not None and output.remaining(now) > 0
+        autocrop = self.settings.autocrop
+        size = output_size(variant, record.original_size, autocrop=autocrop)
+        listed = await cached_variants(self.variants.cache.shared, record, now)
+        return {
+            **entry,
+            "canonical": variant.path,
+            "output": {"width": size.width, "height": size.height, "exact": size.exact},
+            "cached": cached,
+            "expires_in": round(output.remaining(now)) if output is not None and cached else None,
+            "credits": 0.0
+            if cached
+            else estimate_credits([output_variant(variant, self.settings, record.original_size)]),
+            "variants_cached": None if listed is None else len(listed),
+        }
 
 
 async def index(request: Request) -> Response:
@@ -80,63 +147,3 @@ def _pick(request: Request) -> Pick:
     if not 1 <= width <= 4000 or not 1 <= density <= grammar.MAX_DENSITY:
         raise BadRequestError("w must be 1..4000 and density 1..4", code="bad_pick")
     return Pick(width, ratio, density, query.get("bg", "ffffff"), query.get("ext", "jpg"))
-
-
-async def images(request: Request) -> Response:
-    state = state_of(request)
-    settings = state.settings
-    pick = _pick(request)
-    records = await state.registry.list(limit=MAX_IMAGES)
-    ladder = Ladder.from_settings(settings)
-    body: dict[str, Any] = {
-        "pick": {"size": pick.size, "bg": pick.bg, "ext": pick.ext},
-        "widths": sorted({w for w, _ in ladder.sizes}) if ladder else [],
-        "ratios": [f"{rw}:{rh}" for (rw, rh), _ in ladder.classes] if ladder else ["1:1"],
-        "ladder_policy": settings.ladder_policy,
-        "signing": Signer.from_settings(settings) is not None,
-        "embedded_engine": settings.embedded_engine,
-        "images": [await _image(state, record, pick) for record in records],
-    }
-    return JSONResponse(body, headers=no_store())
-
-
-async def _image(state: AppState, record: ImageRecord, pick: Pick) -> dict[str, Any]:
-    settings = state.settings
-    image_id = record.image_id
-    asked = f"/img/{image_id}/{pick.size}/{pick.bg}.{pick.ext}"
-    entry: dict[str, Any] = {
-        "image_id": image_id,
-        "original": {"width": record.width, "height": record.height},
-        "url": asked,
-    }
-    try:
-        variant = _variant(image_id, pick.size, f"{pick.bg}.{pick.ext}", state)
-    except BadRequestError as exc:
-        return {**entry, "error": exc.message}
-    output, _tier = await state.variants.cache.get(
-        state.variants.key(variant, record_version(record))
-    )
-    now = state.clock()
-    cached = output is not None and output.remaining(now) > 0
-    size = output_size(variant, record.original_size, autocrop=settings.autocrop)
-    listed = await cached_variants(state, record)
-    return {
-        **entry,
-        "canonical": variant.path,
-        "output": {"width": size.width, "height": size.height, "exact": size.exact},
-        "cached": cached,
-        "expires_in": round(output.remaining(now)) if output is not None and cached else None,
-        "credits": 0.0
-        if cached
-        else estimate_credits([output_variant(variant, settings, record.original_size)]),
-        "variants_cached": None if listed is None else len(listed),
-    }
-
-
-def _variant(image_id: str, size: str, filename: str, state: AppState) -> Variant:
-    parsed = grammar.parse(image_id, size, filename, state.limits)
-    if isinstance(parsed, grammar.Canonical):
-        _, _, canon_id, canon_size, canon_file = parsed.path.split("/")
-        parsed = grammar.parse(canon_id, canon_size, canon_file, state.limits)
-    assert isinstance(parsed, Variant)
-    return parsed

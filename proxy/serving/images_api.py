@@ -17,7 +17,7 @@ every check.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from typing import Any, Protocol, runtime_checkable
 
 import anyio.to_thread
@@ -25,18 +25,21 @@ from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
 
 from proxy.errors import BadRequestError, NotFoundError, PayloadTooLargeError
-from proxy.images.service import Stored, check_size, sha256_hex
+from proxy.images.service import ImageService, Stored, check_size, sha256_hex
 from proxy.serving.admin import require_admin
-from proxy.serving.handlers import MAX_JSON_BODY, read_json, record_json, registration, state_of
-from proxy.state import AppState
-from proxy.stores.cache import CachedOutput
-from proxy.stores.registry import ImageRecord, record_version
+from proxy.serving.handlers import MAX_JSON_BODY, read_json, record_json, registration
+from proxy.settings import Settings
+from proxy.stores.cache import CachedOutput, SharedTier
+from proxy.stores.registry import ImageRecord, Registry, record_version
 from proxy.upstream.contract import estimate_credits
 from proxy.url import grammar
+from proxy.url.decision import Decider
 from proxy.url.variant import Variant, image_prefix, output_variant
 from proxy.variants.coalesce import holding
+from proxy.variants.service import VariantService
 
 # Room for the multipart framing and the small text fields around the image.
 MULTIPART_SLACK = 64 * 1024
@@ -51,34 +54,164 @@ class ScannableTier(Protocol):
     async def scan(self, prefix: str) -> dict[str, CachedOutput]: ...
 
 
-def _admin(request: Request) -> AppState:
-    state = state_of(request)
-    require_admin(request, state.settings.admin_token)
-    return state
-
-
 def _media_type(request: Request) -> str:
     return request.headers.get("content-type", "").split(";")[0].strip().lower()
 
 
-# --- uploads ----------------------------------------------------------------------------------
+class ImagesAPI:
+    """The ``/images`` routes: the image service and the registry behind the admin token;
+    warm-up asks the variant decision, then renders through the variant service."""
 
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        images: ImageService,
+        registry: Registry,
+        variants: VariantService,
+        decider: Decider[Any],
+        clock: Callable[[], float],
+    ) -> None:
+        self.settings = settings
+        self.images = images
+        self.registry = registry
+        self.variants = variants
+        self.decider = decider
+        self.clock = clock
 
-async def put_image(request: Request) -> Response:
-    state = _admin(request)
-    image_id = grammar.check_image_id(request.path_params["image_id"])
-    if _media_type(request) == "application/json":
-        return await _register(state, image_id, await read_json(request))
-    data, _ = await read_upload(request, state.settings.max_upload_bytes)
-    if not _media_type(request) and data.lstrip()[:1] == b"{":
-        # No Content-Type and a JSON object: the registration clients of old.
-        return await _register(state, image_id, _parse_json(data))
-    return _stored(await state.images.store(image_id, data))
+    def routes(self) -> list[Route]:
+        return [
+            Route("/images", self.list_images, methods=["GET"]),
+            Route("/images", self.post_image, methods=["POST"]),
+            Route("/images/{image_id}", self.put_image, methods=["PUT"]),
+            Route("/images/{image_id}", self.get_image, methods=["GET"]),
+            Route("/images/{image_id}", self.delete_image, methods=["DELETE"]),
+            Route("/images/{image_id}/warm", self.warm_image, methods=["POST"]),
+        ]
 
+    def _admin(self, request: Request) -> None:
+        require_admin(request, self.settings.admin_token)
 
-async def _register(state: AppState, image_id: str, body: Any) -> Response:
-    stored = await state.images.register(registration(image_id, body, state.clock()))
-    return _stored(stored)
+    # --- uploads ------------------------------------------------------------------------------
+
+    async def put_image(self, request: Request) -> Response:
+        self._admin(request)
+        image_id = grammar.check_image_id(request.path_params["image_id"])
+        if _media_type(request) == "application/json":
+            return await self._register(image_id, await read_json(request))
+        data, _ = await read_upload(request, self.settings.max_upload_bytes)
+        if not _media_type(request) and data.lstrip()[:1] == b"{":
+            # No Content-Type and a JSON object: the registration clients of old.
+            return await self._register(image_id, _parse_json(data))
+        return _stored(await self.images.store(image_id, data))
+
+    async def _register(self, image_id: str, body: Any) -> Response:
+        return _stored(await self.images.register(registration(image_id, body, self.clock())))
+
+    async def post_image(self, request: Request) -> Response:
+        self._admin(request)
+        data, given_id = await read_upload(request, self.settings.max_upload_bytes)
+        if given_id:
+            image_id = grammar.check_image_id(given_id)
+            return _stored(await self.images.store(image_id, data))
+        # Checked before the id is derived, so a text file is a 415, not a new id.
+        checked = await self.images.check(data)
+        sha = await anyio.to_thread.run_sync(sha256_hex, data)
+        return _stored(await self.images.store(sha[:20], data, checked=checked, sha=sha))
+
+    # --- reading and removing -----------------------------------------------------------------
+
+    async def get_image(self, request: Request) -> Response:
+        self._admin(request)
+        image_id = grammar.check_image_id(request.path_params["image_id"])
+        record = await self.registry.get(image_id)
+        if record is None:
+            raise NotFoundError(f"unknown image {image_id!r}", code="unknown_image")
+        body = image_json(record)
+        body["variants"] = await cached_variants(self.variants.cache.shared, record, self.clock())
+        return JSONResponse(body)
+
+    async def list_images(self, request: Request) -> Response:
+        self._admin(request)
+        after = request.query_params.get("after") or None
+        raw_limit = request.query_params.get("limit", "100")
+        if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= MAX_PAGE:
+            raise BadRequestError(f"limit must be 1 to {MAX_PAGE}", code="bad_limit")
+        limit = int(raw_limit)
+        records = await self.registry.list(after=after, limit=limit)
+        body = {
+            "images": [image_json(r) for r in records],
+            "total": await self.registry.count(),
+            "next": records[-1].image_id if len(records) == limit else None,
+        }
+        return JSONResponse(body)
+
+    async def delete_image(self, request: Request) -> Response:
+        self._admin(request)
+        image_id = grammar.check_image_id(request.path_params["image_id"])
+        removed = await self.images.remove(image_id)
+        if removed is None:
+            raise NotFoundError(f"unknown image {image_id!r}", code="unknown_image")
+        return JSONResponse(
+            {
+                "deleted": image_id,
+                "variants_dropped": removed.variants_dropped,
+                "original_deleted": removed.original_deleted,
+            }
+        )
+
+    # --- warm-up ------------------------------------------------------------------------------
+
+    async def warm_image(self, request: Request) -> Response:
+        """Render the asked variants that are not cached yet, all in one token."""
+        self._admin(request)
+        image_id = grammar.check_image_id(request.path_params["image_id"])
+        wanted = warm_variants(image_id, await read_json(request), self.decider)
+        record = await self.registry.get(image_id)
+        if record is None:
+            raise NotFoundError(f"unknown image {image_id!r}", code="unknown_image")
+        service = self.variants
+        version = record_version(record)
+        keys = {variant: service.key(variant, version) for variant in wanted}
+        missing: list[Variant] = []
+        skipped: list[str] = []
+        pending: list[str] = []
+        for variant, key in keys.items():
+            output, _tier = await service.cache.get(key)
+            if output is None:
+                missing.append(variant)
+            else:
+                skipped.append(variant.path)
+        credits = 0.0
+        # The leases of the variants it renders: a visitor's miss for one of them meanwhile
+        # waits for this token instead of minting its own; one already being minted is left out.
+        async with holding(
+            service.lease, [keys[v] for v in missing], ttl=self.settings.lease_ttl
+        ) as held:
+            todo: list[Variant] = []
+            for variant in missing:
+                if keys[variant] not in held:
+                    pending.append(variant.path)
+                elif (await service.cache.get(keys[variant]))[0] is not None:
+                    skipped.append(variant.path)  # a miss finished it just before
+                else:
+                    todo.append(variant)
+            if todo:
+                outputs = await service.render_many(record, todo)
+                for variant, output in outputs.items():
+                    await service.cache.set(keys[variant], output)
+                specs = [output_variant(v, self.settings, record.original_size) for v in todo]
+                credits = estimate_credits(specs)
+        return JSONResponse(
+            {
+                "image_id": image_id,
+                "rendered": [v.path for v in todo],
+                "skipped": skipped,
+                "pending": pending,
+                "tokens": 1 if todo else 0,
+                "estimated_credits": credits,
+            }
+        )
 
 
 def _parse_json(data: bytes) -> Any:
@@ -88,18 +221,6 @@ def _parse_json(data: bytes) -> Any:
         return json.loads(data)
     except (ValueError, UnicodeDecodeError):
         raise BadRequestError("the body is not valid JSON", code="bad_json") from None
-
-
-async def post_image(request: Request) -> Response:
-    state = _admin(request)
-    data, given_id = await read_upload(request, state.settings.max_upload_bytes)
-    if given_id:
-        image_id = grammar.check_image_id(given_id)
-        return _stored(await state.images.store(image_id, data))
-    # Checked before the id is derived, so a text file is a 415, not a new id.
-    checked = await state.images.check(data)
-    sha = await anyio.to_thread.run_sync(sha256_hex, data)
-    return _stored(await state.images.store(sha[:20], data, checked=checked, sha=sha))
 
 
 def _stored(stored: Stored) -> Response:
@@ -149,33 +270,19 @@ async def _counted(stream: AsyncIterator[bytes], limit: int) -> AsyncGenerator[b
         yield chunk
 
 
-# --- reading and removing ---------------------------------------------------------------------
-
-
 def image_json(record: ImageRecord) -> dict[str, Any]:
     data = record_json(record)
     data["original_kept"] = record.sha256 is not None
     return data
 
 
-async def get_image(request: Request) -> Response:
-    state = _admin(request)
-    image_id = grammar.check_image_id(request.path_params["image_id"])
-    record = await state.registry.get(image_id)
-    if record is None:
-        raise NotFoundError(f"unknown image {image_id!r}", code="unknown_image")
-    body = image_json(record)
-    body["variants"] = await cached_variants(state, record)
-    return JSONResponse(body)
-
-
-async def cached_variants(state: AppState, record: ImageRecord) -> list[dict[str, Any]] | None:
+async def cached_variants(
+    shared: SharedTier, record: ImageRecord, now: float
+) -> list[dict[str, Any]] | None:
     """The record's current variants in the shared tier (None: the tier cannot list)."""
-    shared = state.variants.cache.shared
     if not isinstance(shared, ScannableTier):
         return None
     suffix = f"~{record_version(record)}"
-    now = state.clock()
     found = await shared.scan(image_prefix(record.image_id))
     rows = [
         {
@@ -189,95 +296,9 @@ async def cached_variants(state: AppState, record: ImageRecord) -> list[dict[str
     return sorted(rows, key=lambda row: str(row["path"]))
 
 
-async def list_images(request: Request) -> Response:
-    state = _admin(request)
-    after = request.query_params.get("after") or None
-    raw_limit = request.query_params.get("limit", "100")
-    if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= MAX_PAGE:
-        raise BadRequestError(f"limit must be 1 to {MAX_PAGE}", code="bad_limit")
-    limit = int(raw_limit)
-    records = await state.registry.list(after=after, limit=limit)
-    body = {
-        "images": [image_json(r) for r in records],
-        "total": await state.registry.count(),
-        "next": records[-1].image_id if len(records) == limit else None,
-    }
-    return JSONResponse(body)
-
-
-async def delete_image(request: Request) -> Response:
-    state = _admin(request)
-    image_id = grammar.check_image_id(request.path_params["image_id"])
-    removed = await state.images.remove(image_id)
-    if removed is None:
-        raise NotFoundError(f"unknown image {image_id!r}", code="unknown_image")
-    return JSONResponse(
-        {
-            "deleted": image_id,
-            "variants_dropped": removed.variants_dropped,
-            "original_deleted": removed.original_deleted,
-        }
-    )
-
-
-# --- warm-up ------------------------------------------------------------------------------------
-
-
-async def warm_image(request: Request) -> Response:
-    """Render the asked variants that are not cached yet, all in one token."""
-    state = _admin(request)
-    image_id = grammar.check_image_id(request.path_params["image_id"])
-    wanted = warm_variants(image_id, await read_json(request), state)
-    record = await state.registry.get(image_id)
-    if record is None:
-        raise NotFoundError(f"unknown image {image_id!r}", code="unknown_image")
-    service = state.variants
-    version = record_version(record)
-    keys = {variant: service.key(variant, version) for variant in wanted}
-    missing: list[Variant] = []
-    skipped: list[str] = []
-    pending: list[str] = []
-    for variant, key in keys.items():
-        output, _tier = await service.cache.get(key)
-        if output is None:
-            missing.append(variant)
-        else:
-            skipped.append(variant.path)
-    credits = 0.0
-    # The leases of the variants it renders: a visitor's miss for one of them meanwhile waits
-    # for this token instead of minting its own; a variant already being minted is left out.
-    async with holding(
-        service.lease, [keys[v] for v in missing], ttl=state.settings.lease_ttl
-    ) as held:
-        todo: list[Variant] = []
-        for variant in missing:
-            if keys[variant] not in held:
-                pending.append(variant.path)
-            elif (await service.cache.get(keys[variant]))[0] is not None:
-                skipped.append(variant.path)  # a miss finished it just before
-            else:
-                todo.append(variant)
-        if todo:
-            outputs = await service.render_many(record, todo)
-            for variant, output in outputs.items():
-                await service.cache.set(keys[variant], output)
-            specs = [output_variant(v, state.settings, record.original_size) for v in todo]
-            credits = estimate_credits(specs)
-    return JSONResponse(
-        {
-            "image_id": image_id,
-            "rendered": [v.path for v in todo],
-            "skipped": skipped,
-            "pending": pending,
-            "tokens": 1 if todo else 0,
-            "estimated_credits": credits,
-        }
-    )
-
-
-def warm_variants(image_id: str, body: Any, state: AppState) -> list[Variant]:
-    """The body's sizes × bg × ext as canonical variants, through the URL grammar's limits
-    and the size ladder."""
+def warm_variants(image_id: str, body: Any, decider: Decider[Any]) -> list[Variant]:
+    """The body's sizes × bg × ext as the variants visitors' URLs of them are served: the
+    same decision (the grammar's limits, the size ladder), with no signature to check."""
     if not isinstance(body, dict):
         raise BadRequestError("the body must be a JSON object", code="bad_body")
     unknown = set(body) - {"sizes", "bg", "ext"}
@@ -298,12 +319,7 @@ def warm_variants(image_id: str, body: Any, state: AppState) -> list[Variant]:
         raise BadRequestError("bg and ext must be strings", code="bad_body")
     variants: dict[str, Variant] = {}
     for size in sizes:
-        parsed = grammar.parse(image_id, size, f"{bg}.{ext}", state.limits)
-        if isinstance(parsed, grammar.Canonical):
-            _, _, canon_id, canon_size, canon_file = parsed.path.split("/")
-            parsed = grammar.parse(canon_id, canon_size, canon_file, state.limits)
-        assert isinstance(parsed, Variant)
-        # The ladder, as for a visitor's URL: its rung under snap, a 400 under strict.
-        held = state.variants.minter.hold(parsed)
-        variants[held.path] = held
+        # As for a visitor's URL: the canonical spelling, the rung under snap, 400s alike.
+        variant = decider.variant(image_id, size, f"{bg}.{ext}")
+        variants[variant.path] = variant
     return list(variants.values())

@@ -1,4 +1,5 @@
-"""Redirect or JSON: what a variant URL answers, by the request's ``Accept`` header.
+"""Redirect or JSON: what a variant URL answers, by the request's ``Accept`` header
+(read by the decision, :func:`proxy.url.decision.wants_json`).
 
 Browsers (``<img>``, CSS, navigation) send ``image/*`` or ``*/*`` and get the 302. Apps that
 send ``Accept: application/json`` get ``200`` with where the output is, its pixel size, its
@@ -14,63 +15,20 @@ the box is reported instead and ``size_exact`` is false.
 
 from __future__ import annotations
 
-import functools
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from starlette.requests import Request
 from starlette.responses import Response
 
 from proxy.serving import responses
 from proxy.serving.cdn import CachePolicy, tag_raw
-from proxy.state import AppState
+from proxy.serving.responses import RawHeaders
 from proxy.stores.cache import CachedOutput
+from proxy.stores.registry import ImageRecord, Registry
 from proxy.upstream.contract import fit
 from proxy.url.variant import Variant, max_resolution
-
-JSON = "application/json"
-
-
-MAX_KEPT_ACCEPT = 256  # characters: longer Accept values are read each time, never kept
-
-
-def wants_json(accept: str | None) -> bool:
-    """True when ``application/json`` is acceptable and no image type is preferred to it."""
-    if not accept:
-        return False
-    if len(accept) > MAX_KEPT_ACCEPT:  # kept, a client's long odd values would add up
-        return _wants_json(accept)
-    return _kept_wants_json(accept)
-
-
-def _wants_json(accept: str) -> bool:
-    json_q: float | None = None
-    image_q = 0.0
-    for media_range in accept.split(","):
-        kind, q = _range(media_range)
-        if kind == JSON:
-            json_q = max(json_q or 0.0, q)
-        elif kind.startswith("image/"):
-            image_q = max(image_q, q)
-    return json_q is not None and json_q > 0 and json_q >= image_q
-
-
-# Browsers and apps send a handful of distinct values: at most 256 kept, 64 KiB in all.
-_kept_wants_json = functools.lru_cache(maxsize=256)(_wants_json)
-
-
-def _range(media_range: str) -> tuple[str, float]:
-    kind, *params = (part.strip() for part in media_range.split(";"))
-    q = 1.0
-    for param in params:
-        name, _, value = param.partition("=")
-        if name.strip().lower() == "q":
-            try:
-                q = float(value)
-            except ValueError:
-                q = 0.0
-    return kind.lower(), q
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,31 +73,38 @@ def variant_headers(tags: tuple[str, ...]) -> tuple[tuple[bytes, bytes], ...]:
     return VARY_ACCEPT + tag_raw(tags) if tags else VARY_ACCEPT
 
 
-async def answer(
-    request: Request,
-    state: AppState,
-    variant: Variant,
-    output: CachedOutput,
-    *,
-    shared: bool = True,
-    tags: tuple[str, ...] = (),
-) -> Response:
-    """The 302 for browsers, JSON for apps; ``shared=False`` for a per-request decision.
+@dataclass(frozen=True)
+class Negotiation:
+    """How variant answers are made: their cache policy, the clock their lifetimes are
+    counted on, and where the original's size is read for JSON (the view the hit just used,
+    else the registry)."""
 
-    ``tags``: the surrogate keys the answer carries (:func:`proxy.cdn.tag_raw`).
-    """
-    settings = state.settings
-    now = state.clock()
-    policy = CachePolicy.from_settings(settings)
-    extra = variant_headers(tags)
-    if wants_json(request.headers.get("accept")):
-        # resolve() just put the record in view: reading it here costs no I/O on a hit
-        record = state.variants.viewed(variant.image_id) or await state.registry.get(
-            variant.image_id
-        )
-        original = record.original_size if record is not None else None
-        size = output_size(variant, original, autocrop=settings.autocrop)
-        body = output_json(variant, output, size)
-        return responses.output_json(body, output, now, policy=policy, shared=shared, extra=extra)
-    headers = responses.redirect_headers(output, now, extra, policy=policy, shared=shared)
-    return responses.raw_response(302, headers)
+    policy: CachePolicy
+    viewed: Callable[[str], ImageRecord | None]
+    registry: Registry
+    clock: Callable[[], float]
+    autocrop: bool = False
+
+    async def answer(
+        self,
+        variant: Variant,
+        output: CachedOutput,
+        *,
+        json: bool,
+        shared: bool = True,
+        extra: RawHeaders = VARY_ACCEPT,
+    ) -> Response:
+        """The 302 for browsers, JSON for apps (``json``); ``shared=False`` for a
+        per-request decision. ``extra``: the variant's headers (:func:`variant_headers`)."""
+        now = self.clock()
+        if json:
+            # resolve() just put the record in view: reading it here costs no I/O on a hit
+            record = self.viewed(variant.image_id) or await self.registry.get(variant.image_id)
+            original = record.original_size if record is not None else None
+            size = output_size(variant, original, autocrop=self.autocrop)
+            body = output_json(variant, output, size)
+            return responses.output_json(
+                body, output, now, policy=self.policy, shared=shared, extra=extra
+            )
+        headers = responses.redirect_headers(output, now, extra, policy=self.policy, shared=shared)
+        return responses.raw_response(302, headers)

@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import functools
+import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 from urllib.parse import quote
 
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 
 from proxy.errors import ProxyError
-from proxy.serving.cdn import CachePolicy, no_store
+from proxy.serving.cdn import CachePolicy, add_tags, no_store
 from proxy.stores.cache import CachedOutput
+
+log = logging.getLogger("cutproxy")
 
 DEFAULT_POLICY = CachePolicy()
 RawHeaders = Sequence[tuple[bytes, bytes]]
@@ -105,3 +110,40 @@ def json_error(
     if retry_after is not None:
         headers["Retry-After"] = str(max(1, math.ceil(retry_after)))
     return JSONResponse(body, status_code=status, headers=headers)
+
+
+ErrorHandler = Callable[[Request, Exception], Awaitable[Response]]
+
+
+def error_handlers(error_max_age: int) -> dict[Any, ErrorHandler]:
+    """The app's exception handlers: its own errors, Starlette's 404/405, and anything else
+    as a 500 that says nothing of the cause (the log does). 4xx are kept ``error_max_age``."""
+
+    async def proxy_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, ProxyError)
+        # An error about an image (a 404 for a gone one, say) is purged with it too.
+        return add_tags(request.scope, error(exc, error_max_age))
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        codes = {404: "not_found", 405: "method_not_allowed"}
+        messages = {
+            404: "no such route: variants live at /img/<image_id>/<w>x<h>/<bg>.<ext>",
+            405: f"{request.method} is not allowed here",
+        }
+        body = {
+            "error": codes.get(exc.status_code, "http_error"),
+            "message": messages.get(exc.status_code, str(exc.detail)),
+        }
+        response = json_error(exc.status_code, body, error_max_age)
+        if exc.headers:
+            response.headers.update(exc.headers)
+        return add_tags(request.scope, response)
+
+    return {ProxyError: proxy_error, HTTPException: http_error, Exception: unexpected_error}
+
+
+async def unexpected_error(request: Request, exc: Exception) -> Response:
+    log.error("unexpected error on %s: %s", request.url.path, type(exc).__name__, exc_info=exc)
+    body = {"error": "internal_error", "message": "the proxy failed unexpectedly; see its log"}
+    return json_error(500, body, 0)

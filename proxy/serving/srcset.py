@@ -26,11 +26,12 @@ import math
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from proxy.errors import ProxyError
 from proxy.serving.negotiation import output_size
 from proxy.settings import Settings
-from proxy.url import grammar
+from proxy.url.decision import Decider, plain
 from proxy.url.ladder import Ladder, snap_width
 from proxy.url.signing import Signer
 from proxy.url.variant import Variant
@@ -98,12 +99,16 @@ def candidates(
     base_url: str = "",
     ttl: float | None = None,
     now: float | None = None,
+    decider: Decider[Any] | None = None,
 ) -> list[Candidate]:
-    """The candidates, smallest first. Raises ValueError when the proxy would not serve them."""
+    """The candidates, smallest first. Raises ValueError when the proxy would not serve them.
+
+    ``decider``: the proxy's decision on variant URLs (by default, the settings' own).
+    """
     settings = settings or Settings()
+    decider = decider or Decider.from_settings(settings, plain)
     rw, rh = parse_ratio(ratio)
     ladder = Ladder.from_settings(settings)
-    limits = grammar.Limits(settings.max_width, settings.max_height)
     variants: dict[tuple[int, int], Variant] = {}
     for asked in sorted(set(parse_widths(widths))):
         width = snap_width(ladder, asked) if ladder is not None else asked
@@ -115,7 +120,7 @@ def candidates(
                     f"{width}x{height} ({rw}:{rh}) is not on the size ladder "
                     f"(PROXY_LADDER_POLICY={settings.ladder_policy}); ratios offered: {offered}"
                 )
-        variant = _variant(image_id, width, height, bg, ext, limits)
+        variant = _variant(decider, image_id, width, height, bg, ext)
         variants.setdefault((variant.width, variant.height), variant)
     by_width: dict[int, Candidate] = {}
     for variant in sorted(variants.values(), key=lambda v: v.width):
@@ -130,17 +135,13 @@ def candidates(
 
 
 def _variant(
-    image_id: str, width: int, height: int, bg: str, ext: str, limits: grammar.Limits
+    decider: Decider[Any], image_id: str, width: int, height: int, bg: str, ext: str
 ) -> Variant:
+    """The variant the proxy serves for this candidate's URL, canonically spelled."""
     try:
-        parsed = grammar.parse(image_id, f"{width}x{height}", f"{bg}.{ext}", limits)
-        if isinstance(parsed, grammar.Canonical):
-            _, _, canon_id, canon_size, canon_file = parsed.path.split("/")
-            parsed = grammar.parse(canon_id, canon_size, canon_file, limits)
+        return decider.variant(image_id, f"{width}x{height}", f"{bg}.{ext}")
     except ProxyError as exc:
         raise ValueError(exc.message) from None
-    assert isinstance(parsed, Variant)
-    return parsed
 
 
 def srcset(

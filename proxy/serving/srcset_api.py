@@ -13,6 +13,9 @@ could otherwise mint signed URLs for every background colour.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 
@@ -20,67 +23,85 @@ from proxy.errors import BadRequestError, NotFoundError
 from proxy.serving import cdn, srcset
 from proxy.serving.admin import require_admin
 from proxy.serving.cdn import no_store
-from proxy.serving.handlers import state_of
-from proxy.serving.negotiation import wants_json
+from proxy.settings import Settings
+from proxy.stores.registry import Registry
 from proxy.url import grammar
-from proxy.url.signing import Signer
+from proxy.url.decision import Decider, wants_json
 
 
-async def srcset_markup(request: Request) -> Response:
-    state = state_of(request)
-    settings = state.settings
-    image_id = grammar.check_image_id(request.path_params["image_id"])
-    signer = Signer.from_settings(settings)
-    if signer is not None:
-        require_admin(request, settings.admin_token)
-    record = await state.registry.get(image_id)
-    if record is None:
-        raise NotFoundError(f"unknown image {image_id!r}", code="unknown_image")
-    cdn.tag(request.scope, cdn.surrogate_keys(image_id))
-    query = request.query_params
-    try:
-        found = srcset.candidates(
-            image_id,
-            query.get("widths") or ",".join(map(str, srcset.DEFAULT_WIDTHS)),
-            query.get("ratio") or "1:1",
-            query.get("bg") or "ffffff",
-            query.get("ext") or "jpg",
-            signer,
-            settings=settings,
-            original=record.original_size,
-            base_url=settings.public_url,
-            now=state.clock(),
-        )
-    except ValueError as exc:
-        raise BadRequestError(str(exc), code="bad_srcset") from None
-    sizes = query.get("sizes") or "100vw"
-    markup = srcset.img_tag(found, sizes=sizes, alt=query.get("alt", ""))
-    # Signed markup is for the admin who asked; unsigned markup changes only with the image
-    # (and is tagged with it), so it may be kept as briefly as a 4xx.
-    if signer is not None:
-        headers = no_store()
-    else:
-        headers = {"Cache-Control": f"public, max-age={settings.error_max_age}"}
-    headers["Vary"] = "Accept"
-    if not wants_json(request.headers.get("accept")):
-        return HTMLResponse(markup + "\n", headers=headers)
-    src = srcset.fallback(found)
-    body = {
-        "image_id": image_id,
-        "html": markup,
-        "srcset": ", ".join(c.descriptor for c in found),
-        "sizes": sizes,
-        "src": src.url,
-        "width": src.width,
-        "height": src.height,
-        "candidates": [
-            {
-                "url": c.url,
-                "width": c.width,
-                "height": c.height,
-                "box": f"{c.variant.width}x{c.variant.height}",
-            }
-            for c in found
-        ],
-    }
-    return JSONResponse(body, headers=headers)
+class SrcsetAPI:
+    """The route's handler (:meth:`markup`, wrapped in :func:`proxy.serving.cdn.tagged`): the
+    registry for the original's size, the variant decision for the candidates (its signer
+    signs them)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        registry: Registry,
+        decider: Decider[Any],
+        clock: Callable[[], float],
+    ) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.decider = decider
+        self.clock = clock
+
+    async def markup(self, request: Request) -> Response:
+        settings = self.settings
+        image_id = grammar.check_image_id(request.path_params["image_id"])
+        signer = self.decider.signer
+        if signer is not None:
+            require_admin(request, settings.admin_token)
+        record = await self.registry.get(image_id)
+        if record is None:
+            raise NotFoundError(f"unknown image {image_id!r}", code="unknown_image")
+        cdn.tag(request.scope, cdn.surrogate_keys(image_id))
+        query = request.query_params
+        try:
+            found = srcset.candidates(
+                image_id,
+                query.get("widths") or ",".join(map(str, srcset.DEFAULT_WIDTHS)),
+                query.get("ratio") or "1:1",
+                query.get("bg") or "ffffff",
+                query.get("ext") or "jpg",
+                signer,
+                settings=settings,
+                original=record.original_size,
+                base_url=settings.public_url,
+                now=self.clock(),
+                decider=self.decider,
+            )
+        except ValueError as exc:
+            raise BadRequestError(str(exc), code="bad_srcset") from None
+        sizes = query.get("sizes") or "100vw"
+        markup = srcset.img_tag(found, sizes=sizes, alt=query.get("alt", ""))
+        # Signed markup is for the admin who asked; unsigned markup changes only with the
+        # image (and is tagged with it), so it may be kept as briefly as a 4xx.
+        if signer is not None:
+            headers = no_store()
+        else:
+            headers = {"Cache-Control": f"public, max-age={settings.error_max_age}"}
+        headers["Vary"] = "Accept"
+        if not wants_json(request.headers.get("accept")):
+            return HTMLResponse(markup + "\n", headers=headers)
+        src = srcset.fallback(found)
+        body = {
+            "image_id": image_id,
+            "html": markup,
+            "srcset": ", ".join(c.descriptor for c in found),
+            "sizes": sizes,
+            "src": src.url,
+            "width": src.width,
+            "height": src.height,
+            "candidates": [
+                {
+                    "url": c.url,
+                    "width": c.width,
+                    "height": c.height,
+                    "box": f"{c.variant.width}x{c.variant.height}",
+                }
+                for c in found
+            ],
+        }
+        return JSONResponse(body, headers=headers)

@@ -8,7 +8,7 @@ pixel size), or raises :class:`BadRequestError` saying what is wrong.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from proxy.errors import BadRequestError
 from proxy.upstream.contract import MAX_RESOLUTION
@@ -26,6 +26,8 @@ class Canonical:
     """The same request spelled canonically: answer 308 to ``path``."""
 
     path: str
+    # What ``path`` parses to, so nobody parses it again (set by parse() and the ladder).
+    variant: Variant | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,7 +64,7 @@ def parse(image_id: str, size: str, filename: str, limits: Limits) -> Variant | 
         )
     variant = Variant(image_id, width, height, bg, ext)
     if variant.path != f"/img/{image_id}/{size}/{filename}":
-        return Canonical(variant.path)
+        return Canonical(variant.path, variant)
     return variant
 
 

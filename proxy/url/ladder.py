@@ -139,7 +139,8 @@ def apply(ladder: Ladder | None, policy: str, variant: Variant) -> Variant | Can
             code="size_not_offered",
         )
     width, height = snapped
-    return Canonical(dataclasses.replace(variant, width=width, height=height).path)
+    rung = dataclasses.replace(variant, width=width, height=height)
+    return Canonical(rung.path, rung)
 
 
 def snap_width(ladder: Ladder, width: int) -> int:

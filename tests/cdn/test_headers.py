@@ -6,8 +6,8 @@ import httpx
 import pytest
 
 from proxy.serving.cdn import CachePolicy
-from proxy.serving.negotiation import wants_json
 from proxy.settings import Settings, SettingsError
+from proxy.url.decision import wants_json
 from tests.cdn.conftest import AUTH, JSON, AppFactory, Clock, image_size, minted, photo
 
 

@@ -8,8 +8,8 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
+from proxy.app import Services
 from proxy.serving.cdn import Purger
-from proxy.state import AppState
 from tests.cdn.conftest import AUTH, AppFactory, minted, photo
 from tests.cdn.recorder import Recorder, start_recorder
 from tests.servers import free_port
@@ -60,7 +60,7 @@ async def test_dropping_variants_makes_the_next_request_render_again(
         assert again.headers["location"] != first.headers["location"]
         assert await minted(client) == before + 1
 
-        state: AppState = app.state.proxy
+        state: Services = app.services
         assert state.purger is not None
         await state.purger.settle()  # the repeat after PROXY_IMAGE_VIEW_TTL
         assert cdn.keys() == ["img-demo", "img-demo"]
@@ -102,7 +102,7 @@ async def test_replacing_or_deleting_an_image_purges_its_key_now_and_once_more_l
     make_app: AppFactory, cdn: Recorder
 ) -> None:
     async with make_app(cdn_purge_url=cdn.url, image_view_ttl=0.05) as (app, client):
-        state: AppState = app.state.proxy
+        state: Services = app.services
         assert state.purger is not None
         png = {**AUTH, "Content-Type": "image/png"}
         assert (await client.put("/images/sku-1", content=photo(), headers=png)).status_code == 201

@@ -100,6 +100,13 @@ def test_mistakes_are_refused_with_the_proxys_own_words(args: dict[str, str], me
         srcset("shoe", **{"widths": "320", **args})
 
 
+def test_a_size_over_the_pixel_limit_is_refused_as_the_proxy_refuses_it() -> None:
+    # Every ladder width at most 768 fits under this limit in some ratio, but not 768x768.
+    low = Settings(max_pixels=500_000)
+    with pytest.raises(ValueError, match="size 768x768 is over 500,000 pixels"):
+        srcset("shoe", [768], "1:1", settings=low)
+
+
 def test_the_cli_prints_the_attribute_and_signs_with_the_environments_keys() -> None:
     env = {
         **os.environ,

@@ -6,7 +6,7 @@ import asyncio
 
 import httpx
 
-from proxy.guards.misses import FALLBACK_HEADER
+from proxy.serving.variant_route import FALLBACK_HEADER
 from tests.guards.conftest import AUTH, HOUR_START, RigFactory
 
 CACHED = "/img/shoe/640x480/ffffff.jpg"

@@ -99,3 +99,24 @@ async def test_a_signed_off_ladder_url_snaps_to_a_signed_rung(make_rig: RigFacto
     # A signature for one size does not open the rung it would snap to without a redirect.
     forged = url.replace("500x400", "640x480")
     assert (await rig.get(forged)).status_code == 403
+
+
+async def test_the_demo_page_shows_the_rung_a_picked_size_is_served_at(
+    make_rig: RigFactory,
+) -> None:
+    rig = await make_rig(ladder_policy="snap", demo=True, **LADDER)
+    await rig.upload("shoe")
+
+    async def picked() -> dict[str, object]:
+        body = (await rig.get("/demo/images?w=500&ratio=4:3")).json()
+        entry: dict[str, object] = next(i for i in body["images"] if i["image_id"] == "shoe")
+        return entry
+
+    entry = await picked()
+    assert entry["url"] == "/img/shoe/500x375/ffffff.jpg"
+    assert entry["canonical"] == "/img/shoe/640x480/ffffff.jpg"  # where that URL goes
+    assert entry["cached"] is False
+    redirect = await rig.get("/img/shoe/500x375/ffffff.jpg")
+    assert redirect.headers["location"] == entry["canonical"]
+    assert (await rig.get(redirect.headers["location"])).status_code == 302
+    assert (await picked())["cached"] is True  # the page sees what visitors now get

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from proxy.guards.misses import FALLBACK_HEADER
+from proxy.serving.variant_route import FALLBACK_HEADER
 from tests.guards.conftest import Rig, RigFactory
 from tests.redis.server import RedisServer
 

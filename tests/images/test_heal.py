@@ -118,7 +118,7 @@ async def _change_lands_at_the_reuploads_write(
     """Make ``change`` (an admin request, as from another worker) land the moment the
     re-upload writes the registry: before the write if nothing keeps it out (the image's lock
     is free), else left waiting for that lock. The tasks of the changes started."""
-    state = rig.app.state.proxy
+    state = rig.app.services
     registry = state.registry
     put = registry.put
     started: list[asyncio.Task[httpx.Response]] = []
@@ -160,7 +160,7 @@ async def test_a_purge_during_a_reupload_is_not_undone(rig: Rig) -> None:
 
     assert (await rig.client.get("/img/mug/320x320/ffffff.jpg")).status_code == 302
     assert len(changes) == 1 and (await changes[0]).status_code == 200
-    record = await rig.app.state.proxy.registry.get("mug")
+    record = await rig.app.services.registry.get("mug")
     assert record is not None
     assert record.extra.get(VARIANTS_GENERATION) == 1, "the purge's new generation stands"
     assert record.unique_filename != first, "and so does the re-upload"

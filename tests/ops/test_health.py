@@ -119,7 +119,7 @@ async def test_a_store_that_cannot_write_is_not_ready(tmp_path: Path, clock: Clo
         async with running(settings(tmp_path / "ok"), clock) as (app, _client):
             readiness = Readiness(
                 data_dir=data_dir,
-                shared=shared or app.state.proxy.variants.cache.shared,
+                shared=shared or app.services.variants.cache.shared,
                 probe_upstream=reachable,
                 timeout=1.0,
                 cache_seconds=0.0,

@@ -9,6 +9,7 @@ import httpx
 import pytest
 
 from proxy.serving import hitpath
+from proxy.url.decision import Decider
 from proxy.url.signing import Signer
 from tests.ops.conftest import Clock, JsonLines, running, scrape, settings
 
@@ -57,6 +58,42 @@ async def test_hits_that_need_more_than_a_redirect_are_answered_in_full(
     assert wrong_method.status_code == 405
 
 
+async def test_the_hit_path_and_the_route_answer_from_the_one_decision(
+    tmp_path: Path, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A memory hit is decided by the hit path's one call; anything else by that call and the
+    route's. The decision here answers URL as another variant: a second parse anywhere, and
+    that path would answer URL itself (a miss, another mint)."""
+    other = "/img/demo/200x200/00ff00.png"
+    decide = Decider.decide
+    asked: list[str] = []
+
+    def decided(self: Decider[object], path: str, *args: object, **kwargs: object) -> object:
+        asked.append(path)
+        return decide(self, other if path == URL else path, *args, **kwargs)
+
+    monkeypatch.setattr(Decider, "decide", decided)
+    async with running(settings(tmp_path, demo=True), clock) as (_app, client):
+        miss = await client.get(other)
+        assert asked == [other, other]  # the hit path's call, then the route's
+        asked.clear()
+        hit = await client.get(URL)
+        assert asked == [URL]  # answered by the hit path alone
+        asked.clear()
+        as_json = await client.get(URL, headers={"Accept": "application/json"})
+        assert asked == [URL, URL]
+        asked.clear()
+        spelled = await client.get("/img/demo/200x200/0F0.png")
+        assert asked == ["/img/demo/200x200/0F0.png"] * 2
+        metrics = await scrape(client)
+
+    assert miss.status_code == hit.status_code == 302
+    assert hit.headers["location"] == miss.headers["location"]
+    assert as_json.json()["url"] == miss.headers["location"]
+    assert spelled.status_code == 308 and spelled.headers["location"] == other
+    assert metrics.value("cutproxy_cache_results_total", tier="miss") == 1
+
+
 KEY = "943b421c9eb07c830af81030552c86009268de4e532ba2ee2eab8247c6da0881"
 SALT = "520f986b998545b4785e0defbc4f3c1203f22de2374a3d53cb7a7fe9fea309c5"
 
@@ -101,7 +138,7 @@ async def test_a_failure_in_the_hit_path_gets_the_full_stacks_json_500(
         def broken(variant: object) -> None:
             raise RuntimeError("a bug in the lookup")
 
-        monkeypatch.setattr(app.state.proxy.variants, "peek", broken)  # both paths use it
+        monkeypatch.setattr(app.services.variants, "peek", broken)  # both paths use it
         # As a server would: the app re-raises after answering, for the server's own log.
         transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
         async with httpx.AsyncClient(transport=transport, base_url="http://test") as raw:
@@ -118,10 +155,10 @@ async def test_a_bug_in_the_hit_path_is_counted_and_logged_and_the_full_stack_an
     async with running(settings(tmp_path, demo=True), clock) as (_app, client):
         miss = await client.get(URL)
 
-        def broken(accept: bytes) -> bool:
+        def broken(self: hitpath.HitPath, scope: object) -> None:
             raise RuntimeError("a bug in the hit path")
 
-        monkeypatch.setattr(hitpath, "_wants_json", broken)  # the hit path's alone
+        monkeypatch.setattr(hitpath.HitPath, "_answer", broken)  # the hit path's alone
         answers = [await client.get(URL) for _ in range(3)]
         clock.advance(60)  # a minute later
         answers.append(await client.get(URL))

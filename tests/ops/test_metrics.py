@@ -31,7 +31,7 @@ async def test_counts_follow_known_traffic(tmp_path: Path, clock: Clock) -> None
             *(client.get("/img/demo/200x200/00ff00.webp") for _ in range(5))
         )  # one miss, four coalesced
         assert {a.status_code for a in together} == {302}
-        app.state.proxy.variants.cache.memory.clear()
+        app.services.variants.cache.memory.clear()
         assert (await client.get("/img/demo/320x240/ffffff.png")).status_code == 302  # disk
         assert (await client.get("/img/nope/320x240/ffffff.png")).status_code == 404
         assert (await client.get("/img/demo/400/ffffff.png")).status_code == 400
@@ -141,7 +141,7 @@ async def test_a_reupload_is_counted(tmp_path: Path, clock: Clock) -> None:
 def app_reupload_after(client: httpx.AsyncClient) -> float:
     transport = client._transport
     assert isinstance(transport, httpx.ASGITransport)
-    return float(transport.app.state.proxy.settings.reupload_after)  # type: ignore[attr-defined]
+    return float(transport.app.services.settings.reupload_after)  # type: ignore[attr-defined]
 
 
 async def test_the_tally_adds_up_as_observing_each_request_would() -> None:

@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from proxy.state import AppState
+from proxy.app import Services
 from proxy.stores.registry import VARIANTS_GENERATION, ImageRecord
 from tests.clock import Clock
 from tests.integration.conftest import Engine, product_png, register
@@ -78,7 +78,7 @@ async def test_past_its_life_the_view_serves_hits_while_one_read_refreshes_it(
         tmp_path, demo=True, redis_url=redis_server.url, image_view_ttl=2.0, redis_timeout=30.0
     )
     async with running(config, clock) as (app, client):
-        state: AppState = app.state.proxy
+        state: Services = app.services
         first = await client.get(URL)
         assert first.status_code == 302
         # Another replica dropped the image's variants and its message never came: only the
@@ -107,7 +107,7 @@ async def test_a_deleted_image_stops_being_served_once_the_view_is_refreshed(
     clock = Clock()
     config = settings(tmp_path, demo=True, redis_url=redis_server.url, image_view_ttl=2.0)
     async with running(config, clock) as (app, client):
-        state: AppState = app.state.proxy
+        state: Services = app.services
         assert (await client.get(URL)).status_code == 302
         await state.registry.delete("demo")  # elsewhere, and the message was lost
         clock.advance(2.5)
@@ -117,7 +117,7 @@ async def test_a_deleted_image_stops_being_served_once_the_view_is_refreshed(
         assert gone.status_code == 404 and gone.json()["error"] == "unknown_image"
 
 
-async def _refreshed(state: AppState) -> None:
+async def _refreshed(state: Services) -> None:
     await asyncio.gather(*state.variants._refreshing.values())
 
 
@@ -127,7 +127,7 @@ async def test_a_read_under_way_when_the_image_changes_does_not_bring_the_old_ve
     clock = Clock()
     config = settings(tmp_path, demo=True, redis_url=redis_server.url, image_view_ttl=2.0)
     async with running(config, clock) as (app, client):
-        state: AppState = app.state.proxy
+        state: Services = app.services
         old = (await client.get(URL)).headers["location"]
         # The background read gets its answer from Redis, then takes its time to come back.
         answered, gate = asyncio.Event(), asyncio.Event()
