@@ -7,9 +7,11 @@ a :class:`SettingsError` naming the variable, never echoing a secret.
 
 - :func:`ladder_classes`: ``PROXY_LADDER_WIDTHS``/``_RATIOS``/``_PRESETS`` to sizes by ratio;
 - :func:`signing_pairs`: ``PROXY_SIGNING_KEY``/``_SALT`` hex to (key, salt) bytes;
-- :func:`parse_rate`: ``PROXY_CLIENT_MISS_RATE`` to a ``limits`` rate;
+- :func:`parse_rate`: ``PROXY_CLIENT_MISS_RATE`` and ``PROXY_CLIENT_DERIVE_RATE`` to a
+  ``limits`` rate (:func:`rate_or_none`: ``none`` turns the second off);
 - :func:`parse_networks`: ``PROXY_TRUSTED_PROXIES`` to networks;
-- :data:`LADDER_POLICIES` and :data:`PURGE_STYLES`: the names two settings may take.
+- :data:`LADDER_POLICIES`, :data:`PURGE_STYLES`, :data:`MODES` and :data:`FITS`: the names
+  four settings may take.
 """
 
 from __future__ import annotations
@@ -183,20 +185,26 @@ def _unhex(value: str, env: str, position: int) -> bytes:
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
-def parse_rate(text: str) -> limits.RateLimitItem:
+def parse_rate(text: str, env: str = "PROXY_CLIENT_MISS_RATE") -> limits.RateLimitItem:
     """One ``limits`` rate such as ``60/minute`` or ``10 per second``.
 
-    Raises :class:`SettingsError` naming ``PROXY_CLIENT_MISS_RATE``.
+    Raises :class:`SettingsError` naming ``env`` (``PROXY_CLIENT_MISS_RATE`` or
+    ``PROXY_CLIENT_DERIVE_RATE``).
     """
     try:
         items = limits.parse_many(text)
     except ValueError:
         items = []
     if len(items) != 1:
-        raise SettingsError(
-            f"PROXY_CLIENT_MISS_RATE: expected one rate like 60/minute, got {text[:40]!r}"
-        )
+        raise SettingsError(f"{env}: expected one rate like 60/minute, got {text[:40]!r}")
     return items[0]
+
+
+def rate_or_none(text: str | None) -> str | None:
+    """A rate setting that ``none`` (or empty) turns off: the rate, or None."""
+    if text is None or text.strip().lower() in _NONE:
+        return None
+    return text
 
 
 def parse_networks(cidrs: Sequence[str]) -> tuple[IPNetwork, ...]:
@@ -216,3 +224,11 @@ def parse_networks(cidrs: Sequence[str]) -> tuple[IPNetwork, ...]:
 
 PURGE_STYLES: Final = ("varnish", "fastly", "cloudflare")
 """The values of ``PROXY_CDN_PURGE_STYLE``."""
+
+# --- store mode -----------------------------------------------------------------------------
+
+MODES: Final = ("redirect", "store")
+"""The values of ``PROXY_MODE``: redirect to the upstream's outputs, or keep one master per
+image and serve variants derived from it."""
+FITS: Final = ("contain", "pad", "cover")
+"""The values of ``PROXY_FIT`` and of a URL's fit suffix (``640x640-cover``)."""

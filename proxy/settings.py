@@ -6,7 +6,7 @@ cannot drift apart.
 
 The ground floor: it imports only the loader (:mod:`proxy.envconfig`), the parsers of
 structured values (:mod:`proxy.setting_values`) and the upstream contract's constants, never
-a package that uses a setting. Why it is over 400 lines: over 60 settings are declared here,
+a package that uses a setting. Why it is over 400 lines: over 70 settings are declared here,
 a few lines each with their help, and checked together in :meth:`Settings.validate` (several
 checks span settings); split by concern, the README table and ``--help`` would have to gather
 them again, and a check spanning two files could be missed.
@@ -26,12 +26,15 @@ from urllib.parse import urlsplit
 # here because every owner of a setting raises it.
 from proxy.envconfig import SettingsError, check_finite, describe, load, setting
 from proxy.setting_values import (
+    FITS,
     LADDER_POLICIES,
     MAX_SIGNATURE_SIZE,
+    MODES,
     PURGE_STYLES,
     ladder_classes,
     parse_networks,
     parse_rate,
+    rate_or_none,
     signing_pairs,
 )
 from proxy.upstream.contract import (
@@ -91,6 +94,60 @@ class Settings:
     autocrop: bool = setting(False, "PROXY_AUTOCROP", "Crop tight to the subject (+0.5 credit).")
     max_width: int = setting(4000, "PROXY_MAX_WIDTH", "Largest width a URL may ask for.")
     max_height: int = setting(4000, "PROXY_MAX_HEIGHT", "Largest height a URL may ask for.")
+    # --- store mode -----------------------------------------------------------------------
+    mode: str = setting(
+        "redirect",
+        "PROXY_MODE",
+        "redirect (answer 302 to the upstream's output of each variant, one mint per variant) "
+        "or store (mint one master per image, keep it under PROXY_DATA_DIR, serve every "
+        "variant's bytes derived from it: docs/store-mode.md).",
+    )
+    fit: str | None = setting(
+        None,
+        "PROXY_FIT",
+        "How a URL without a fit suffix fills its box: contain (fit inside), pad (exactly "
+        "WxH, centred on the background) or cover (exactly WxH, cropped). Unset: pad in "
+        "store mode, contain in redirect mode (the only fit the upstream can make).",
+    )
+    master_max_pixels: int = setting(
+        MAX_RESOLUTION,
+        "PROXY_MASTER_MAX_PIXELS",
+        "Store mode: the most pixels of a master (the upstream's cap, 12,000,000). A master "
+        "costs the same ~1.1 credits anywhere from 1 MP to 12 MP, so pay once, keep the most.",
+    )
+    variant_memory_mb: int = setting(
+        256,
+        "PROXY_VARIANT_MEMORY_MB",
+        "Store mode: MiB of derived variants kept in memory per worker (least recently used "
+        "dropped).",
+    )
+    variant_disk_mb: int = setting(
+        2048,
+        "PROXY_VARIANT_DISK_MB",
+        "Store mode: MiB of derived variants kept on local disk under PROXY_DATA_DIR, shared "
+        "by a host's workers (least recently used dropped).",
+    )
+    master_cache_mb: int = setting(
+        256,
+        "PROXY_MASTER_CACHE_MB",
+        "Store mode: MiB of decoded masters kept in memory per worker (4 bytes a pixel).",
+    )
+    derive_concurrency: int = setting(
+        0,
+        "PROXY_DERIVE_CONCURRENCY",
+        "Store mode: derivations running at once per worker (0: one per CPU).",
+    )
+    avif_quality: int = setting(
+        60,
+        "PROXY_AVIF_QUALITY",
+        "Store mode: AVIF encoder quality 1..100 (jpg and webp use PROXY_OUTPUT_COMPRESSION).",
+    )
+    client_derive_rate: str | None = setting(
+        "300/minute",
+        "PROXY_CLIENT_DERIVE_RATE",
+        "Store mode: derivations (not hits) one client may cause in a moving window; `none` "
+        "turns it off.",
+    )
     # --- cache ----------------------------------------------------------------------------
     data_dir: Path = setting(
         Path("data"), "PROXY_DATA_DIR", "Where the disk cache, registry and originals live."
@@ -357,6 +414,23 @@ class Settings:
         return not self.api_key
 
     @property
+    def store_mode(self) -> bool:
+        """PROXY_MODE=store: variants are derived from one master per image and served."""
+        return self.mode == "store"
+
+    @property
+    def default_fit(self) -> str:
+        """The fit of a URL without a suffix: PROXY_FIT, else pad (store) or contain."""
+        if self.fit is not None:
+            return self.fit
+        return "pad" if self.store_mode else "contain"
+
+    @property
+    def derive_rate(self) -> str | None:
+        """PROXY_CLIENT_DERIVE_RATE, None when turned off (``none``)."""
+        return rate_or_none(self.client_derive_rate)
+
+    @property
     def originals_dir(self) -> Path:
         """The blob store of uploaded originals."""
         return self.blob_dir or self.data_dir / "originals"
@@ -437,6 +511,7 @@ class Settings:
         if self.admin_token is not None and len(self.admin_token) < 16:
             raise bad("admin_token", "must be at least 16 characters")
         self._validate_guards(bad)
+        self._validate_store(bad)
         if not 0 < self.max_upload_mb <= 1024:
             raise bad("max_upload_mb", "must be greater than 0 and at most 1024")
         if self.max_input_pixels < 1:
@@ -487,6 +562,30 @@ class Settings:
             raise bad("batch_max_variants", "must be at least 1")
         if self.fallback_max_age < 0:
             raise bad("fallback_max_age", "must not be negative")
+
+    def _validate_store(self, bad: typing.Callable[[str, str], SettingsError]) -> None:
+        if self.mode not in MODES:
+            raise bad("mode", f"must be {' or '.join(MODES)}")
+        if self.fit is not None:
+            if self.fit not in FITS:
+                raise bad("fit", f"must be {', '.join(FITS[:-1])} or {FITS[-1]}")
+            if self.fit != "contain" and not self.store_mode:
+                raise bad(
+                    "fit",
+                    f"{self.fit} needs PROXY_MODE=store (the upstream can only fit inside a "
+                    "box: contain)",
+                )
+        if not 1 <= self.master_max_pixels <= MAX_RESOLUTION:
+            raise bad("master_max_pixels", f"must be between 1 and {MAX_RESOLUTION}")
+        for name in ("variant_memory_mb", "variant_disk_mb", "master_cache_mb"):
+            if getattr(self, name) < 0:
+                raise bad(name, "must not be negative (0 keeps nothing)")
+        if self.derive_concurrency < 0:
+            raise bad("derive_concurrency", "must not be negative (0: one per CPU)")
+        if not 1 <= self.avif_quality <= 100:
+            raise bad("avif_quality", "must be between 1 and 100")
+        if self.derive_rate is not None:
+            parse_rate(self.derive_rate, "PROXY_CLIENT_DERIVE_RATE")
 
     def _validate_cdn(self, bad: typing.Callable[[str, str], SettingsError]) -> None:
         for name in ("browser_max_age", "cdn_max_age"):
