@@ -145,7 +145,13 @@ class Decider(Generic[About]):
         cls, settings: Settings, describe: Callable[[Variant], About]
     ) -> Decider[About]:
         return cls(
-            grammar.Limits(settings.max_width, settings.max_height, settings.max_pixels),
+            grammar.Limits(
+                settings.max_width,
+                settings.max_height,
+                settings.max_pixels,
+                store=settings.store_mode,
+                default_fit=settings.default_fit,
+            ),
             describe,
             signer=Signer.from_settings(settings),
             size_ladder=ladder.Ladder.from_settings(settings),

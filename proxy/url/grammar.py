@@ -1,8 +1,13 @@
-"""The URL grammar: ``/img/<image_id>/<w>x<h>[@<d>x]/<bg>.<ext>`` to a canonical Variant.
+"""The URL grammar: ``/img/<image_id>/<w>x<h>[-<fit>][@<d>x]/<bg>.<ext>`` to a canonical Variant.
 
 A request either parses to a canonical :class:`Variant`, or to a :class:`Canonical` path the
 client should be sent to with a 308 (``FFF`` → ``ffffff``, ``jpeg`` → ``jpg``, ``@2x`` → the
-pixel size), or raises :class:`BadRequestError` saying what is wrong.
+pixel size, ``-pad`` when pad is the default fit → no suffix), or raises
+:class:`BadRequestError` saying what is wrong.
+
+What a mode allows (:class:`Limits`): redirect mode serves what the upstream makes, so only
+``contain`` and jpg/png/webp (``pad``, ``cover`` and ``avif`` are a 400 naming store mode);
+store mode derives variants itself and takes every fit and avif too.
 """
 
 from __future__ import annotations
@@ -11,11 +16,12 @@ import re
 from dataclasses import dataclass, field
 
 from proxy.errors import BadRequestError
+from proxy.setting_values import FITS
 from proxy.upstream.contract import MAX_RESOLUTION
-from proxy.url.variant import EXTENSIONS, TRANSPARENT, Variant
+from proxy.url.variant import ALPHA_EXTENSIONS, EXTENSIONS, STORE_EXTENSIONS, TRANSPARENT, Variant
 
 IMAGE_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
-_SIZE = re.compile(r"(\d{1,9})x(\d{1,9})(?:@([1-9])x)?")
+_SIZE = re.compile(r"(\d{1,9})x(\d{1,9})(?:-([A-Za-z]{1,16}))?(?:@([1-9])x)?")
 _HEX = re.compile(r"[0-9A-Fa-f]{3}|[0-9A-Fa-f]{6}")
 _EXT_ALIASES = {"jpeg": "jpg"}
 MAX_DENSITY = 4
@@ -32,9 +38,13 @@ class Canonical:
 
 @dataclass(frozen=True, slots=True)
 class Limits:
+    """What a URL may ask for: its size, and what the mode can make (fits, formats)."""
+
     max_width: int
     max_height: int
     max_pixels: int = MAX_RESOLUTION  # PROXY_MAX_PIXELS
+    store: bool = False  # PROXY_MODE=store: every fit, and avif
+    default_fit: str = "contain"  # what a size without a suffix means (PROXY_FIT)
 
 
 def check_image_id(image_id: str) -> str:
@@ -49,8 +59,8 @@ def check_image_id(image_id: str) -> str:
 def parse(image_id: str, size: str, filename: str, limits: Limits) -> Variant | Canonical:
     """Parse the three path segments after ``/img/``."""
     check_image_id(image_id)
-    width, height, density = _parse_size(size)
-    bg, ext = _parse_filename(filename)
+    width, height, fit, density = _parse_size(size, limits)
+    bg, ext = _parse_filename(filename, limits)
     width, height = width * density, height * density
     if width > limits.max_width or height > limits.max_height:
         raise BadRequestError(
@@ -62,31 +72,49 @@ def parse(image_id: str, size: str, filename: str, limits: Limits) -> Variant | 
         raise BadRequestError(
             f"size {width}x{height} is over {limits.max_pixels:,} pixels", code="bad_size"
         )
-    variant = Variant(image_id, width, height, bg, ext)
+    fit = fit or limits.default_fit
+    variant = Variant(image_id, width, height, bg, ext, fit, fit != limits.default_fit)
     if variant.path != f"/img/{image_id}/{size}/{filename}":
         return Canonical(variant.path, variant)
     return variant
 
 
-def _parse_size(size: str) -> tuple[int, int, int]:
+def _parse_size(size: str, limits: Limits) -> tuple[int, int, str | None, int]:
     match = _SIZE.fullmatch(size)
     if not match:
         raise BadRequestError(
-            f"size must look like 640x480 (optionally @2x), got {size[:40]!r}",
+            f"size must look like 640x480 (optionally -cover, @2x), got {size[:40]!r}",
             code="bad_size",
         )
     width, height = int(match[1]), int(match[2])
-    density = int(match[3] or 1)
+    fit = _parse_fit(match[3], limits)
+    density = int(match[4] or 1)
     if width < 1 or height < 1:
         raise BadRequestError("width and height must be at least 1", code="bad_size")
     if density > MAX_DENSITY:
         raise BadRequestError(
             f"density must be 1x to {MAX_DENSITY}x, got {density}x", code="bad_size"
         )
-    return width, height, density
+    return width, height, fit, density
 
 
-def _parse_filename(filename: str) -> tuple[str, str]:
+def _parse_fit(given: str | None, limits: Limits) -> str | None:
+    if given is None:
+        return None
+    fit = given.lower()
+    if fit not in FITS:
+        raise BadRequestError(
+            f"fit must be one of {', '.join(FITS)}, got {given!r}", code="bad_fit"
+        )
+    if fit != "contain" and not limits.store:
+        raise BadRequestError(
+            "the upstream can only fit inside a box (contain); exact frames need PROXY_MODE=store",
+            code="fit_needs_store_mode",
+        )
+    return fit
+
+
+def _parse_filename(filename: str, limits: Limits) -> tuple[str, str]:
     bg, dot, ext = filename.rpartition(".")
     if not dot or not bg:
         raise BadRequestError(
@@ -95,15 +123,23 @@ def _parse_filename(filename: str) -> tuple[str, str]:
         )
     ext = ext.lower()
     ext = _EXT_ALIASES.get(ext, ext)
-    if ext not in EXTENSIONS:
+    formats = STORE_EXTENSIONS if limits.store else EXTENSIONS
+    if ext not in formats:
+        if ext in STORE_EXTENSIONS:
+            raise BadRequestError(
+                f"the upstream makes no {ext}: {ext} variants need PROXY_MODE=store",
+                code="format_needs_store_mode",
+            )
         raise BadRequestError(
-            f"format must be one of {', '.join(EXTENSIONS)} (or jpeg), got {ext[:10]!r}",
+            f"format must be one of {', '.join(formats)} (or jpeg), got {ext[:10]!r}",
             code="bad_format",
         )
     if bg.lower() == TRANSPARENT:
-        if ext == "jpg":
+        if ext not in ALPHA_EXTENSIONS:
+            alpha = [e for e in ALPHA_EXTENSIONS if e in formats]
             raise BadRequestError(
-                "jpg has no transparency: use png or webp, or give a colour like ffffff",
+                f"{ext} has no transparency: use {', '.join(alpha[:-1])} or {alpha[-1]}, "
+                "or give a colour like ffffff",
                 code="bad_background",
             )
         return TRANSPARENT, ext

@@ -1,4 +1,4 @@
-"""A variant: one rendering of one image (size, background, format) and how to ask for it."""
+"""A variant: one rendering of one image (size, fit, background, format) and how to ask for it."""
 
 from __future__ import annotations
 
@@ -11,22 +11,40 @@ from proxy.settings import Settings
 from proxy.upstream.contract import pixel_budget
 
 TRANSPARENT = "transparent"
+#: What the upstream renders, so what redirect mode serves.
 EXTENSIONS = ("jpg", "png", "webp")
+#: Store mode encodes variants itself: AVIF too.
+STORE_EXTENSIONS = (*EXTENSIONS, "avif")
+#: Formats that keep transparency (jpg always needs a background colour).
+ALPHA_EXTENSIONS = ("png", "webp", "avif")
 
 
 @dataclass(frozen=True, slots=True)
 class Variant:
-    """A canonical variant request: ``/img/<image_id>/<width>x<height>/<bg>.<ext>``."""
+    """A canonical variant request: ``/img/<image_id>/<width>x<height>[-<fit>]/<bg>.<ext>``.
+
+    ``fit`` is how the subject fills the box (contain, pad, cover). The URL names it only
+    when it is not the effective default (``fit_named``), so every variant has one spelling:
+    ``640x640`` is the default fit, ``640x640-cover`` another one.
+    """
 
     image_id: str
     width: int
     height: int
     bg: str  # six lowercase hex digits, or "transparent"
-    ext: str  # jpg, png or webp
+    ext: str  # jpg, png or webp (store mode: avif too)
+    fit: str = "contain"
+    fit_named: bool = False  # the URL spells the fit: it is not the default one
+
+    @property
+    def size(self) -> str:
+        """The size segment: ``640x480``, or ``640x480-cover`` when the fit is named."""
+        suffix = f"-{self.fit}" if self.fit_named else ""
+        return f"{self.width}x{self.height}{suffix}"
 
     @property
     def path(self) -> str:
-        return f"/img/{self.image_id}/{self.width}x{self.height}/{self.bg}.{self.ext}"
+        return f"/img/{self.image_id}/{self.size}/{self.bg}.{self.ext}"
 
     @property
     def name(self) -> str:
