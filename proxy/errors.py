@@ -109,7 +109,7 @@ class MissRefusedError(TooManyRequestsError):
         client: str | None = None,
     ) -> None:
         super().__init__(message, code=code, retry_after=retry_after)
-        self.reason = reason  # client_rate | budget
+        self.reason = reason  # client_rate | budget | derive_rate (store mode)
         self.client = client
 
 

@@ -6,7 +6,8 @@
 - :class:`CreditBudget` caps estimated credits per UTC hour and day, over a
   :class:`proxy.stores.counters.BudgetStore` (on disk for one host's worker processes, or
   in Redis for several hosts);
-- :class:`CostLedger` counts credits spent and saved, for operators.
+- :class:`CostLedger` counts credits spent and saved, for operators (and store mode's
+  masters minted and variants derived).
 
 Who causes the misses (the client's address and miss rate) is :mod:`proxy.guards.clients`.
 Time is always a parameter (``now``, unix seconds).
@@ -116,6 +117,10 @@ LEDGER_FIELDS = (
     "possibly_spent",
     "ambiguous_mints",
 )
+#: Store mode's totals (two counts, then credits): masters paid for (an upload's token that
+#: carried its master counts), variants derived, and what minting each derived variant in
+#: redirect mode would have cost.
+STORE_FIELDS = ("masters_minted", "variants_derived", "saved_by_store_mode")
 
 
 class CostLedger:
@@ -132,6 +137,7 @@ class CostLedger:
     def __init__(self, store: CounterStore, namespace: str = "ledger") -> None:
         self._store = store
         self._keys = {name: f"{namespace}:{name}" for name in LEDGER_FIELDS}
+        self._store_keys = {name: f"{namespace}:{name}" for name in STORE_FIELDS}
 
     async def record(
         self,
@@ -162,4 +168,31 @@ class CostLedger:
         values = await self._store.read(list(self._keys.values()))
         totals = {name: values[key] for name, key in self._keys.items()}
         totals["ambiguous_mints"] = round(totals["ambiguous_mints"])
+        return totals
+
+    async def record_store(
+        self,
+        *,
+        masters_minted: int = 0,
+        variants_derived: int = 0,
+        saved_by_store_mode: float = 0.0,
+    ) -> None:
+        """Add to store mode's totals (counts and credits, never negative)."""
+        amounts = {
+            "masters_minted": float(masters_minted),
+            "variants_derived": float(variants_derived),
+            "saved_by_store_mode": saved_by_store_mode,
+        }
+        if any(value < 0 for value in amounts.values()):
+            raise ValueError("ledger amounts must not be negative")
+        nonzero = {self._store_keys[name]: value for name, value in amounts.items() if value}
+        if nonzero:
+            await self._store.add(nonzero)
+
+    async def store_snapshot(self) -> dict[str, float]:
+        """``{"masters_minted": n, "variants_derived": n, "saved_by_store_mode": credits}``."""
+        values = await self._store.read(list(self._store_keys.values()))
+        totals = {name: values[key] for name, key in self._store_keys.items()}
+        for name in ("masters_minted", "variants_derived"):
+            totals[name] = round(totals[name])
         return totals

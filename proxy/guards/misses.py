@@ -69,6 +69,7 @@ class MissGuard:
     minter: Minter
     index: VariantIndex
     limiter: MissLimiter | None = None
+    derive_limiter: MissLimiter | None = None  # store mode: PROXY_CLIENT_DERIVE_RATE
     clock: Callable[[], float] = time.time
     events: CostEvents = field(default_factory=NoCostEvents)
     closers: list[Callable[[], Any]] = field(default_factory=list)
@@ -89,12 +90,19 @@ class MissGuard:
         index: VariantIndex
         closers: list[Callable[[], Any]] = []
         rate = settings.client_miss_rate
+        # Store mode: derivations (CPU, not credits) have a rate of their own per client.
+        derive_rate = settings.derive_rate if settings.store_mode else None
         limiter: MissLimiter | None = None
+        derive_limiter: MissLimiter | None = None
         if redis is not None:
             store = counters = redis.counters
             index = redis.index
             if rate:
                 limiter = ClientLimiter(rate, storage=redis.limiter_storage(settings))
+            if derive_rate:
+                derive_limiter = ClientLimiter(
+                    derive_rate, storage=redis.limiter_storage(settings), namespace="derives"
+                )
         else:
             disk = DiskCounters.open(settings.data_dir / "guards")
             store = counters = disk
@@ -102,6 +110,10 @@ class MissGuard:
             closers.append(disk.close)
             if rate:
                 limiter = DiskClientLimiter(rate, disk, clock=clock)  # one count for the host
+            if derive_rate:
+                derive_limiter = DiskClientLimiter(
+                    derive_rate, disk, clock=clock, namespace="derives"
+                )
         budget = CreditBudget(
             store,
             per_hour=settings.budget_credits_per_hour,
@@ -122,6 +134,7 @@ class MissGuard:
             minter=minter,
             index=index,
             limiter=limiter,
+            derive_limiter=derive_limiter,
             clock=clock,
             events=events,
             closers=closers,
@@ -160,6 +173,26 @@ class MissGuard:
                     client=client,
                 )
         return await self.minter.reserve(credits, client=client)
+
+    async def admit_derivation(self, client: str | None) -> None:
+        """Count one derivation for ``client`` (store mode); MissRefusedError (429) if over
+        ``PROXY_CLIENT_DERIVE_RATE``. Hits and waits for a derivation in flight are free."""
+        if self.derive_limiter is None or client is None:
+            return
+        try:
+            wait = await self.derive_limiter.hit(client)
+        except limits.errors.StorageError as exc:
+            raise unavailable(exc) from exc
+        if wait is not None:
+            self.events.miss_refused("derive_rate", "429")
+            raise MissRefusedError(
+                f"this client has caused too many derivations (at most "
+                f"{self.derive_limiter.rate}); variants already kept are still served",
+                code="client_derive_rate",
+                retry_after=max(1.0, wait),
+                reason="derive_rate",
+                client=client,
+            )
 
     async def coalesced(self, credits: float) -> None:
         """A request got a mint another request paid for: one mint saved."""
@@ -235,5 +268,10 @@ class MissGuard:
             **totals,
             "budget": windows,
             "client_miss_rate": self.limiter.rate if self.limiter is not None else None,
+            **(
+                {"client_derive_rate": self.derive_limiter.rate}
+                if self.derive_limiter is not None
+                else {}
+            ),
             "batch_window_ms": self.settings.batch_window_ms,
         }

@@ -1,6 +1,8 @@
 """Store mode's variants: kept in tiers, else derived locally from the image's master.
 
     Deriver.variant_bytes(record, spec)   the variant: tiers → (master → derive → tiers)
+    Deriver.resolve(record, spec, ...)    the same, with where it came from; the caller's
+                                          admission (derive rate) and mint (its client)
     Deriver.peek(record, spec)            the hit path: memory only, no I/O, no await
     Deriver.delete_image(image_id)        every kept variant of the image, in every tier
 
@@ -37,7 +39,7 @@ import hashlib
 import os
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -63,7 +65,7 @@ from proxy.variants.derive import (
     output_size,
 )
 from proxy.variants.derive import derive as derive_variant
-from proxy.variants.masters import MasterService
+from proxy.variants.masters import MasterService, Render
 
 #: Bump when the derivation pipeline changes its output for the same settings: every kept
 #: variant is then derived again (its key changes with the profile).
@@ -191,13 +193,40 @@ class Deriver:
     async def variant_bytes(self, record: ImageRecord, spec: DeriveSpec) -> StoredVariant:
         """The variant, from a tier, or derived from the image's master (minted if need be,
         once) and kept in the tiers. A bad ``spec`` is a 400 before anything is looked up."""
+        variant, _tier = await self.resolve(record, spec)
+        return variant
+
+    async def resolve(
+        self,
+        record: ImageRecord,
+        spec: DeriveSpec,
+        *,
+        admit: Callable[[], Awaitable[None]] | None = None,
+        render: Render | None = None,
+    ) -> tuple[StoredVariant, str]:
+        """:meth:`variant_bytes`, and where the variant came from: a tier's name (memory,
+        disk), ``derived`` (this request's derivation) or ``coalesced`` (an identical one
+        in flight).
+
+        ``admit`` runs before a derivation this request would start (not for a tier hit,
+        nor for joining one in flight): the client's derive rate, raising to refuse.
+        ``render`` mints the master if this request is the one that has to
+        (:meth:`MasterService.get`).
+        """
         spec.check()
         key = self.key(record, spec)
         hit = await self.tiers.find(key)
         if hit is not None:
             self.events.variant_found(hit.tier)
-            return hit.variant
-        return await self.flight.run(key, lambda: self._derive(record, spec, key), wait=self.wait)
+            return hit.variant, hit.tier
+        joined = self.flight.joined(key)
+        if not joined and admit is not None:
+            await admit()
+            joined = self.flight.joined(key)  # one may have started while admit awaited
+        variant = await self.flight.run(
+            key, lambda: self._derive(record, spec, key, render), wait=self.wait
+        )
+        return variant, "coalesced" if joined else "derived"
 
     async def delete_image(self, image_id: str) -> int:
         """Drop every kept variant of the image from every tier; how many entries went.
@@ -207,12 +236,14 @@ class Deriver:
         """
         return await self.tiers.delete_prefix(image_prefix(image_id))
 
-    async def _derive(self, record: ImageRecord, spec: DeriveSpec, key: str) -> StoredVariant:
+    async def _derive(
+        self, record: ImageRecord, spec: DeriveSpec, key: str, render: Render | None = None
+    ) -> StoredVariant:
         kept = self.tiers.peek(key)  # a flight that finished just before this one began
         if kept is not None:
             self.events.variant_found(self.tiers.memory.name)
             return kept
-        master = await self.masters.get(record, self.master_quality)
+        master = await self.masters.get(record, self.master_quality, render=render)
 
         def work() -> tuple[bytes, float]:
             started = time.perf_counter()

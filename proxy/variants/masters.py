@@ -182,15 +182,24 @@ class MasterService:
         """The master if it is decoded in this process's memory (no I/O)."""
         return self.cache.get(_name(self.key(record, quality)))
 
-    async def get(self, record: ImageRecord, quality: str) -> Master:
-        """The image's master: from memory, else the store, else minted (once) and kept."""
+    async def get(
+        self, record: ImageRecord, quality: str, *, render: Render | None = None
+    ) -> Master:
+        """The image's master: from memory, else the store, else minted (once) and kept.
+
+        ``render``: how this request would mint it, in place of the service's own (the
+        variant service passes one that admits the request's client first); used only when
+        this request leads the flight and wins the lease.
+        """
         key = self.key(record, quality)
         name = _name(key)
         master = self.cache.get(name)
         if master is not None:
             self.events.master_found("memory")
             return master
-        return await self.flight.run(name, lambda: self._find(record, key), wait=self.wait)
+        return await self.flight.run(
+            name, lambda: self._find(record, key, render or self.render), wait=self.wait
+        )
 
     async def adopt(self, record: ImageRecord, quality: str, data: bytes) -> Master:
         """Keep ``data``, the master an upload's own token made, as the image's master.
@@ -240,7 +249,7 @@ class MasterService:
 
     # --- the work ---------------------------------------------------------------------------
 
-    async def _find(self, record: ImageRecord, key: MasterKey) -> Master:
+    async def _find(self, record: ImageRecord, key: MasterKey, render: Render) -> Master:
         name = _name(key)
         master = self.cache.get(name)  # a flight that finished just before this one began
         if master is not None:
@@ -249,18 +258,20 @@ class MasterService:
         data = await self.store.get(key)
         source = "disk"
         if data is None:
-            data, source = await self._mint_once(record, key)
+            data, source = await self._mint_once(record, key, render)
         master = await self._decode(name, data)
         self.events.master_found(source)
         return master
 
-    async def _mint_once(self, record: ImageRecord, key: MasterKey) -> tuple[bytes, str]:
+    async def _mint_once(
+        self, record: ImageRecord, key: MasterKey, render: Render
+    ) -> tuple[bytes, str]:
         """Mint under the lease, or wait for the worker that holds it to store the master."""
         minted = False
 
         async def lead() -> bytes:
             nonlocal minted
-            data = await self._mint(record, key)
+            data = await self._mint(record, key, render)
             minted = True
             return data
 
@@ -274,8 +285,8 @@ class MasterService:
         )
         return data, "minted" if minted else "shared"
 
-    async def _mint(self, record: ImageRecord, key: MasterKey) -> bytes:
-        result = await self.render(record, [self.spec(record, key.quality)])
+    async def _mint(self, record: ImageRecord, key: MasterKey, render: Render) -> bytes:
+        result = await render(record, [self.spec(record, key.quality)])
         data = await self._download(record, result)
         await self.store.put(key, data)
         log.info("minted the master of %s (%s, %s)", key.image_id, key.version, key.quality)

@@ -252,21 +252,33 @@ class VariantService:
 
     async def version(self, image_id: str) -> str:
         """The image's current version: from the view, else the registry (404 if unknown)."""
+        return record_version(await self.record(image_id))
+
+    async def record(self, image_id: str) -> ImageRecord:
+        """The image's record: from the view, else the registry (404 if unknown)."""
         record = self.records.get(image_id)
-        if record is None:
-            try:
-                record = await self.flight.run(
-                    f"record:{image_id}",
-                    lambda: self._record(image_id),
-                    wait=self.settings.coalesce_wait,
-                )
-            except SharedStoreUnavailableError:
-                # Redis is down: the last version seen still finds memory hits; misses 503.
-                last = self.last_records.get(image_id)
-                if last is None:
-                    raise
-                return record_version(last)
-        return record_version(record)
+        if record is not None:
+            return record
+        try:
+            return await self.flight.run(
+                f"record:{image_id}",
+                lambda: self._record(image_id),
+                wait=self.settings.coalesce_wait,
+            )
+        except SharedStoreUnavailableError:
+            # Redis is down: the last version seen still finds memory hits; misses 503.
+            last = self.last_records.get(image_id)
+            if last is None:
+                raise
+            return last
+
+    def view(self, image_id: str) -> ImageRecord | None:
+        """The hit path's record of the image: in view, else the last one seen while a
+        background read refreshes it (see :meth:`peek`); no I/O, no await."""
+        try:
+            return self.records[image_id]
+        except KeyError:
+            return self._stale(image_id)
 
     async def _record(self, image_id: str) -> ImageRecord:
         changes = self._changes
