@@ -9,7 +9,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio.to_thread
 import httpx
@@ -39,13 +39,17 @@ from proxy.serving.variant_route import VariantEndpoint, describe
 from proxy.setting_values import parse_networks
 from proxy.settings import Settings
 from proxy.stores.blobs import DirectoryBlobStore
-from proxy.stores.cache import DiskTier, MemoryTier, SharedTier, TwoTierCache
+from proxy.stores.cache import CachedOutput, DiskTier, MemoryTier, SharedTier, TwoTierCache
 from proxy.stores.leases import DiskLease, Lease
 from proxy.stores.redis import RedisStore
 from proxy.stores.registry import DiskRegistry, Registry
 from proxy.upstream.client import UpstreamClient, UpstreamConfig
 from proxy.url.decision import ROUTE, Decider
+from proxy.url.variant import Variant
 from proxy.variants.service import VariantService
+
+if TYPE_CHECKING:  # imports pyvips: loaded in store mode only (see _store_mode)
+    from proxy.variants.store_mode import StoreVariants
 
 log = logging.getLogger("cutproxy")
 
@@ -59,7 +63,7 @@ def create_app(
     metrics_dir: Path | None = None,
 ) -> ProxyApp:
     engine = LocalEngine.start(settings, engine_settings) if settings.embedded_engine else None
-    metrics = Metrics(multiprocess_path=metrics_dir)
+    metrics = Metrics(multiprocess_path=metrics_dir, store_mode=settings.store_mode)
     calls = health.UpstreamCalls(
         settings.ready_upstream_failures, settings.ready_failure_window, clock
     )
@@ -71,7 +75,7 @@ def create_app(
         metrics=metrics,
         on_call=calls.note,
     )
-    variants, registry = services.variants, services.registry
+    variants, registry, store = services.variants, services.registry, services.store
     readiness = health.Readiness(
         data_dir=settings.data_dir,
         shared=variants.cache.shared,
@@ -93,11 +97,19 @@ def create_app(
     variant_endpoint = VariantEndpoint(
         decider,
         variants,
-        Negotiation(policy, variants.viewed, registry, clock, autocrop=settings.autocrop),
+        Negotiation(
+            policy,
+            variants.viewed,
+            registry,
+            clock,
+            autocrop=settings.autocrop,
+            public_url=settings.public_url,
+        ),
         trusted=parse_networks(settings.trusted_proxies),
         fallback_max_age=settings.fallback_max_age,
         error_max_age=settings.error_max_age,
         clock=clock,
+        store=store,
     )
     images_api = ImagesAPI(
         settings,
@@ -106,10 +118,13 @@ def create_app(
         variants=variants,
         decider=decider,
         clock=clock,
+        store=store,
     )
     srcset_api = SrcsetAPI(settings, registry=registry, decider=decider, clock=clock)
-    purge = Purge(settings.admin_token, services.images, registry, variants, services.purger)
-    costs = CostsAPI(settings.admin_token, variants.guards)
+    purge = Purge(
+        settings.admin_token, services.images, registry, variants, services.purger, store=store
+    )
+    costs = CostsAPI(settings.admin_token, variants.guards, store=store)
     routes: list[Route | Mount] = [
         Route(ROUTE, variant_endpoint, methods=["GET", "HEAD"]),
         *images_api.routes(),
@@ -125,7 +140,12 @@ def create_app(
         routes.append(Mount("/_engine", app=engine.public_app(faults_key=settings.admin_token)))
     if settings.demo:
         demo_page = DemoPage(
-            settings, registry=registry, variants=variants, decider=decider, clock=clock
+            settings,
+            registry=registry,
+            variants=variants,
+            decider=decider,
+            clock=clock,
+            store=store,
         )
         routes += demo_page.routes()
 
@@ -149,7 +169,8 @@ def create_app(
         return HitPath(
             app,
             decider=decider,
-            hit_output=variants.hit_output,
+            # Store mode's answers are bytes: the full stack serves them (memory hits too).
+            hit_output=variants.hit_output if store is None else _no_redirects,
             policy=policy,
             clock=clock,
             metrics=metrics,
@@ -169,6 +190,10 @@ def create_app(
     # absolute, built from the request's Host header, so it could send clients anywhere.
     app.router.redirect_slashes = False
     return app
+
+
+def _no_redirects(variant: Variant) -> CachedOutput | None:
+    return None
 
 
 class ProxyApp(Starlette):
@@ -199,8 +224,11 @@ class Services:
     images: ImageService
     redis: RedisStore | None = None  # PROXY_REDIS_URL: the client the shared stores use
     purger: Purger | None = None  # PROXY_CDN_PURGE_URL: purges the CDN by surrogate key
+    store: StoreVariants | None = None  # PROXY_MODE=store: masters, derived variants
 
     async def aclose(self) -> None:
+        if self.store is not None:
+            await self.store.aclose()
         await self.variants.flight.drain(timeout=self.settings.token_timeout)
         await self.upstream.aclose()
         await self.variants.cache.close()
@@ -276,6 +304,7 @@ def build_state(
             settings, upstream=upstream, clock=clock, redis=redis, events=metrics
         ),
     )
+    store = _store_mode(settings, variants, engine, metrics) if settings.store_mode else None
     images = ImageService(
         settings=settings,
         registry=registry,
@@ -287,6 +316,7 @@ def build_state(
         on_change=_on_change(variants.forget, purger),
         minter=variants.minter,
         locks=variants.locks,
+        store=store,
     )
     return Services(
         settings,
@@ -297,7 +327,21 @@ def build_state(
         images,
         redis=redis,
         purger=purger,
+        store=store,
     )
+
+
+def _store_mode(
+    settings: Settings, variants: VariantService, engine: LocalEngine | None, metrics: Metrics
+) -> StoreVariants:
+    """Store mode's services; imported here only, so redirect mode never loads libvips."""
+    from proxy.variants import store_mode
+
+    # Masters are downloaded from the upstream's output host (the embedded engine's files
+    # are answered in this process); redirects are not followed past the host checked.
+    transport = engine.output_transport() if engine is not None else None
+    http = httpx.AsyncClient(transport=transport, follow_redirects=False)
+    return store_mode.build(variants, settings, http=http, events=metrics)
 
 
 def _on_change(forget: Callable[[str], None], purger: Purger | None) -> Callable[[str], None]:

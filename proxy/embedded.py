@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 import typer
 from starlette.applications import Starlette
+from starlette.routing import Mount
 
 from proxy.engine import cli as engine_cli
 from proxy.engine.app import PROCESS_PATH, TOKEN_PATH, create_engine_app, public_engine_app
@@ -67,6 +68,12 @@ class LocalEngine:
     def transport(self) -> httpx.AsyncBaseTransport:
         """Calls to the engine, answered in this process."""
         return httpx.ASGITransport(app=self.app)
+
+    def output_transport(self) -> httpx.AsyncBaseTransport:
+        """Downloads of the engine's output URLs (``<PROXY_PUBLIC_URL>/_engine/files/...``),
+        answered in this process: store mode fetches its masters through it."""
+        files = Starlette(routes=[Mount("/_engine", app=self.public_app(faults_key=None))])
+        return httpx.ASGITransport(app=files)
 
     def public_app(self, *, faults_key: str | None) -> Starlette:
         """What the proxy mounts under ``/_engine``: output files, stats, health (and fault

@@ -9,6 +9,11 @@ SHA-256, so the variant service can upload them again when the upstream forgets 
 Changes to one image (and to one blob's owners) are serialised by
 :class:`proxy.variants.coalesce.KeyedLock`: an in-process lock in front of the shared lease,
 so the workers of a host (or, with Redis, the replicas) agree on who changes what.
+
+In store mode (``store``) the seed's first request carries the image's master instead of the
+small variant, so an upload and its master cost one mint; it is kept before the image is
+registered. Replacing an image removes its old masters and kept variants; deleting it
+removes all of them.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ import time
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import anyio.to_thread
 from PIL import Image
@@ -40,6 +45,9 @@ from proxy.stores.registry import ImageRecord, Registry, record_version
 from proxy.upstream.client import UpstreamClient
 from proxy.url.variant import image_prefix
 from proxy.variants.coalesce import KeyedLock
+
+if TYPE_CHECKING:  # imports pyvips: the app builds it in store mode only
+    from proxy.variants.store_mode import StoreVariants
 
 log = logging.getLogger("cutproxy.images")
 
@@ -215,6 +223,7 @@ class ImageService:
         on_change: Callable[[str], None] | None = None,
         minter: Minter | None = None,
         locks: KeyedLock | None = None,
+        store: StoreVariants | None = None,
     ) -> None:
         self.settings = settings
         self.registry = registry
@@ -228,6 +237,7 @@ class ImageService:
         self.minter = minter or Minter(upstream, clock=clock)
         # Told the id of every image whose bytes or mapping changed (the variant view).
         self._on_change = on_change
+        self.store_mode = store  # store mode: masters and derived variants follow the image
 
     async def check(self, data: bytes) -> Probe:
         """Size, then type and decodability, off the event loop."""
@@ -269,8 +279,14 @@ class ImageService:
             # The same bytes are live upstream under another id: share that upload, for free.
             unique_filename, uploaded_at = twin.unique_filename, twin.uploaded_at
         else:
+            # Store mode: the upload's token orders the master, not a throwaway variant.
+            first = (
+                UPLOAD_VARIANT
+                if self.store_mode is None
+                else self.store_mode.upload_spec((checked.width, checked.height))
+            )
             result = await self.minter.upload_original(
-                [UPLOAD_VARIANT],
+                [first],
                 data,
                 image_id=image_id,
                 content_type=checked.content_type,
@@ -287,6 +303,12 @@ class ImageService:
             uploaded_at=uploaded_at,
             registered_at=now,
         )
+        if self.store_mode is not None:
+            # Kept before the record is registered: no request can start a mint meanwhile.
+            if twin is None:
+                await self.store_mode.adopt_upload(record, result)
+            else:
+                await self.store_mode.adopt_twin(record, twin)
         async with self.locks.held(f"image:{image_id}"):
             current = await self.registry.get(image_id)
             if current is not None and current.sha256 == sha:
@@ -297,7 +319,7 @@ class ImageService:
             except BaseException:
                 await self._release(sha, image_id)
                 raise
-            await self._retire(current)
+            await self._retire(current, record)
         log.info("stored image %s (%s, %d bytes)", image_id, checked.content_type, len(data))
         return Stored(record, "replaced" if current is not None else "created")
 
@@ -308,7 +330,7 @@ class ImageService:
             await self.registry.put(record)
             # A kept original has a content version, so this always retires it.
             if current is not None and record_version(current) != record_version(record):
-                await self._retire(current)
+                await self._retire(current, record)
         return Stored(record, "replaced" if current is not None else "created")
 
     async def upload(
@@ -329,6 +351,8 @@ class ImageService:
                 return None
             await self.registry.delete(image_id)
             dropped = await self.cache.delete_prefix(image_prefix(image_id))
+            if self.store_mode is not None:
+                dropped += await self.store_mode.remove(image_id)
             deleted = False
             if record.sha256:
                 deleted = await self._release(record.sha256, image_id)
@@ -353,11 +377,14 @@ class ImageService:
                 return record
         return None
 
-    async def _retire(self, previous: ImageRecord | None) -> None:
-        """After a replacement: drop the old variants and, if unshared, the old original."""
+    async def _retire(self, previous: ImageRecord | None, current: ImageRecord) -> None:
+        """After a replacement: drop the old variants (store mode: and the old masters)
+        and, if unshared, the old original."""
         if previous is None:
             return
         await self.cache.delete_prefix(image_prefix(previous.image_id))
+        if self.store_mode is not None:
+            await self.store_mode.retire(current)
         if previous.sha256:
             await self._release(previous.sha256, previous.image_id)
         self._changed(previous.image_id)

@@ -65,6 +65,9 @@ REQUEST_BUCKETS = (
 # How long a worker's tallied counts wait before they are added to the Prometheus metrics.
 FLUSH_SECONDS = 1.0
 
+# A derivation from a cached master takes ~15 ms (jpg) to ~150 ms (avif); decoding adds ~60 ms.
+DERIVE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
 UPSTREAM_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 30.0, 60.0, 120.0, 300.0)
 
 
@@ -163,7 +166,13 @@ class Tally:
 class Metrics:
     """Every metric the proxy exports, and the hooks the services call to feed them."""
 
-    def __init__(self, *, multiprocess_path: Path | None = None, shared_tier: str = "disk") -> None:
+    def __init__(
+        self,
+        *,
+        multiprocess_path: Path | None = None,
+        shared_tier: str = "disk",
+        store_mode: bool = False,
+    ) -> None:
         self.multiprocess_path = multiprocess_path
         # The shared tier is named by what it is (disk, redis) in labels and logs.
         self.shared_tier = shared_tier
@@ -306,9 +315,43 @@ class Metrics:
         for tier in ("memory", shared_tier, "miss", "coalesced"):
             self.cache_results.labels(tier)
         self.tally = Tally(self.requests, self.request_seconds, self.cache_results)
+        self.store_mode = store_mode
+        if store_mode:
+            self._store_metrics(r)
         for purpose in ("variants", "upload"):
             self.tokens_minted.labels(purpose)
             self.ambiguous_mints.labels(purpose)
+
+    def _store_metrics(self, r: CollectorRegistry) -> None:
+        """Store mode's metrics (PROXY_MODE=store only: redirect mode exports none of them)."""
+        self.masters_minted = Counter(
+            "cutproxy_masters_minted",
+            "Store mode: masters paid for (one token each: a request's, a warm-up's, or an "
+            "upload's that carried its master).",
+            registry=r,
+        )
+        self.variants_derived = Counter(
+            "cutproxy_variants_derived",
+            "Store mode: variants derived from a master (none of them minted).",
+            registry=r,
+        )
+        self.derive_seconds = Histogram(
+            "cutproxy_derive_seconds",
+            "Store mode: CPU-bound time of one derivation in a worker thread (waiting for the "
+            "limiter not included).",
+            buckets=DERIVE_BUCKETS,
+            registry=r,
+        )
+        self.variant_bytes_kept = Gauge(
+            "cutproxy_variant_bytes_kept",
+            "Store mode: derived variants' bytes kept, by tier: memory (per worker; the "
+            "fullest worker's) and disk (the host's, shared by its workers).",
+            ["tier"],
+            registry=r,
+            multiprocess_mode="livemax",
+        )
+        for tier in ("memory", "disk", "derived", "coalesced"):
+            self.cache_results.labels(tier)
 
     def name_shared_tier(self, shared: object) -> None:
         """Label the shared tier by its kind: ``DiskTier`` → disk, ``RedisTier`` → redis."""
@@ -363,6 +406,26 @@ class Metrics:
 
     def miss_refused(self, reason: str, answer: str) -> None:
         self.misses_refused.labels(reason, answer).inc()
+
+    # -- store mode's hooks (the master service, the deriver, the store service) ---------
+    def master_found(self, source: str) -> None:
+        """Counted per request by :meth:`resolved`; nothing more to count."""
+
+    def master_adopted(self) -> None:
+        """Counted as minted by :meth:`master_minted` (the upload's token paid for it)."""
+
+    def master_minted(self) -> None:
+        self.masters_minted.inc()
+
+    def variant_found(self, tier: str) -> None:
+        """Counted per request by :meth:`resolved`; nothing more to count."""
+
+    def variant_derived(self, seconds: float) -> None:
+        self.variants_derived.inc()
+        self.derive_seconds.observe(seconds)
+
+    def bytes_kept(self, tier: str, nbytes: int) -> None:
+        self.variant_bytes_kept.labels(tier).set(nbytes)
 
     def hit_path_failed(self) -> None:
         self.hit_path_errors.inc()

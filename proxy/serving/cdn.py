@@ -7,9 +7,10 @@
 
 A redirect to an output URL is only good while that URL lives, so both lifetimes (browsers'
 ``max-age`` and shared caches' ``s-maxage``/``CDN-Cache-Control``/``Surrogate-Control``) are
-capped by the URL's remaining life, never by a fixed number. Errors: 4xx briefly, 5xx and
-429 never (``no-store`` for every audience), and so is anything decided per request (a
-budget fallback), which a shared cache must not hand to the next visitor.
+capped by the URL's remaining life, never by a fixed number. Store mode's bytes live until
+their image changes (:meth:`CachePolicy.stored`): long lifetimes, purged by key. Errors: 4xx
+briefly, 5xx and 429 never (``no-store`` for every audience), and so is anything decided per
+request (a budget fallback), which a shared cache must not hand to the next visitor.
 """
 
 from __future__ import annotations
@@ -36,6 +37,10 @@ log = logging.getLogger("cutproxy.cdn")
 """The values of ``PROXY_CDN_PURGE_STYLE``."""
 
 NO_STORE = "no-store"
+# Store mode's lifetimes when PROXY_BROWSER_MAX_AGE / PROXY_CDN_MAX_AGE are unset (seconds).
+STORED_BROWSER_MAX_AGE = 86400
+STORED_SHARED_MAX_AGE = 31536000
+STALE_IF_ERROR = 86400
 SCOPE_KEYS = "surrogate_keys"  # where a handler leaves its tags in ``scope["state"]``
 
 
@@ -84,6 +89,31 @@ class CachePolicy:
             "Cache-Control": cache_control,
             # RFC 9213 (Cloudflare, Akamai, Fastly) and Surrogate-Control (Fastly, Varnish
             # setups): the shared lifetime again, for CDNs that read only their own header.
+            "CDN-Cache-Control": f"max-age={shared}",
+            "Surrogate-Control": f"max-age={shared}",
+        }
+
+    def stored(self) -> dict[str, str]:
+        """Headers of a store-mode answer (the bytes, their JSON, a 304).
+
+        A URL's bytes change only when its image is replaced, and that purges shared caches
+        by surrogate key: browsers keep them ``PROXY_BROWSER_MAX_AGE`` (a day by default),
+        shared caches ``PROXY_CDN_MAX_AGE`` (a year), and either may serve them a day past
+        that while the proxy answers errors (``stale-if-error``, RFC 5861).
+        """
+        browser = STORED_BROWSER_MAX_AGE if self.browser_max_age is None else self.browser_max_age
+        shared = STORED_SHARED_MAX_AGE if self.shared_max_age is None else self.shared_max_age
+        if browser <= 0 and shared <= 0:
+            return no_store()
+        if shared <= 0:
+            return {
+                "Cache-Control": f"private, max-age={browser}",
+                "CDN-Cache-Control": NO_STORE,
+                "Surrogate-Control": NO_STORE,
+            }
+        return {
+            "Cache-Control": f"public, max-age={browser}, s-maxage={shared}, "
+            f"stale-if-error={STALE_IF_ERROR}",
             "CDN-Cache-Control": f"max-age={shared}",
             "Surrogate-Control": f"max-age={shared}",
         }

@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -29,8 +29,11 @@ from proxy.stores.registry import ImageRecord, Registry, record_version
 from proxy.upstream.contract import estimate_credits
 from proxy.url import grammar
 from proxy.url.decision import Decider
-from proxy.url.variant import output_variant
+from proxy.url.variant import Variant, output_variant
 from proxy.variants.service import VariantService
+
+if TYPE_CHECKING:  # imports pyvips: built in store mode only
+    from proxy.variants.store_mode import StoreVariants
 
 STATIC = Path(__file__).resolve().parent / "static"
 MAX_IMAGES = 48
@@ -48,12 +51,14 @@ class DemoPage:
         variants: VariantService,
         decider: Decider[Any],
         clock: Callable[[], float],
+        store: StoreVariants | None = None,
     ) -> None:
         self.settings = settings
         self.registry = registry
         self.variants = variants
         self.decider = decider
         self.clock = clock
+        self.store = store
 
     def routes(self) -> list[Route | Mount]:
         return [
@@ -74,6 +79,7 @@ class DemoPage:
             "ladder_policy": settings.ladder_policy,
             "signing": self.decider.signer is not None,
             "embedded_engine": settings.embedded_engine,
+            "mode": settings.mode,
             "images": [await self._image(record, pick) for record in records],
         }
         return JSONResponse(body, headers=no_store())
@@ -90,6 +96,8 @@ class DemoPage:
             variant = self.decider.variant(image_id, pick.size, f"{pick.bg}.{pick.ext}")
         except BadRequestError as exc:
             return {**entry, "error": exc.message}
+        if self.store is not None:
+            return {**entry, **await self._stored(self.store, record, variant)}
         output, _tier = await self.variants.cache.get(
             self.variants.key(variant, record_version(record))
         )
@@ -108,6 +116,27 @@ class DemoPage:
             if cached
             else estimate_credits([output_variant(variant, self.settings, record.original_size)]),
             "variants_cached": None if listed is None else len(listed),
+        }
+
+    async def _stored(
+        self, store: StoreVariants, record: ImageRecord, variant: Variant
+    ) -> dict[str, Any]:
+        """Store mode: whether the variant is kept (memory or disk), and what it costs: 0
+        once the image's master is kept, else the master's mint."""
+        from proxy.variants.store_mode import variant_size  # store mode only: pyvips
+
+        kept = await store.deriver.tiers.get(store.deriver.key(record, store.spec(variant)))
+        mastered = await store.masters.store.exists(store.masters.key(record, store.quality))
+        size = variant_size(variant, record.original_size, self.settings.master_max_pixels)
+        width, height = size or (variant.width, variant.height)
+        master = store.masters.spec(record, store.quality)
+        return {
+            "canonical": variant.path,
+            "output": {"width": width, "height": height, "exact": size is not None},
+            "cached": kept is not None,
+            "expires_in": None,
+            "credits": 0.0 if mastered else estimate_credits([master]),
+            "variants_cached": None,
         }
 
 

@@ -7,7 +7,9 @@
     GET    /images             paginated: ?after=<id>&limit=<n>
     GET    /images/{id}        metadata and the variants currently cached
     DELETE /images/{id}        mapping, cached variants, and the original unless shared
-    POST   /images/{id}/warm   {"sizes": ["640x640", ...], "bg": "ffffff", "ext": "jpg"}
+    POST   /images/{id}/warm   {"sizes": ["640x640", ...], "bg": "ffffff", "ext": "jpg",
+                                "fit": "cover"}  (store mode: the master minted if missing,
+                               the sizes derived)
 
 Bodies are read as a stream with a running count, refused with 413 the moment they pass the
 limit (and before reading, from Content-Length); nothing is stored before the image passes
@@ -18,7 +20,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import anyio.to_thread
 from starlette.datastructures import UploadFile
@@ -40,6 +42,9 @@ from proxy.url.decision import Decider
 from proxy.url.variant import Variant, image_prefix, output_variant
 from proxy.variants.coalesce import holding
 from proxy.variants.service import VariantService
+
+if TYPE_CHECKING:  # imports pyvips: built in store mode only
+    from proxy.variants.store_mode import StoreVariants
 
 # Room for the multipart framing and the small text fields around the image.
 MULTIPART_SLACK = 64 * 1024
@@ -71,6 +76,7 @@ class ImagesAPI:
         variants: VariantService,
         decider: Decider[Any],
         clock: Callable[[], float],
+        store: StoreVariants | None = None,
     ) -> None:
         self.settings = settings
         self.images = images
@@ -78,6 +84,7 @@ class ImagesAPI:
         self.variants = variants
         self.decider = decider
         self.clock = clock
+        self.store = store
 
     def routes(self) -> list[Route]:
         return [
@@ -170,6 +177,8 @@ class ImagesAPI:
         record = await self.registry.get(image_id)
         if record is None:
             raise NotFoundError(f"unknown image {image_id!r}", code="unknown_image")
+        if self.store is not None:
+            return await self._warm_stored(self.store, record, wanted)
         service = self.variants
         version = record_version(record)
         keys = {variant: service.key(variant, version) for variant in wanted}
@@ -210,6 +219,23 @@ class ImagesAPI:
                 "pending": pending,
                 "tokens": 1 if todo else 0,
                 "estimated_credits": credits,
+            }
+        )
+
+    async def _warm_stored(
+        self, store: StoreVariants, record: ImageRecord, wanted: list[Variant]
+    ) -> Response:
+        """Store mode: the master minted if no worker keeps it, then the variants derived."""
+        warmed = await store.warm(record, wanted)
+        return JSONResponse(
+            {
+                "image_id": record.image_id,
+                "rendered": warmed.derived,
+                "skipped": warmed.kept,
+                "pending": [],
+                "tokens": 1 if warmed.minted else 0,
+                "estimated_credits": warmed.credits,
+                "master": "minted" if warmed.minted else "kept",
             }
         )
 
@@ -301,7 +327,7 @@ def warm_variants(image_id: str, body: Any, decider: Decider[Any]) -> list[Varia
     same decision (the grammar's limits, the size ladder), with no signature to check."""
     if not isinstance(body, dict):
         raise BadRequestError("the body must be a JSON object", code="bad_body")
-    unknown = set(body) - {"sizes", "bg", "ext"}
+    unknown = set(body) - {"sizes", "bg", "ext", "fit"}
     if unknown:
         raise BadRequestError(f"unknown field(s): {', '.join(sorted(unknown))}", code="bad_body")
     sizes = body.get("sizes")
@@ -314,12 +340,23 @@ def warm_variants(image_id: str, body: Any, decider: Decider[Any]) -> list[Varia
             f'sizes must be a list of 1 to {MAX_WARM_SIZES} sizes like "640x640"',
             code="bad_sizes",
         )
-    bg, ext = body.get("bg", "ffffff"), body.get("ext", "jpg")
+    bg, ext, fit = body.get("bg", "ffffff"), body.get("ext", "jpg"), body.get("fit")
     if not isinstance(bg, str) or not isinstance(ext, str):
         raise BadRequestError("bg and ext must be strings", code="bad_body")
+    if fit is not None and not isinstance(fit, str):
+        raise BadRequestError("fit must be a string: contain, pad or cover", code="bad_body")
     variants: dict[str, Variant] = {}
     for size in sizes:
         # As for a visitor's URL: the canonical spelling, the rung under snap, 400s alike.
-        variant = decider.variant(image_id, size, f"{bg}.{ext}")
+        variant = decider.variant(image_id, with_fit(size, fit), f"{bg}.{ext}")
         variants[variant.path] = variant
     return list(variants.values())
+
+
+def with_fit(size: str, fit: str | None) -> str:
+    """A size segment with the fit suffix put in its place: ``320x320@2x`` with ``cover`` is
+    ``320x320-cover@2x`` (the grammar judges both, a default fit is spelled away)."""
+    if not fit:
+        return size
+    box, at, density = size.partition("@")
+    return f"{box}-{fit}{at}{density}"

@@ -1,5 +1,9 @@
-"""Redirect or JSON: what a variant URL answers, by the request's ``Accept`` header
-(read by the decision, :func:`proxy.url.decision.wants_json`).
+"""Redirect, bytes or JSON: what a variant URL answers, by the mode and the request's
+``Accept`` header (read by the decision, :func:`proxy.url.decision.wants_json`).
+
+Store mode (:meth:`Negotiation.stored`) answers the bytes themselves: ``200`` with their
+exact type and length and a strong ``ETag`` (``304`` when ``If-None-Match`` names it),
+or for apps JSON with the variant's URL, size, format, byte count and ETag.
 
 Browsers (``<img>``, CSS, navigation) send ``image/*`` or ``*/*`` and get the 302. Apps that
 send ``Accept: application/json`` get ``200`` with where the output is, its pixel size, its
@@ -26,6 +30,7 @@ from proxy.serving import responses
 from proxy.serving.cdn import CachePolicy, tag_raw
 from proxy.serving.responses import RawHeaders
 from proxy.stores.cache import CachedOutput
+from proxy.stores.derived import StoredVariant
 from proxy.stores.registry import ImageRecord, Registry
 from proxy.upstream.contract import fit
 from proxy.url.variant import Variant, max_resolution
@@ -84,6 +89,7 @@ class Negotiation:
     registry: Registry
     clock: Callable[[], float]
     autocrop: bool = False
+    public_url: str = ""  # store mode's JSON names the variant's own URL: PROXY_PUBLIC_URL
 
     async def answer(
         self,
@@ -108,3 +114,50 @@ class Negotiation:
             )
         headers = responses.redirect_headers(output, now, extra, policy=self.policy, shared=shared)
         return responses.raw_response(302, headers)
+
+    def stored(
+        self,
+        variant: Variant,
+        stored: StoredVariant,
+        *,
+        json: bool,
+        if_none_match: bytes | None = None,
+        head: bool = False,
+        extra: RawHeaders = VARY_ACCEPT,
+    ) -> Response:
+        """Store mode's answer: the bytes (``head``: their headers only), a 304 when
+        ``if_none_match`` names their ETag, or JSON about them for apps (``json``)."""
+        if json:
+            return responses.stored_json(
+                stored_json(variant, stored, self.public_url), policy=self.policy, extra=extra
+            )
+        if if_none_match is not None and etag_matches(if_none_match, stored.etag):
+            headers = responses.not_modified_headers(stored, extra, policy=self.policy)
+            return responses.raw_response(304, headers)
+        headers = responses.stored_headers(stored, extra, policy=self.policy)
+        return responses.bytes_response(200, headers, b"" if head else stored.data)
+
+
+def stored_json(variant: Variant, stored: StoredVariant, public_url: str) -> dict[str, Any]:
+    """The JSON body for apps in store mode: where the bytes are, their size (exact: they
+    are made), format, length and ETag. No expiry: the URL lives as long as its image."""
+    return {
+        "url": public_url.rstrip("/") + variant.path,
+        "width": stored.width,
+        "height": stored.height,
+        "format": variant.ext,
+        "size_exact": True,
+        "bytes": len(stored.data),
+        "etag": stored.etag,
+    }
+
+
+def etag_matches(if_none_match: bytes, etag: str) -> bool:
+    """Whether an ``If-None-Match`` value names ``etag`` (RFC 9110's weak comparison, as a
+    GET's If-None-Match uses; ``*`` names any)."""
+    wanted = etag.removeprefix("W/")
+    for candidate in if_none_match.decode("latin-1").split(","):
+        candidate = candidate.strip()
+        if candidate == "*" or candidate.removeprefix("W/") == wanted:
+            return True
+    return False

@@ -2,8 +2,8 @@
 
     DELETE /images/{id}/variants   (admin) drop the cached variants, purge the CDN by key
 
-The next request for any variant renders it again (one mint per variant). The image keeps
-its upload and its original.
+The next request for any variant renders it again (one mint per variant; in store mode a
+derivation from the kept master, no mint). The image keeps its upload and its original.
 
 :func:`purge_image` is the one call that replacing or deleting an image makes too (the
 image service's change hook), so a CDN never keeps a redirect to an image that changed.
@@ -14,7 +14,7 @@ the proxy's part is done, and calling it again is safe.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -26,6 +26,9 @@ from proxy.stores.registry import VARIANTS_GENERATION, Registry
 from proxy.url import grammar
 from proxy.url.variant import image_prefix
 from proxy.variants.service import VariantService
+
+if TYPE_CHECKING:  # imports pyvips: built in store mode only
+    from proxy.variants.store_mode import StoreVariants
 
 
 async def purge_image(purger: Purger | None, image_id: str) -> dict[str, Any]:
@@ -45,6 +48,7 @@ class Purge:
     registry: Registry
     variants: VariantService
     purger: Purger | None = None
+    store: StoreVariants | None = None  # store mode: the derived variants go too
 
     async def _next_generation(self, image_id: str) -> bool:
         """Give the image a new variants generation; False if the image is unknown.
@@ -67,6 +71,8 @@ class Purge:
         image_id = grammar.check_image_id(request.path_params["image_id"])
         known = await self._next_generation(image_id)
         dropped = await self.variants.cache.delete_prefix(image_prefix(image_id))
+        if self.store is not None:  # derived again from the kept master: no mint
+            dropped += await self.store.drop_variants(image_id)
         self.variants.forget(image_id)
         report = await purge_image(self.purger, image_id)
         body: dict[str, Any] = {

@@ -1,4 +1,5 @@
-"""How answers look on the wire: redirects with honest lifetimes, errors as JSON."""
+"""How answers look on the wire: redirects with honest lifetimes, store mode's bytes with their
+ETag, errors as JSON."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from starlette.responses import JSONResponse, RedirectResponse, Response
 from proxy.errors import ProxyError
 from proxy.serving.cdn import CachePolicy, add_tags, no_store
 from proxy.stores.cache import CachedOutput
+from proxy.stores.derived import StoredVariant
 
 log = logging.getLogger("cutproxy")
 
@@ -87,6 +89,48 @@ def output_json(
     """200 JSON about the output (apps), with the redirect's lifetimes."""
     headers = policy.output(output.remaining(now)) if shared else no_store()
     response = JSONResponse(body, headers=headers)
+    response.raw_headers += extra
+    return response
+
+
+def stored_headers(
+    stored: StoredVariant, extra: RawHeaders = (), *, policy: CachePolicy = DEFAULT_POLICY
+) -> list[tuple[bytes, bytes]]:
+    """A store-mode 200's headers: the exact type and length, the strong ETag, the
+    lifetimes of :meth:`CachePolicy.stored`, then ``extra`` (Vary, surrogate keys)."""
+    return [
+        (b"content-type", stored.content_type.encode("latin-1")),
+        (b"content-length", str(len(stored.data)).encode("latin-1")),
+        (b"etag", stored.etag.encode("latin-1")),
+        *_stored_raw(policy),
+        *extra,
+    ]
+
+
+def not_modified_headers(
+    stored: StoredVariant, extra: RawHeaders = (), *, policy: CachePolicy = DEFAULT_POLICY
+) -> list[tuple[bytes, bytes]]:
+    """A 304's headers: the ETag and the same lifetimes and extras as the 200, no body."""
+    return [(b"etag", stored.etag.encode("latin-1")), *_stored_raw(policy), *extra]
+
+
+def bytes_response(status_code: int, headers: list[tuple[bytes, bytes]], body: bytes) -> Response:
+    """An answer with ``body`` and exactly ``headers`` (which carry its length)."""
+    response = Response(content=body, status_code=status_code)
+    response.raw_headers = headers
+    return response
+
+
+@functools.lru_cache(maxsize=64)
+def _stored_raw(policy: CachePolicy) -> tuple[tuple[bytes, bytes], ...]:
+    return raw_headers(policy.stored())
+
+
+def stored_json(
+    body: dict[str, Any], *, policy: CachePolicy = DEFAULT_POLICY, extra: RawHeaders = ()
+) -> JSONResponse:
+    """200 JSON about a store-mode variant (apps), with the bytes' lifetimes."""
+    response = JSONResponse(body, headers=policy.stored())
     response.raw_headers += extra
     return response
 

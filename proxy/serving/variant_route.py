@@ -2,7 +2,9 @@
 
 The hit path (:mod:`proxy.serving.hitpath`) answers memory hits before this runs; everything
 else comes here: misses, the 308s, JSON for apps, errors. Both ask the same
-:class:`~proxy.url.decision.Decider`, so a URL never means two things.
+:class:`~proxy.url.decision.Decider`, so a URL never means two things. In store mode
+(``store``) the answer is the variant's bytes from
+:class:`~proxy.variants.store_mode.StoreVariants` instead of a redirect.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -25,6 +28,9 @@ from proxy.stores.cache import CachedOutput
 from proxy.url.decision import ROUTE, Decider, Redirect
 from proxy.url.variant import Variant
 from proxy.variants.service import VariantService
+
+if TYPE_CHECKING:  # store mode's module imports pyvips: the app imports it in store mode only
+    from proxy.variants.store_mode import StoreVariants
 
 __all__ = ["ROUTE", "Described", "VariantEndpoint", "describe", "mark_fallback"]
 
@@ -65,9 +71,11 @@ class VariantEndpoint:
         fallback_max_age: int = 60,
         error_max_age: int = 60,
         clock: Callable[[], float],
+        store: StoreVariants | None = None,
     ) -> None:
         self.decider = decider
         self.variants = variants
+        self.store = store
         self.negotiation = negotiation
         self.trusted = tuple(trusted)
         self.fallback_max_age = fallback_max_age
@@ -94,6 +102,8 @@ class VariantEndpoint:
         variant, about = decision.variant, decision.about
         # Every answer from here on (errors too) is about this image: CDNs can purge it by key.
         cdn.tag(scope, about.tags)
+        if self.store is not None:
+            return await self._stored(request, variant, about, json=decision.json)
         # Hits first: who the client is (forwarding headers, address parsing) matters to
         # misses only.
         resolved = self.variants.hit(variant) or await self.variants.resolve(
@@ -111,6 +121,25 @@ class VariantEndpoint:
             return response
         return await self.negotiation.answer(
             variant, resolved.output, json=decision.json, extra=about.headers
+        )
+
+    async def _stored(
+        self, request: Request, variant: Variant, about: Described, *, json: bool
+    ) -> Response:
+        """Store mode: the variant's bytes (hits first, as above), a 304, or JSON."""
+        assert self.store is not None
+        scope = request.scope
+        delivered = self.store.hit(variant) or await self.store.resolve(
+            variant, client=self.client(request)
+        )
+        scope.setdefault("state", {})["cache_tier"] = delivered.tier
+        return self.negotiation.stored(
+            variant,
+            delivered.variant,
+            json=json,
+            if_none_match=_first(scope["headers"], b"if-none-match"),
+            head=scope["method"] == "HEAD",
+            extra=about.headers,
         )
 
     def client(self, request: Request) -> str:
