@@ -120,8 +120,12 @@ class AdminClient:
             return None
         return _ok(response)
 
-    async def warm(self, image_id: str, sizes: list[str], bg: str, ext: str) -> dict[str, Any]:
-        body = {"sizes": sizes, "bg": bg, "ext": ext}
+    async def warm(
+        self, image_id: str, sizes: list[str], bg: str, ext: str, fit: str | None = None
+    ) -> dict[str, Any]:
+        body: dict[str, Any] = {"sizes": sizes, "bg": bg, "ext": ext}
+        if fit:
+            body["fit"] = fit
         return _ok(await self._call("POST", f"/images/{image_id}/warm", json=body))
 
     async def list_images(self, after: str | None, limit: int) -> dict[str, Any]:
@@ -313,12 +317,17 @@ def warm_command(
         str, typer.Option(help="Comma-separated sizes, e.g. 320x320,640x640,1280x1280.")
     ] = "320x320,640x640,1280x1280",
     bg: Annotated[str, typer.Option(help="Background: hex colour or 'transparent'.")] = "ffffff",
-    ext: Annotated[str, typer.Option(help="Format: jpg, png or webp.")] = "jpg",
+    ext: Annotated[str, typer.Option(help="Format: jpg, png or webp (store mode: avif).")] = "jpg",
+    fit: Annotated[
+        str | None,
+        typer.Option(help="contain, pad or cover (default: the proxy's PROXY_FIT)."),
+    ] = None,
     url: UrlOption = DEFAULT_URL,
     token: TokenOption = None,
     concurrency: ConcurrencyOption = 4,
 ) -> None:
-    """Pre-render variants into the cache: one token per image; cached ones are skipped."""
+    """Pre-render variants into the cache: one token per image; cached ones are skipped.
+    In store mode: the image's master minted if missing, the sizes derived from it."""
     wanted = [s.strip() for s in sizes.split(",") if s.strip()]
     if not wanted:
         raise typer.BadParameter("give at least one size", param_hint="--sizes")
@@ -329,7 +338,7 @@ def warm_command(
     async def work(client: AdminClient, image_id: str) -> None:
         nonlocal credits
         try:
-            answer = await client.warm(image_id, wanted, bg, ext)
+            answer = await client.warm(image_id, wanted, bg, ext, fit)
         except FatalAdminError:
             raise
         except AdminError as exc:
@@ -347,7 +356,8 @@ def warm_command(
         return len(ids)
 
     count = _run(everything, url, token)
-    out.print(f"warm: {count} image(s) x {len(wanted)} size(s), background {bg}, {ext}")
+    shape = f", {fit}" if fit else ""
+    out.print(f"warm: {count} image(s) x {len(wanted)} size(s), background {bg}, {ext}{shape}")
     table = Table()
     table.add_column("")
     table.add_column("count", justify="right")

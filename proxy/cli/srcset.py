@@ -17,7 +17,8 @@ from proxy.url.signing import Signer
 
 
 def register(app: typer.Typer) -> None:
-    """Add ``srcset IMAGE_ID [--widths ...] [--ratio ...] [--bg ...] [--ext ...]`` to ``app``."""
+    """Add ``srcset IMAGE_ID [--widths ...] [--ratio ...] [--bg ...] [--ext ...] [--fit ...]``
+    to ``app``."""
     app.command("srcset")(srcset)
 
 
@@ -28,7 +29,13 @@ def srcset(
     ] = "320,640,1280",
     ratio: Annotated[str, typer.Option(help="Box aspect ratio W:H.")] = "1:1",
     bg: Annotated[str, typer.Option(help="Background: hex colour or transparent.")] = "ffffff",
-    ext: Annotated[str, typer.Option(help="Format: jpg, png or webp.")] = "jpg",
+    ext: Annotated[str, typer.Option(help="Format: jpg, png or webp (store mode: avif).")] = "jpg",
+    fit: Annotated[
+        str | None,
+        typer.Option(
+            help="contain, pad or cover (default: PROXY_FIT; pad and cover need PROXY_MODE=store)."
+        ),
+    ] = None,
     base_url: Annotated[
         str | None, typer.Option(help="Prefix of every URL (default: PROXY_PUBLIC_URL).")
     ] = None,
@@ -61,6 +68,7 @@ def srcset(
             base_url=settings.public_url if base_url is None else base_url,
             ttl=ttl,
             now=time.time(),
+            fit=fit,
         )
     except (ValueError, SettingsError) as exc:
         _fail(str(exc))

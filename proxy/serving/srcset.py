@@ -7,13 +7,15 @@ the proxy enforces:
 - each width is snapped with :func:`proxy.ladder.snap_width` (the smallest ladder width at
   least as large, or the largest one), and the height follows the ratio as the ladder's
   rungs do; a ratio the ladder does not offer is an error while a ladder policy is on;
-- background and format are spelled canonically (``FFF`` → ``ffffff``, ``jpeg`` → ``jpg``),
-  so no candidate costs a 308;
+- background, format and fit are spelled canonically (``FFF`` → ``ffffff``, ``jpeg`` →
+  ``jpg``, the default fit left out, another one as a suffix: ``640x640-cover``), so no
+  candidate costs a 308;
 - with a :class:`~proxy.signing.Signer`, every URL is signed (optionally with an expiry).
 
 The renderer fits the image inside each box without upscaling, so with the original's size
 (``original=``) the ``w`` descriptors are the widths actually delivered and boxes that would
-deliver the same pixels are merged; without it they are the box widths.
+deliver the same pixels are merged; without it they are the box widths. In store mode pad
+and cover deliver exactly the box, so their descriptors are the box widths.
 
     >>> srcset("shoe", [300, 600], "1:1", "fff", "jpg")
     '/img/shoe/320x320/ffffff.jpg 320w, /img/shoe/640x640/ffffff.jpg 640w'
@@ -29,7 +31,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from proxy.errors import ProxyError
-from proxy.serving.negotiation import output_size
+from proxy.serving.negotiation import OutputSize, output_size
 from proxy.settings import Settings
 from proxy.url.decision import Decider, plain
 from proxy.url.ladder import Ladder, snap_width
@@ -100,10 +102,12 @@ def candidates(
     ttl: float | None = None,
     now: float | None = None,
     decider: Decider[Any] | None = None,
+    fit: str | None = None,
 ) -> list[Candidate]:
     """The candidates, smallest first. Raises ValueError when the proxy would not serve them.
 
-    ``decider``: the proxy's decision on variant URLs (by default, the settings' own).
+    ``decider``: the proxy's decision on variant URLs (by default, the settings' own);
+    ``fit``: contain, pad or cover (None: the default fit; pad and cover need store mode).
     """
     settings = settings or Settings()
     decider = decider or Decider.from_settings(settings, plain)
@@ -120,11 +124,11 @@ def candidates(
                     f"{width}x{height} ({rw}:{rh}) is not on the size ladder "
                     f"(PROXY_LADDER_POLICY={settings.ladder_policy}); ratios offered: {offered}"
                 )
-        variant = _variant(decider, image_id, width, height, bg, ext)
+        variant = _variant(decider, image_id, width, height, bg, ext, fit)
         variants.setdefault((variant.width, variant.height), variant)
     by_width: dict[int, Candidate] = {}
     for variant in sorted(variants.values(), key=lambda v: v.width):
-        size = output_size(variant, original, autocrop=settings.autocrop)
+        size = delivered_size(variant, original, settings)
         if size.width in by_width:
             continue  # a larger box that delivers the same pixels: the smaller one is enough
         url = base_url.rstrip("/") + variant.path
@@ -135,13 +139,35 @@ def candidates(
 
 
 def _variant(
-    decider: Decider[Any], image_id: str, width: int, height: int, bg: str, ext: str
+    decider: Decider[Any],
+    image_id: str,
+    width: int,
+    height: int,
+    bg: str,
+    ext: str,
+    fit: str | None = None,
 ) -> Variant:
     """The variant the proxy serves for this candidate's URL, canonically spelled."""
+    size = f"{width}x{height}" if not fit else f"{width}x{height}-{fit}"
     try:
-        return decider.variant(image_id, f"{width}x{height}", f"{bg}.{ext}")
+        return decider.variant(image_id, size, f"{bg}.{ext}")
     except ProxyError as exc:
         raise ValueError(exc.message) from None
+
+
+def delivered_size(
+    variant: Variant, original: tuple[int, int] | None, settings: Settings
+) -> OutputSize:
+    """The pixel size the proxy delivers for ``variant``: the upstream's fit in redirect
+    mode; in store mode the derivation's (exactly the box for pad and cover)."""
+    if not settings.store_mode:
+        return output_size(variant, original, autocrop=settings.autocrop)
+    from proxy.variants.store_mode import variant_size  # imports pyvips: store mode only
+
+    size = variant_size(variant, original, settings.master_max_pixels)
+    if size is None:
+        return OutputSize(variant.width, variant.height, exact=False)
+    return OutputSize(*size, exact=True)
 
 
 def srcset(
@@ -156,6 +182,7 @@ def srcset(
     original: tuple[int, int] | None = None,
     base_url: str = "",
     ttl: float | None = None,
+    fit: str | None = None,
 ) -> str:
     """The ``srcset`` attribute's value, e.g. ``/img/a/320x320/ffffff.jpg 320w, ...``."""
     found = candidates(
@@ -169,6 +196,7 @@ def srcset(
         original=original,
         base_url=base_url,
         ttl=ttl,
+        fit=fit,
     )
     return ", ".join(c.descriptor for c in found)
 

@@ -1,6 +1,6 @@
 """``GET /srcset/{image_id}``: ``<img srcset>`` markup for a registered image.
 
-    GET /srcset/demo?widths=320,640,1280&ratio=1:1&bg=ffffff&ext=jpg&sizes=100vw&alt=Mug
+    GET /srcset/demo?widths=320,640,1280&ratio=1:1&bg=ffffff&ext=jpg&fit=cover&sizes=100vw&alt=Mug
 
 answers the ``<img>`` element as ``text/html``, or with ``Accept: application/json`` an
 object with ``html``, ``srcset``, ``sizes``, ``src``, ``width``, ``height`` and the
@@ -71,6 +71,7 @@ class SrcsetAPI:
                 base_url=settings.public_url,
                 now=self.clock(),
                 decider=self.decider,
+                fit=query.get("fit") or None,
             )
         except ValueError as exc:
             raise BadRequestError(str(exc), code="bad_srcset") from None
