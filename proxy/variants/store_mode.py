@@ -60,7 +60,10 @@ from proxy.variants.service import VariantService
 
 log = logging.getLogger("cutproxy.store")
 
-_JOIN_ATTEMPTS = 3  # a request whose master mint was refused for another client leads anew
+# A request whose master mint was refused for another client leads anew; one whose view of
+# the image was a replacement behind reads it again: a few times at most.
+_JOIN_ATTEMPTS = 3
+IMAGE_CHANGED = "image_changed"
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,12 +183,7 @@ class StoreVariants:
     async def resolve(self, variant: Variant, client: str | None = None) -> Delivered:
         """The variant's bytes. ``client`` (an address) is charged for the derivation it
         causes (derive rate) and for the master's mint if it leads one (miss rate, budget)."""
-        record = await self.service.record(variant.image_id)
         spec = self.spec(variant)
-        kept = self.deriver.tiers.peek(self.deriver.key(record, spec))
-        if kept is not None:
-            self.events.resolved("memory")
-            return Delivered(kept, "memory")
         guards = self.service.guards
 
         async def admit() -> None:
@@ -195,6 +193,11 @@ class StoreVariants:
         attempt = 0
         while True:
             attempt += 1
+            record = await self.service.record(variant.image_id)
+            kept = self.deriver.tiers.peek(self.deriver.key(record, spec))
+            if kept is not None:
+                self.events.resolved("memory")
+                return Delivered(kept, "memory")
             try:
                 stored, tier = await self.deriver.resolve(
                     record, spec, admit=admit, render=self._render_for(client)
@@ -206,6 +209,11 @@ class StoreVariants:
                     continue
                 if guards is not None and refused.reason != "derive_rate":
                     guards.events.miss_refused(refused.reason, "429")
+                raise
+            except ServiceUnavailableError as busy:
+                # The image was replaced after this worker last read it: read it again.
+                if busy.code == IMAGE_CHANGED and attempt < _JOIN_ATTEMPTS:
+                    continue
                 raise
         if tier == "derived":
             await self._derived(record, variant)
@@ -232,7 +240,7 @@ class StoreVariants:
         if content_version(current) != content_version(record):
             service.forget(record.image_id)  # the retry reads the new record
             raise ServiceUnavailableError(
-                "the image was replaced a moment ago; retry", code="image_changed", retry_after=1
+                "the image was replaced a moment ago; retry", code=IMAGE_CHANGED, retry_after=1
             )
         guards = service.guards
         if guards is None:

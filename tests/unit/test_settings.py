@@ -91,3 +91,41 @@ def test_the_engine_settings_refuse_nan_and_infinity_too() -> None:
         EngineSettings.from_env({}).replace(error_rate=float("nan"))
     with pytest.raises(SettingsError, match="PROXY_TTL_MARGIN: expected a finite"):
         Settings.from_env({}).replace(ttl_margin=float("nan"))
+
+
+def test_store_mode_defaults_follow_the_spec() -> None:
+    redirect, store = Settings.from_env({}), Settings.from_env({"PROXY_MODE": "store"})
+    assert (redirect.mode, redirect.default_fit, redirect.store_mode) == (
+        "redirect",
+        "contain",
+        False,
+    )
+    assert (store.default_fit, store.store_mode) == ("pad", True)
+    assert Settings.from_env({"PROXY_MODE": "store", "PROXY_FIT": "cover"}).default_fit == "cover"
+    assert (store.master_max_pixels, store.variant_memory_mb, store.variant_disk_mb) == (
+        12_000_000,
+        256,
+        2048,
+    )
+    assert (store.master_cache_mb, store.derive_concurrency, store.avif_quality) == (256, 0, 60)
+    assert store.derive_rate == "300/minute"
+    assert Settings.from_env({"PROXY_CLIENT_DERIVE_RATE": "none"}).derive_rate is None
+
+
+@pytest.mark.parametrize(
+    ("env", "named"),
+    [
+        ({"PROXY_MODE": "mirror"}, "PROXY_MODE"),
+        ({"PROXY_MODE": "store", "PROXY_FIT": "stretch"}, "PROXY_FIT"),
+        # The upstream can only contain: a redirect-mode default of pad or cover cannot be.
+        ({"PROXY_FIT": "pad"}, "PROXY_FIT"),
+        ({"PROXY_MASTER_MAX_PIXELS": "12000001"}, "PROXY_MASTER_MAX_PIXELS"),
+        ({"PROXY_VARIANT_DISK_MB": "-1"}, "PROXY_VARIANT_DISK_MB"),
+        ({"PROXY_DERIVE_CONCURRENCY": "-2"}, "PROXY_DERIVE_CONCURRENCY"),
+        ({"PROXY_AVIF_QUALITY": "101"}, "PROXY_AVIF_QUALITY"),
+        ({"PROXY_CLIENT_DERIVE_RATE": "lots"}, "PROXY_CLIENT_DERIVE_RATE"),
+    ],
+)
+def test_bad_store_mode_values_name_the_variable(env: dict[str, str], named: str) -> None:
+    with pytest.raises(SettingsError, match=named):
+        Settings.from_env(env)
