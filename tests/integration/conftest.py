@@ -17,10 +17,13 @@ ENGINE_KEY = "engine-key-for-tests-0123456789"
 ADMIN = "admin-token-for-tests-0123456789"
 
 
-def product_png(width: int = 800, height: int = 600) -> bytes:
+def product_png(
+    width: int = 800, height: int = 600, fill: tuple[int, int, int] = (20, 90, 200)
+) -> bytes:
+    """A product shot: an ellipse of ``fill`` (its box half the frame, centred) on near-white."""
     image = Image.new("RGB", (width, height), (240, 240, 238))
     draw = ImageDraw.Draw(image)
-    draw.ellipse((width // 4, height // 4, 3 * width // 4, 3 * height // 4), fill=(20, 90, 200))
+    draw.ellipse((width // 4, height // 4, 3 * width // 4, 3 * height // 4), fill=fill)
     out = io.BytesIO()
     image.save(out, "PNG")
     return out.getvalue()
@@ -68,23 +71,29 @@ class Engine:
         return str(answer.json()["unique_filename"])
 
 
-@pytest.fixture
-def engine(tmp_path: Path) -> Iterator[Engine]:
-    port = free_port()
+def start_engine(directory: Path) -> Engine:
+    """The standalone engine, its data and log under ``directory`` (the caller stops it)."""
+    directory.mkdir(parents=True, exist_ok=True)
     server = start(
         cutproxy("engine", "--host", "127.0.0.1", "--port", "{port}"),
-        port=port,
-        log_path=tmp_path / "engine.log",
+        port=free_port(),
+        log_path=directory / "engine.log",
         env={
-            "PROXY_ENGINE_DATA_DIR": str(tmp_path / "engine-data"),
+            "PROXY_ENGINE_DATA_DIR": str(directory / "engine-data"),
             "PROXY_ENGINE_API_KEY": ENGINE_KEY,
         },
         ready_path="/_engine/health",
     )
+    return Engine(server)
+
+
+@pytest.fixture
+def engine(tmp_path: Path) -> Iterator[Engine]:
+    started = start_engine(tmp_path)
     try:
-        yield Engine(server)
+        yield started
     finally:
-        server.stop()
+        started.server.stop()
 
 
 def proxy_env(engine_url: str, data_dir: Path, **extra: str) -> dict[str, str]:
