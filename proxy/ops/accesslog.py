@@ -534,7 +534,8 @@ def logging_config(level: str) -> dict[str, Any]:
     """A ``logging.config.dictConfig`` (uvicorn's ``log_config``): JSON lines to stderr.
 
     uvicorn applies it in the supervisor and again in every worker process. Libraries that
-    log each HTTP call at INFO (httpx) are held at WARNING unless the level is debug.
+    log each HTTP call at INFO (httpx), or each image pipeline (libvips, through pyvips, in
+    store mode), are held at WARNING unless the level is debug.
     """
     level = level.upper()
     chatty = "DEBUG" if level == "DEBUG" else "WARNING"
@@ -560,6 +561,7 @@ def logging_config(level: str) -> dict[str, Any]:
             "uvicorn.access": {"level": "WARNING", **handler},
             "httpx": {"level": chatty, **handler},
             "httpcore": {"level": chatty, **handler},
+            "pyvips": {"level": chatty, **handler},
         },
         "root": {"level": level, "handlers": ["stderr"]},
     }

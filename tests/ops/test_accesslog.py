@@ -136,6 +136,8 @@ def test_the_log_level_setting_filters_json_lines_on_stderr() -> None:
         "logging.getLogger('cutproxy.access').info('request')\n"
         "logging.getLogger('cutproxy.upstream').warning('slow upstream')\n"
         "logging.getLogger('httpx').info('HTTP Request: POST ...')\n"
+        # libvips (store mode) says this at INFO after every derivation's pipeline.
+        "logging.getLogger('pyvips').info('VIPS: threadpool completed with 2 workers')\n"
     )
     printed = {}
     for level in ("info", "warning", "debug"):
@@ -150,7 +152,12 @@ def test_the_log_level_setting_filters_json_lines_on_stderr() -> None:
         printed[level] = [json.loads(line)["msg"] for line in result.stderr.splitlines()]
     assert printed["info"] == ["request", "slow upstream"]
     assert printed["warning"] == ["slow upstream"]
-    assert printed["debug"] == ["request", "slow upstream", "HTTP Request: POST ..."]
+    assert printed["debug"] == [
+        "request",
+        "slow upstream",
+        "HTTP Request: POST ...",
+        "VIPS: threadpool completed with 2 workers",
+    ]
 
 
 def test_request_ids_are_unique_and_a_forked_worker_makes_its_own() -> None:
