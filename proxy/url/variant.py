@@ -44,7 +44,12 @@ class Variant:
 
     @property
     def path(self) -> str:
-        return f"/img/{self.image_id}/{self.size}/{self.bg}.{self.ext}"
+        # Spelled out, not through ``size``: every redirect-mode hit builds its cache key here.
+        if self.fit_named:
+            return (
+                f"/img/{self.image_id}/{self.width}x{self.height}-{self.fit}/{self.bg}.{self.ext}"
+            )
+        return f"/img/{self.image_id}/{self.width}x{self.height}/{self.bg}.{self.ext}"
 
     @property
     def name(self) -> str:
