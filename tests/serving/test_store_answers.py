@@ -187,3 +187,45 @@ async def test_metrics_and_costs_count_masters_derivations_and_bytes(rig: Rig) -
     assert "cutproxy_variants_derived_total 3.0" in metrics
     assert "cutproxy_derive_seconds_count 3.0" in metrics
     assert f'cutproxy_variant_bytes_kept{{tier="disk"}} {float(tiers["disk"])}' in metrics
+
+
+async def test_srcset_takes_a_fit_and_describes_the_frames(rig: Rig) -> None:
+    await rig.upload("mug", photo(size=(800, 600)))
+    query = {"widths": "320,640", "ratio": "1:1", "fit": "cover"}
+    answer = await rig.client.get(
+        "/srcset/mug", params=query, headers={"Accept": "application/json"}
+    )
+    assert answer.status_code == 200
+    found = answer.json()["candidates"]
+    assert [c["url"] for c in found] == [
+        "http://127.0.0.1:8080/img/mug/320x320-cover/ffffff.jpg",
+        "http://127.0.0.1:8080/img/mug/640x640-cover/ffffff.jpg",
+    ]
+    assert [(c["width"], c["height"]) for c in found] == [(320, 320), (640, 640)]
+    contain = await rig.client.get(
+        "/srcset/mug",
+        params={**query, "fit": "contain", "widths": "1280"},
+        headers={"Accept": "application/json"},
+    )
+    assert contain.json()["candidates"][0]["width"] == 800  # never upscaled
+
+
+async def test_srcset_in_redirect_mode_refuses_a_frame(store_rig: MakeRig) -> None:
+    async with store_rig(mode="redirect") as rig:
+        await rig.upload("mug", photo())
+        answer = await rig.client.get("/srcset/mug", params={"fit": "pad"})
+    assert answer.status_code == 400 and "PROXY_MODE=store" in answer.json()["message"]
+
+
+async def test_the_demo_page_tells_what_is_kept_and_what_it_costs(store_rig: MakeRig) -> None:
+    async with store_rig(demo=True) as rig:
+        pick = {"w": "320", "ratio": "1:1", "bg": "ffffff", "ext": "avif"}
+        before = (await rig.client.get("/demo/images", params=pick)).json()
+        await rig.client.get("/img/demo/320x320/ffffff.avif")
+        after = (await rig.client.get("/demo/images", params=pick)).json()
+    assert before["mode"] == "store"
+    [first], [second] = before["images"], after["images"]
+    assert first["canonical"] == "/img/demo/320x320/ffffff.avif"
+    assert first["output"] == {"width": 320, "height": 320, "exact": True}
+    assert (first["cached"], first["credits"]) == (False, 0.0)  # mastered: derived for free
+    assert second["cached"] is True
