@@ -137,10 +137,35 @@ def fetch_all(
 
 
 def decode(data: bytes) -> Image.Image:
-    """The image in ``data``, fully decoded (a truncated file raises)."""
+    """The image in ``data``, fully decoded and ending where its format says it ends (a cut
+    file raises: Pillow alone decodes a PNG cut short of its IEND chunk)."""
     image = Image.open(io.BytesIO(data))
     image.load()
+    if not _ends_whole(data):
+        raise ValueError(f"{image.format} data does not end where its format says it ends")
     return image
+
+
+def _ends_whole(data: bytes) -> bool:
+    if data[:8] == b"\x89PNG\r\n\x1a\n":
+        return data.endswith(b"IEND\xaeB`\x82")
+    if data[:3] == b"\xff\xd8\xff":
+        return data.endswith(b"\xff\xd9")
+    if data[:4] == b"RIFF":
+        return int.from_bytes(data[4:8], "little") + 8 == len(data)
+    if data[4:8] == b"ftyp":  # ISO BMFF (AVIF): the top-level boxes tile the file exactly
+        at = 0
+        while at + 8 <= len(data):
+            size = int.from_bytes(data[at : at + 4], "big")
+            if size == 1:
+                size = int.from_bytes(data[at + 8 : at + 16], "big")
+            elif size == 0:
+                size = len(data) - at
+            if size < 8:
+                return False
+            at += size
+        return at == len(data)
+    return True
 
 
 def has_magic(data: bytes, ext: str) -> bool:
