@@ -185,6 +185,18 @@ class Placement:
         """How much of the frame the scaled subject takes: its larger relative side."""
         return max(self.scaled[0] / self.frame[0], self.scaled[1] / self.frame[1])
 
+    def shrunk(self, max_side: int) -> Placement:
+        """The same layout with the frame's longer side at most ``max_side`` pixels."""
+        k = max_side / max(self.frame)
+        if k >= 1:
+            return self
+        frame, scaled = self.frame, self.scaled
+        return Placement(
+            (max(1, round(frame[0] * k)), max(1, round(frame[1] * k))),
+            (max(1, round(scaled[0] * k)), max(1, round(scaled[1] * k))),
+            (round(self.offset[0] * k), round(self.offset[1] * k)),
+        )
+
 
 def place(
     subject: tuple[int, int],
@@ -312,32 +324,67 @@ def derive(
     With ``framing`` the master is first trimmed to :func:`subject_box`, then placed by
     the framing's fill and anchor (:func:`place`).
     """
-    colour = _check_output(bg, fmt, quality)
-    image, size = master.image, master.size
-    if framing is not None:
-        _check_box(width, height, fit)
-        framing.check()  # before the box is looked for: a bad request costs no pixel work
-        left, top, right, bottom = subject_box(master)
-        size = (right - left, bottom - top)
-        if size != master.size:
-            image = image.crop(left, top, *size)
-    placement = place(size, width, height, fit, framing)
-    if placement.scaled != size:
+    _check_output(bg, fmt, quality)
+    return _encode(render(master, width, height, fit, bg, framing=framing), fmt, quality)
+
+
+def placement(
+    master: Master, width: int, height: int, fit: Fit, framing: Framing | None = None
+) -> Placement:
+    """:func:`place` for this master: its whole size, or with ``framing`` its subject box.
+    ``.frame`` is the variant's size; ``.fill``, how much of it the subject takes."""
+    left, top, right, bottom = _placed_box(master, width, height, fit, framing)
+    return place((right - left, bottom - top), width, height, fit, framing)
+
+
+def render(
+    master: Master,
+    width: int,
+    height: int,
+    fit: Fit,
+    bg: str,
+    *,
+    framing: Framing | None = None,
+    max_side: int | None = None,
+) -> Any:
+    """The variant's pixels before encoding: a pyvips image, 8-bit sRGB, flattened on the
+    ``rrggbb`` colour or with its alpha (``transparent``).
+
+    ``max_side``: the same picture laid out as at full size, shrunk so that its longer
+    side is at most that many pixels (what a placeholder is computed from).
+    """
+    colour = _check_background(bg)
+    left, top, right, bottom = _placed_box(master, width, height, fit, framing)
+    size = (right - left, bottom - top)
+    image = master.image if size == master.size else master.image.crop(left, top, *size)
+    where = place(size, width, height, fit, framing)
+    if max_side is not None:
+        where = where.shrunk(max_side)
+    if where.scaled != size:
         image = image.resize(
-            placement.scaled[0] / size[0],
-            vscale=placement.scaled[1] / size[1],
+            where.scaled[0] / size[0],
+            vscale=where.scaled[1] / size[1],
             kernel="lanczos3",
         )
-    frame_w, frame_h = placement.frame
-    if (frame_w, frame_h) != placement.scaled:
+    frame_w, frame_h = where.frame
+    if (frame_w, frame_h) != where.scaled:
         # Premultiplied black is transparent: the padding takes the background below.
-        image = image.embed(*placement.offset, frame_w, frame_h, extend="black")
+        image = image.embed(*where.offset, frame_w, frame_h, extend="black")
     # Back to straight alpha at the output size only; +0.5 because cast truncates.
     image = image.unpremultiply()
     if colour is not None:
         image = image.flatten(background=list(colour))
     image = (image + 0.5).cast("uchar")
-    return _encode(image.copy(interpretation="srgb"), fmt, quality)
+    return image.copy(interpretation="srgb")
+
+
+def _placed_box(master: Master, width: int, height: int, fit: Fit, framing: Framing | None) -> Box:
+    """The part of the master a variant places: all of it, or with framing its subject."""
+    if framing is None:
+        return 0, 0, master.width, master.height
+    _check_box(width, height, fit)
+    framing.check()  # before the box is looked for: a bad request costs no pixel work
+    return subject_box(master)
 
 
 def alpha_box(master: Master, *, threshold: int = 0) -> Box | None:
@@ -446,12 +493,17 @@ def _check_output(bg: str, fmt: str, quality: int) -> tuple[int, int, int] | Non
         )
     if not 1 <= quality <= 100:
         raise BadRequestError(f"quality must be 1..100, got {quality}", code="bad_quality")
+    if bg == TRANSPARENT and fmt not in ALPHA_FORMATS:
+        raise BadRequestError(
+            f"{fmt} has no transparency: use png, webp or avif, or give a colour like ffffff",
+            code="bad_background",
+        )
+    return _check_background(bg)
+
+
+def _check_background(bg: str) -> tuple[int, int, int] | None:
+    """The background colour of ``rrggbb``; None for ``transparent``."""
     if bg == TRANSPARENT:
-        if fmt not in ALPHA_FORMATS:
-            raise BadRequestError(
-                f"{fmt} has no transparency: use png, webp or avif, or give a colour like ffffff",
-                code="bad_background",
-            )
         return None
     if not _HEX.fullmatch(bg):
         raise BadRequestError(
