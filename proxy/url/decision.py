@@ -33,7 +33,7 @@ import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Final, Generic, TypeVar
-from urllib.parse import parse_qsl, urlencode, urlsplit
+from urllib.parse import parse_qsl, quote, urlencode
 
 from proxy.errors import BadRequestError, ProxyError
 from proxy.settings import Settings
@@ -64,6 +64,9 @@ class Serve(Generic[About]):
     about: About  # what the decider's ``describe`` made of the variant, once per path
 
 
+_QUERY_SAFE = "!$&'()*+,/:;=?@%"  # with letters, digits and "_.-~": kept as they are
+
+
 @dataclass(frozen=True, slots=True)
 class Redirect:
     """A 308 to ``path``, the canonical spelling or the ladder's rung; see :meth:`query`."""
@@ -74,7 +77,9 @@ class Redirect:
 
     def query(self) -> str:
         """The request's query, for ``path``: signed anew when signing is on."""
-        query = urlsplit("/?" + self.given_query.decode()).query  # as Starlette reads it
+        # The bytes as given, percent-encoding only what a URL cannot carry raw (bytes that
+        # are not UTF-8 among them: some servers pass them on).
+        query = quote(self.given_query, safe=_QUERY_SAFE)
         if self.signer is None:
             return query
         pairs = [

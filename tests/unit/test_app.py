@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 import httpx
@@ -103,6 +104,42 @@ async def test_non_canonical_urls_get_308(
     answer = await client.get(path)
     assert answer.status_code == 308
     assert answer.headers["location"] == location
+
+
+async def test_a_query_that_is_not_utf8_keeps_its_bytes_in_the_308(app: Starlette) -> None:
+    # uvicorn's httptools refuses such a request line, but h11 and other ASGI servers pass it
+    # on (and no client library sends it): the 308 must still be answered, bytes kept.
+    answer = await raw_get(app, "/img/demo/400x300/FFF.jpg", b"a=\xff&b=%20c")
+    assert answer["status"] == 308
+    assert answer["headers"][b"location"] == b"/img/demo/400x300/ffffff.jpg?a=%FF&b=%20c"
+
+
+async def raw_get(app: Starlette, path: str, query: bytes) -> dict[str, Any]:
+    """``GET path?query`` straight through ASGI: the query's bytes exactly as given."""
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": query,
+        "root_path": "",
+        "headers": [(b"host", b"test")],
+        "client": ("127.0.0.1", 1),
+        "server": ("test", 80),
+    }
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    await app(scope, receive, send)
+    return {"status": sent[0]["status"], "headers": dict(sent[0]["headers"])}
 
 
 @pytest.mark.parametrize(
