@@ -92,6 +92,11 @@ def reset_multiprocess_dir(directory: Path) -> None:
     directory.mkdir(parents=True, exist_ok=True)
 
 
+_METHODS = frozenset(
+    ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT")
+)
+
+
 class _Pending:
     """One route, method and status: requests answered, their seconds, per bucket."""
 
@@ -434,7 +439,8 @@ class Metrics:
         self.shared_store_unavailable.labels(operation).inc()
 
     def request_done(self, route: str, method: str, status: int, seconds: float) -> None:
-        self.tally.request(route, method, status, seconds)
+        # Some servers (h11) pass any token as a method: label only the ones HTTP defines.
+        self.tally.request(route, method if method in _METHODS else "other", status, seconds)
 
     # -- exposition ------------------------------------------------------------------------
     def exposition(self) -> bytes:

@@ -178,3 +178,19 @@ async def test_tallied_counts_reach_the_metrics_on_their_own() -> None:
     assert later.value("cutproxy_http_requests_total", method="HEAD") == 1
     assert later.value("cutproxy_http_request_duration_seconds_bucket", le="0.001") == 1
     assert later.value("cutproxy_cache_results_total", tier="disk") == 1
+
+
+async def test_a_method_no_one_defined_is_counted_as_other() -> None:
+    # h11 passes any token as a method: labelled as given, they would grow without bound.
+    metrics = Metrics()
+    for n in range(50):
+        metrics.request_done(IMG, f"FUZZ{n}", 404, 0.001)
+    metrics.request_done(IMG, "GET", 302, 0.001)
+    scraped = Scrape(metrics.exposition().decode())
+    methods = {
+        labels["method"]
+        for name, labels, _ in scraped.samples
+        if name == "cutproxy_http_requests_total"
+    }
+    assert methods == {"GET", "other"}
+    assert scraped.value("cutproxy_http_requests_total", method="other") == 50
