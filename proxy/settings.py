@@ -1,14 +1,14 @@
 """The proxy's one settings object: frozen, built from the environment and CLI flags.
 
-Every field is declared once with its environment variable and a line of help; the README's
-settings table and the CLI's ``--help`` are generated from the same declarations, so they
-cannot drift apart.
+Every field is declared once with its environment variable and a line of help; the settings
+table in docs/settings.md and the CLI's ``--help`` are generated from the same declarations,
+so they cannot drift apart.
 
 The ground floor: it imports only the loader (:mod:`proxy.envconfig`), the parsers of
 structured values (:mod:`proxy.setting_values`) and the upstream contract's constants, never
 a package that uses a setting. Why it is over 400 lines: over 70 settings are declared here,
 a few lines each with their help, and checked together in :meth:`Settings.validate` (several
-checks span settings); split by concern, the README table and ``--help`` would have to gather
+checks span settings); split by concern, the docs' table and ``--help`` would have to gather
 them again, and a check spanning two files could be missed.
 """
 
@@ -166,7 +166,8 @@ class Settings:
     ttl_margin: float = setting(
         300.0,
         "PROXY_TTL_MARGIN",
-        "Seconds subtracted from every output URL's life before it is served or cached.",
+        "Seconds subtracted from every output URL's life before it is served or cached; "
+        "a URL whose own expiry leaves less than twice this is kept for half its life.",
     )
     error_max_age: int = setting(
         60, "PROXY_ERROR_MAX_AGE", "Cache-Control max-age for 4xx answers (seconds)."
@@ -610,7 +611,7 @@ class Settings:
 
 
 def settings_table() -> list[tuple[str, str, str]]:
-    """(variable, default, help) for every setting: the README table and ``--help``."""
+    """(variable, default, help) for every setting: docs/settings.md and ``--help``."""
     rows = []
     for f in dataclasses.fields(Settings):
         default = f.default

@@ -179,7 +179,7 @@ def _exit_cleanly(signum: int, frame: object) -> None:
 @app.command("settings")
 def show_settings(
     markdown: Annotated[
-        bool, typer.Option(help="Print the README's settings table (defaults, not values).")
+        bool, typer.Option(help="Print docs/settings.md's table (defaults, not values).")
     ] = False,
 ) -> None:
     """Show every setting: its variable, current value (secrets masked) and meaning."""
@@ -192,7 +192,7 @@ def show_settings(
 
 
 def settings_markdown() -> str:
-    """The settings table as it stands in the README (a test keeps the two equal)."""
+    """The settings table as it stands in docs/settings.md (a test keeps the two equal)."""
     rows = ["| Variable | Default | Meaning |", "|---|---|---|"]
     for env, default, text in settings_table():
         rows.append(f"| `{env}` | `{default}` | {text.replace('|', '/')} |")
