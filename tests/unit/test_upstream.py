@@ -13,7 +13,8 @@ from proxy.errors import (
     UpstreamRateLimitedError,
     UpstreamTimeoutError,
 )
-from proxy.upstream.client import UpstreamClient, UpstreamConfig, error_message, parse_retry_after
+from proxy.upstream.client import UpstreamClient, UpstreamConfig
+from proxy.upstream.replies import error_message, parse_retry_after
 
 KEY = "sk-secret-key-123"
 CONFIG = UpstreamConfig(

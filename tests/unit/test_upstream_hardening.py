@@ -21,7 +21,8 @@ from proxy.errors import UpstreamError, UpstreamTimeoutError
 from proxy.masking import mask
 from proxy.stores import cache
 from proxy.stores.cache import output_for
-from proxy.upstream.client import UpstreamClient, UpstreamConfig, normalise_output_url
+from proxy.upstream.client import UpstreamClient, UpstreamConfig
+from proxy.upstream.replies import normalise_output_url
 
 KEY = "sk-live-4f9c2d7e8a1b3c5d6e7f8091a2b3c4d5"
 TOKEN = "eyJhbGciOiJIUzI1NiJ9.eyJ2IjpbInYiXX0.c2lnbmF0dXJlLW9mLXRoZS10b2tlbg"
