@@ -20,7 +20,7 @@ import typer
 import uvicorn
 from starlette.applications import Starlette
 
-from proxy.ops.accesslog import logging_config
+from proxy.ops.logs import logging_config
 from proxy.ops.metrics import MULTIPROC_ENV, multiprocess_dir, reset_multiprocess_dir
 from proxy.serving.headlimit import protocol as head_limited_protocol
 from proxy.settings import Settings, SettingsError, settings_table

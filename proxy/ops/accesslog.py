@@ -11,37 +11,40 @@ upstream client's hook), and when the response is done writes one line::
      "duration_seconds": 1.2101, "client": "127.0.0.1", "pid": 4242}
 
 The path is logged without its query string: signed URLs carry their signature there.
-:class:`JsonFormatter` renders every log record of the process that way (``cutproxy serve``
-installs it through :func:`logging_config`), with the current request's id attached.
+:class:`~proxy.ops.logs.JsonFormatter` renders every log record of the process that way
+(:mod:`proxy.ops.logs`), with the current request's id attached.
 
 Access lines do not cost the event loop a write each: an access line is built straight into
-the queue of :class:`JsonLinesHandler`'s writer (:func:`access_line`, about a microsecond,
-no LogRecord), and a thread writes the queue in batches. Any other line is written at once,
-after what is queued. A graceful stop writes the queue out (:func:`flush_lines`, when the
-app's lifespan ends; logging's exit hook otherwise).
+the queue of :class:`~proxy.ops.logs.JsonLinesHandler`'s writer (:func:`access_line`, about
+a microsecond, no LogRecord), and a thread writes the queue in batches. Any other line is
+written at once, after what is queued. A graceful stop writes the queue out
+(``flush_lines``, when the app's lifespan ends; logging's exit hook otherwise).
 """
 
 from __future__ import annotations
 
-import contextvars
 import itertools
 import json
 import json.encoder
 import logging
 import os
 import re
-import sys
-import threading
 import time
-import weakref
-from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
-from datetime import UTC, datetime
-from typing import Any, TextIO
+from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from proxy.ops.logs import (
+    JsonFormatter,
+    JsonLinesHandler,
+    LineWriter,
+    RequestContext,
+    current_request,
+    current_request_id,
+    iso_timestamp,
+    process,
+)
 from proxy.ops.metrics import Metrics
 
 REQUEST_ID_HEADER = "x-request-id"
@@ -51,29 +54,9 @@ _GOOD_ID = re.compile(r"[A-Za-z0-9._:+=/-]{1,128}")
 access_log = logging.getLogger("cutproxy.access")
 
 
-@dataclass(slots=True)
-class RequestContext:
-    """What the middleware learns about one request while it runs."""
-
-    request_id: str
-    upstream_seconds: float = 0.0
-
-
-# A miss renders in a task of its own (single flight); tasks copy the context when they are
-# created, so the leader's upstream time still lands on the request that started it.
-_current: contextvars.ContextVar[RequestContext | None] = contextvars.ContextVar(
-    "cutproxy_request", default=None
-)
-
-
-def current_request_id() -> str | None:
-    context = _current.get()
-    return context.request_id if context is not None else None
-
-
 def note_upstream(seconds: float) -> None:
     """Charge ``seconds`` of upstream time to the request being served, if any."""
-    context = _current.get()
+    context = current_request.get()
     if context is not None:
         context.upstream_seconds += seconds
 
@@ -124,7 +107,7 @@ class AccessLog:
             return
         started = time.perf_counter()
         context = RequestContext(request_id_from(scope.get("headers", [])))
-        token = _current.set(context)
+        token = current_request.set(context)
         scope.setdefault("state", {})
         root_path = scope.get("root_path", "")
         status = 500
@@ -155,7 +138,7 @@ class AccessLog:
                     seconds,
                     context.upstream_seconds,
                 )
-            _current.reset(token)
+            current_request.reset(token)
 
 
 def log_request(
@@ -233,7 +216,7 @@ def access_line(
         f'"cache_tier": {"null" if tier is None else _QUOTED.get(tier) or _encode(tier)}, '
         f'"upstream_seconds": {round(upstream_seconds, 4)!r}, '
         f'"duration_seconds": {round(seconds, 4)!r}, "client": {_encode(client)}'
-        f"{_process.tail}"
+        f"{process.tail}"
     )
 
 
@@ -267,7 +250,7 @@ class FixedLine:
             f'"path": {path_json or _encode(scope["path"])}, {self._middle}'
             # round(seconds, 4) as JSON; most hits take under 50 us: it is 0.0
             f"{'0.0' if seconds < 0.00005 else repr(round(seconds, 4))}, "
-            f'"client": {_encode(client)}{_process.tail}'
+            f'"client": {_encode(client)}{process.tail}'
         )
 
 
@@ -311,257 +294,3 @@ def route_label(scope: Scope, root_path: str) -> str:
         return "unmatched"
     prefix = scope.get("root_path", "")[len(root_path) :]
     return f"{prefix}{path}" or "/"
-
-
-# --- formatting -------------------------------------------------------------------------------
-
-_second: tuple[int, str] = (-1, "")  # one tuple, replaced whole: threads log too
-_milli: tuple[int, str] = (-1, "")
-
-
-def iso_timestamp(created: float) -> str:
-    """ISO 8601 in UTC to the millisecond; the date and time are built once a second, the
-    whole stamp once a millisecond (a busy worker writes several lines in one)."""
-    global _second, _milli
-    milli = int(created * 1000)
-    last, stamp = _milli
-    if milli == last:
-        return stamp
-    second, text = _second
-    if milli // 1000 != second:
-        second = milli // 1000
-        text = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
-        _second = (second, text)
-    stamp = f"{text}.{milli - second * 1000:03d}+00:00"
-    _milli = (milli, stamp)
-    return stamp
-
-
-class JsonFormatter(logging.Formatter):
-    """One JSON object per line: time, level, logger, message, the request id and fields."""
-
-    def timestamp(self, created: float) -> str:
-        return iso_timestamp(created)
-
-    def format(self, record: logging.LogRecord) -> str:
-        data: dict[str, Any] = {
-            "ts": iso_timestamp(record.created),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "msg": record.getMessage(),
-        }
-        request_id = current_request_id()
-        if request_id is not None:
-            data["request_id"] = request_id
-        fields = getattr(record, "fields", None)
-        if isinstance(fields, dict):
-            data.update(fields)
-        data["pid"] = record.process or os.getpid()
-        if record.exc_info:
-            data["exc"] = self.formatException(record.exc_info)
-        return _ENCODER.encode(data)
-
-
-_ENCODER = json.JSONEncoder(default=str, ensure_ascii=False)  # json.dumps makes one per call
-
-
-class _Process:
-    """This process's id, read once (a forked child reads its own)."""
-
-    def __init__(self) -> None:
-        self.reset()
-        os.register_at_fork(after_in_child=self.reset)
-
-    def reset(self) -> None:
-        self.pid = os.getpid()
-        self.tail = f', "pid": {self.pid}}}\n'  # how every access line ends
-
-
-_process = _Process()
-
-
-# --- writing ----------------------------------------------------------------------------------
-
-WRITE_EVERY = 0.1  # seconds lines wait in the queue, so one write carries many
-MAX_QUEUED = 100_000  # lines; past this (stderr not read) new info lines are dropped, counted
-
-
-class LineWriter:
-    """Lines for a stream, written in batches by a thread of their own.
-
-    :meth:`write` only appends to a queue (a deque: appends are atomic), so the event loop
-    never waits on the stream; the thread wakes when the first line arrives, lets more
-    gather for :data:`WRITE_EVERY`, and writes them all at once. :meth:`flush` writes the
-    queue out in the caller's thread: for lines that must not wait, and at exit.
-    """
-
-    def __init__(self, stream: TextIO, *, every: float = WRITE_EVERY) -> None:
-        self.stream = stream
-        self.every = every
-        self.dropped = 0
-        self._queue: deque[str] = deque()
-        self._armed = False  # the thread was woken for what is queued
-        self._lock = threading.Lock()  # one writer at a time, in queue order
-        self._wake = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._closed = False
-        _writers.add(self)
-
-    def write(self, line: str) -> None:
-        """Queue ``line`` (ending in a newline); written within :data:`WRITE_EVERY`."""
-        if len(self._queue) >= MAX_QUEUED:
-            self.dropped += 1
-            return
-        self._queue.append(line)
-        if not self._armed:
-            self._armed = True
-            if self._thread is None:
-                self._start()
-            self._wake.set()
-
-    def write_now(self, line: str) -> None:
-        """Write what is queued, then ``line``, before returning."""
-        self._queue.append(line)
-        self.flush()
-
-    def flush(self) -> None:
-        """Write everything queued, in this thread."""
-        with self._lock:
-            self._armed = False
-            queue = self._queue
-            lines = [queue.popleft() for _ in range(len(queue))]  # later appends stay queued
-            if self.dropped:
-                lines.append(_dropped_line(self.dropped))
-                self.dropped = 0
-            if lines:
-                try:
-                    self.stream.write("".join(lines))
-                    self.stream.flush()
-                except (OSError, ValueError):  # stderr closed or gone: nowhere left to log
-                    pass
-
-    def close(self) -> None:
-        self._closed = True
-        self.flush()
-        self._wake.set()
-
-    def _start(self) -> None:
-        with self._lock:  # other threads (anyio's workers) log too: start one thread only
-            if self._thread is None and not self._closed:
-                self._thread = threading.Thread(target=self._run, name="cutproxy-log", daemon=True)
-                self._thread.start()
-
-    def _run(self) -> None:
-        while not self._closed:
-            self._wake.wait()
-            self._wake.clear()
-            time.sleep(self.every)
-            self.flush()
-
-    def _forked(self) -> None:
-        """In a forked child: no thread yet, and the parent writes its own queue."""
-        self._queue.clear()
-        self._armed = False
-        self._lock = threading.Lock()
-        self._wake = threading.Event()
-        self._thread = None
-
-
-_writers: weakref.WeakSet[LineWriter] = weakref.WeakSet()
-
-
-def flush_lines() -> None:
-    """Write out every queued line now: before the process stops.
-
-    Workers run uvicorn, which ends a graceful stop by raising SIGTERM again with its
-    default action, so the interpreter's exit hooks (logging's flush) never run there.
-    """
-    for writer in list(_writers):
-        writer.flush()
-
-
-def _forked() -> None:
-    for writer in list(_writers):
-        writer._forked()
-
-
-os.register_at_fork(after_in_child=_forked)
-
-
-def _dropped_line(count: int) -> str:
-    data = {
-        "ts": iso_timestamp(time.time()),
-        "level": "warning",
-        "logger": "cutproxy.log",
-        "msg": f"{count} log line(s) dropped: stderr is not being read fast enough",
-        "pid": _process.pid,
-    }
-    return _ENCODER.encode(data) + "\n"
-
-
-class JsonLinesHandler(logging.Handler):
-    """Every record as a JSON line on stderr (or ``stream``); access lines off the loop.
-
-    Access lines, one per request, skip records altogether (:func:`log_request`) and wait
-    in the :class:`LineWriter`'s queue for its thread. Records are few (start, stop, a
-    mint, warnings, errors) and are written before ``emit`` returns, after the lines queued
-    before them: the order holds, and an operator has them even if the process dies next.
-    ``flush``, which logging calls at exit, writes the queue out.
-    """
-
-    def __init__(self, stream: TextIO | None = None) -> None:
-        super().__init__()
-        self.writer = LineWriter(stream if stream is not None else sys.stderr)
-        self.setFormatter(JsonFormatter())
-
-    def emit(self, record: logging.LogRecord) -> None:
-        try:
-            line = self.format(record) + "\n"
-        except Exception:
-            self.handleError(record)
-            return
-        self.writer.write_now(line)
-
-    def flush(self) -> None:
-        self.writer.flush()
-
-    def close(self) -> None:
-        self.writer.close()
-        super().close()
-
-
-def logging_config(level: str) -> dict[str, Any]:
-    """A ``logging.config.dictConfig`` (uvicorn's ``log_config``): JSON lines to stderr.
-
-    uvicorn applies it in the supervisor and again in every worker process. Libraries that
-    log each HTTP call at INFO (httpx), or each image pipeline (libvips, through pyvips, in
-    store mode), are held at WARNING unless the level is debug.
-    """
-    level = level.upper()
-    chatty = "DEBUG" if level == "DEBUG" else "WARNING"
-    handler = {"handlers": ["stderr"], "propagate": False}
-    return {
-        "version": 1,
-        "disable_existing_loggers": False,
-        "formatters": {"json": {"()": "proxy.ops.accesslog.JsonFormatter"}},
-        "handlers": {
-            "stderr": {
-                "class": "proxy.ops.accesslog.JsonLinesHandler",
-                "formatter": "json",
-                "stream": "ext://sys.stderr",
-            }
-        },
-        "loggers": {
-            "cutproxy": {"level": level, **handler},
-            # Its own entry, not only cutproxy's: access lines then go to the writer directly.
-            "cutproxy.access": {"level": level, **handler},
-            "uvicorn": {"level": level, **handler},
-            "uvicorn.error": {"level": level, "propagate": True},
-            # The access log above replaces uvicorn's.
-            "uvicorn.access": {"level": "WARNING", **handler},
-            "httpx": {"level": chatty, **handler},
-            "httpcore": {"level": chatty, **handler},
-            "pyvips": {"level": chatty, **handler},
-        },
-        "root": {"level": level, "handlers": ["stderr"]},
-    }

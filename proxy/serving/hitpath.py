@@ -29,7 +29,8 @@ from collections.abc import Callable
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from proxy.errors import ProxyError
-from proxy.ops.accesslog import FixedLine, access_log, flush_lines, given_request_id, new_request_id
+from proxy.ops.accesslog import FixedLine, access_log, given_request_id, new_request_id
+from proxy.ops.logs import flush_lines
 from proxy.ops.metrics import Metrics
 from proxy.serving import responses
 from proxy.serving.cdn import CachePolicy

@@ -16,7 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from starlette.applications import Starlette
 
 from proxy.app import create_app
-from proxy.ops.accesslog import JsonFormatter
+from proxy.ops.logs import JsonFormatter
 from proxy.settings import Settings
 from tests.clock import Clock
 

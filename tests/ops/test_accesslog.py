@@ -23,13 +23,12 @@ from starlette.routing import Route
 from proxy.ops.accesslog import (
     AccessLog,
     FixedLine,
-    JsonFormatter,
-    JsonLinesHandler,
     access_log,
     json_string,
     log_request,
     new_request_id,
 )
+from proxy.ops.logs import JsonFormatter, JsonLinesHandler
 from proxy.ops.metrics import Metrics
 from tests.ops.conftest import Clock, JsonLines, running, scrape, settings
 from tests.servers import REPO
@@ -131,7 +130,7 @@ async def test_unmatched_paths_share_one_route_label(tmp_path: Path, clock: Cloc
 def test_the_log_level_setting_filters_json_lines_on_stderr() -> None:
     script = (
         "import logging, logging.config\n"
-        "from proxy.ops.accesslog import logging_config\n"
+        "from proxy.ops.logs import logging_config\n"
         "logging.config.dictConfig(logging_config({level!r}))\n"
         "logging.getLogger('cutproxy.access').info('request')\n"
         "logging.getLogger('cutproxy.upstream').warning('slow upstream')\n"
@@ -219,7 +218,7 @@ def test_hits_neither_make_log_records_nor_wait_for_stderr_and_no_line_is_lost()
         "import asyncio, logging, logging.config, tempfile\n"
         "from pathlib import Path\n"
         "import httpx\n"
-        "from proxy.ops.accesslog import logging_config\n"
+        "from proxy.ops.logs import logging_config\n"
         "from proxy.app import create_app\n"
         "from proxy.settings import Settings\n"
         "logging.config.dictConfig(logging_config('info'))\n"
