@@ -1,8 +1,9 @@
 """``cutproxy import | warm | images ls/show/rm``: the image admin API from a shell.
 
-Each command talks to a running proxy over HTTP (``--url``, ``--token``), so it works the
-same against ``make serve`` on a laptop and a proxy on a server. Imports are safe to re-run:
-a file whose SHA-256 the proxy already holds under that id is not even sent.
+Each command talks to a running proxy over HTTP (``--url``, ``--token``, through
+:mod:`proxy.cli.admin`), so it works the same against ``make serve`` on a laptop and a proxy
+on a server. Imports are safe to re-run: a file whose SHA-256 the proxy already holds under
+that id is not even sent.
 """
 
 from __future__ import annotations
@@ -17,9 +18,8 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, TypeVar
 
-import httpx
 import typer
 from rich.console import Console
 from rich.progress import (
@@ -31,7 +31,16 @@ from rich.progress import (
 )
 from rich.table import Table
 
-DEFAULT_URL = "http://127.0.0.1:8080"
+from proxy.cli.admin import (
+    DEFAULT_URL,
+    AdminClient,
+    AdminError,
+    FatalAdminError,
+    TokenOption,
+    UrlOption,
+    run,
+)
+
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp"}
 # The proxy enforces its own limit (PROXY_MAX_UPLOAD_MB); this only keeps memory bounded.
 LOCAL_MAX_BYTES = 64 * 1024 * 1024
@@ -41,125 +50,7 @@ T = TypeVar("T")
 out = Console()
 err = Console(stderr=True)
 
-UrlOption = Annotated[
-    str,
-    typer.Option(envvar="CUTPROXY_URL", help="The proxy's base URL (env CUTPROXY_URL)."),
-]
-TokenOption = Annotated[
-    str | None,
-    typer.Option(
-        envvar="PROXY_ADMIN_TOKEN",
-        show_default=False,
-        help="Admin token (env PROXY_ADMIN_TOKEN).",
-    ),
-]
 ConcurrencyOption = Annotated[int, typer.Option(min=1, max=64, help="Requests in flight at once.")]
-
-
-class AdminError(Exception):
-    """The proxy refused a request; the message says why."""
-
-
-class FatalAdminError(AdminError):
-    """No request can succeed: the proxy is unreachable or refuses the token."""
-
-
-# --- the admin API client -----------------------------------------------------------------------
-
-
-class AdminClient:
-    def __init__(self, url: str, token: str | None) -> None:
-        if not token:
-            raise FatalAdminError("no admin token: pass --token or set PROXY_ADMIN_TOKEN")
-        self.url = url.rstrip("/")
-        self._client = httpx.AsyncClient(
-            base_url=self.url,
-            headers={"Authorization": f"Bearer {token}"},
-            # An upload waits for the upstream's processing call (up to 300 s).
-            timeout=httpx.Timeout(330.0, connect=5.0),
-        )
-
-    async def __aenter__(self) -> AdminClient:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self._client.aclose()
-
-    async def _call(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        try:
-            response = await self._client.request(method, path, **kwargs)
-        except httpx.ConnectError:
-            raise FatalAdminError(
-                f"cannot reach the proxy at {self.url}: is `cutproxy serve` running? "
-                "(--url or CUTPROXY_URL)"
-            ) from None
-        except httpx.HTTPError as exc:
-            raise AdminError(f"{method} {path} failed: {type(exc).__name__}") from None
-        if response.status_code in (401, 403):
-            raise FatalAdminError(f"the proxy refused the admin token: {_message(response)}")
-        return response
-
-    async def get_image(self, image_id: str) -> dict[str, Any] | None:
-        response = await self._call("GET", f"/images/{image_id}")
-        if response.status_code == 404:
-            return None
-        return _ok(response)
-
-    async def put_image(self, image_id: str, data: bytes, content_type: str) -> dict[str, Any]:
-        response = await self._call(
-            "PUT",
-            f"/images/{image_id}",
-            content=data,
-            headers={"Content-Type": content_type},
-        )
-        return _ok(response)
-
-    async def delete_image(self, image_id: str) -> dict[str, Any] | None:
-        response = await self._call("DELETE", f"/images/{image_id}")
-        if response.status_code == 404:
-            return None
-        return _ok(response)
-
-    async def warm(
-        self, image_id: str, sizes: list[str], bg: str, ext: str, fit: str | None = None
-    ) -> dict[str, Any]:
-        body: dict[str, Any] = {"sizes": sizes, "bg": bg, "ext": ext}
-        if fit:
-            body["fit"] = fit
-        return _ok(await self._call("POST", f"/images/{image_id}/warm", json=body))
-
-    async def list_images(self, after: str | None, limit: int) -> dict[str, Any]:
-        params: dict[str, Any] = {"limit": limit}
-        if after:
-            params["after"] = after
-        return _ok(await self._call("GET", "/images", params=params))
-
-    async def all_ids(self) -> list[str]:
-        ids: list[str] = []
-        after: str | None = None
-        while True:
-            page = await self.list_images(after, 1000)
-            ids += [image["image_id"] for image in page["images"]]
-            after = page.get("next")
-            if not after:
-                return ids
-
-
-def _message(response: httpx.Response) -> str:
-    try:
-        data = response.json()
-    except ValueError:
-        return f"HTTP {response.status_code}"
-    if isinstance(data, dict) and "message" in data:
-        return f"{data['message']} ({response.status_code})"
-    return f"HTTP {response.status_code}"
-
-
-def _ok(response: httpx.Response) -> dict[str, Any]:
-    if response.is_success:
-        data: dict[str, Any] = response.json()
-        return data
-    raise AdminError(_message(response))
 
 
 # --- import ---------------------------------------------------------------------------------
@@ -267,7 +158,7 @@ def import_command(
             report.failures.append((item.image_id, str(item.path), _reason(exc)))
 
     started = time.monotonic()
-    _run(lambda client: _bounded(client, items, work, concurrency, "importing"), url, token)
+    run(lambda client: _bounded(client, items, work, concurrency, "importing"), url, token)
     _import_summary(report, len(items), time.monotonic() - started)
     if report.failures:
         raise typer.Exit(1)
@@ -355,7 +246,7 @@ def warm_command(
         await _bounded(client, ids, work, concurrency, "warming")
         return len(ids)
 
-    count = _run(everything, url, token)
+    count = run(everything, url, token)
     shape = f", {fit}" if fit else ""
     out.print(f"warm: {count} image(s) x {len(wanted)} size(s), background {bg}, {ext}{shape}")
     table = Table()
@@ -383,7 +274,7 @@ def ls_command(
     token: TokenOption = None,
 ) -> None:
     """List images, one page at a time."""
-    page = _run(lambda client: client.list_images(after, limit), url, token)
+    page = run(lambda client: client.list_images(after, limit), url, token)
     out.print(f"{page['total']} image(s)")
     table = Table()
     for name in ("image id", "size", "type", "bytes", "original", "uploaded"):
@@ -408,7 +299,7 @@ def show_command(
     token: TokenOption = None,
 ) -> None:
     """Show one image and the variants currently cached."""
-    image = _run(lambda client: client.get_image(image_id), url, token)
+    image = run(lambda client: client.get_image(image_id), url, token)
     if image is None:
         err.print(f"no image {image_id!r}")
         raise typer.Exit(1)
@@ -456,23 +347,11 @@ def rm_command(
             )
         return missing
 
-    if _run(remove, url, token):
+    if run(remove, url, token):
         raise typer.Exit(1)
 
 
 # --- plumbing -----------------------------------------------------------------------------------
-
-
-def _run(work: Callable[[AdminClient], Awaitable[T]], url: str, token: str | None) -> T:
-    async def main() -> T:
-        async with AdminClient(url, token) as client:
-            return await work(client)
-
-    try:
-        return asyncio.run(main())
-    except AdminError as exc:
-        err.print(f"cutproxy: {exc}")
-        raise typer.Exit(2) from None
 
 
 async def _bounded(
