@@ -30,7 +30,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from proxy.errors import BadRequestError, NotFoundError, PayloadTooLargeError
-from proxy.images.service import ImageService, Stored, check_size, sha256_hex
+from proxy.images.checks import check_size, sha256_hex
+from proxy.images.service import ImageService, Stored
 from proxy.serving.admin import require_admin
 from proxy.serving.handlers import MAX_JSON_BODY, read_json, record_json, registration
 from proxy.settings import Settings

@@ -20,7 +20,7 @@ import pytest
 from PIL import Image
 
 from proxy.errors import BadRequestError
-from proxy.images.service import inspect
+from proxy.images.checks import inspect
 from tests.servers import REPO, cutproxy, free_port, start
 
 LIMIT = 50_000_000
@@ -191,7 +191,7 @@ def test_a_pngs_exif_orientation_turns_its_size_wherever_the_chunk_is(where: str
 # memory of a fresh process, in MiB: a full decode adds about 190.
 PEAK = """
 import resource, struct, sys, zlib
-from proxy.images.service import inspect
+from proxy.images.checks import inspect
 
 def chunk(kind, payload):
     crc = struct.pack(">I", zlib.crc32(kind + payload))
