@@ -11,6 +11,9 @@ once, when the upstream hands out the URL: the smaller of the configured lifetim
 expiry the URL carries itself, minus a safety margin (at most half of what the URL's own
 expiry leaves). Both tiers check it against the injected clock on every read, so an
 expired entry is never served.
+
+Why a little over 400 lines: as for every kind in ``proxy/stores``, the tiers of this one
+(memory, disk, Redis) sit side by side, so the expiry rule above is read in one place.
 """
 
 from __future__ import annotations
