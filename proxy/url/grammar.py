@@ -7,18 +7,28 @@ pixel size, ``-pad`` when pad is the default fit → no suffix), or raises
 
 What a mode allows (:class:`Limits`): redirect mode serves what the upstream makes, so only
 ``contain`` and jpg/png/webp (``pad``, ``cover`` and ``avif`` are a 400 naming store mode);
-store mode derives variants itself and takes every fit and avif too.
+store mode derives variants itself and takes every fit and avif too. ``auto`` (the best
+format the client's ``Accept`` allows) is a format of both modes.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from proxy.errors import BadRequestError
+from proxy.errors import BadRequestError, NotFoundError
 from proxy.setting_values import FITS
 from proxy.upstream.contract import MAX_RESOLUTION
-from proxy.url.variant import ALPHA_EXTENSIONS, EXTENSIONS, STORE_EXTENSIONS, TRANSPARENT, Variant
+from proxy.url.presets import Preset, resolve
+from proxy.url.variant import (
+    ALPHA_EXTENSIONS,
+    AUTO,
+    EXTENSIONS,
+    STORE_EXTENSIONS,
+    TRANSPARENT,
+    Variant,
+)
 
 IMAGE_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
 _SIZE = re.compile(r"(\d{1,9})x(\d{1,9})(?:-([A-Za-z]{1,16}))?(?:@([1-9])x)?")
@@ -79,6 +89,52 @@ def parse(image_id: str, size: str, filename: str, limits: Limits) -> Variant | 
     return variant
 
 
+def parse_preset(
+    image_id: str, filename: str, presets: Mapping[str, Preset], limits: Limits
+) -> Variant | Canonical:
+    """Parse the two path segments of ``/img/<image_id>/<preset>.<ext>``.
+
+    404 for a name no preset has; 400 for a format the preset does not serve, or (redirect
+    mode) a preset only store mode can make; a :class:`Canonical` for ``main.JPEG``.
+    """
+    check_image_id(image_id)
+    if "." not in filename.strip("."):  # /img/<id>/640x480: not a preset, no route
+        raise NotFoundError(
+            "no such route: variants live at /img/<image_id>/<w>x<h>/<bg>.<ext>, "
+            "presets at /img/<image_id>/<preset>.<ext>",
+            code="not_found",
+        )
+    chosen = resolve(presets, filename)
+    preset = chosen.preset
+    if not limits.store:
+        if chosen.fmt in STORE_EXTENSIONS and chosen.fmt not in EXTENSIONS:
+            raise BadRequestError(
+                f"the upstream makes no {chosen.fmt}: {chosen.fmt} variants need PROXY_MODE=store",
+                code="format_needs_store_mode",
+            )
+        if preset.needs_store:
+            raise BadRequestError(
+                f"preset {preset.name} frames, pads, crops or sets a quality, which the "
+                "upstream cannot do: presets like it need PROXY_MODE=store",
+                code="preset_needs_store_mode",
+            )
+    variant = Variant(
+        image_id,
+        preset.width,
+        preset.height,
+        preset.bg,
+        chosen.fmt,
+        preset.fit,
+        preset=preset.name,
+        fill=preset.fill,
+        anchor=preset.anchor,
+        quality=preset.quality,
+    )
+    if chosen.filename != filename:
+        return Canonical(variant.path, variant)
+    return variant
+
+
 def _parse_size(size: str, limits: Limits) -> tuple[int, int, str | None, int]:
     match = _SIZE.fullmatch(size)
     if not match:
@@ -123,7 +179,7 @@ def _parse_filename(filename: str, limits: Limits) -> tuple[str, str]:
         )
     ext = ext.lower()
     ext = _EXT_ALIASES.get(ext, ext)
-    formats = STORE_EXTENSIONS if limits.store else EXTENSIONS
+    formats = (*(STORE_EXTENSIONS if limits.store else EXTENSIONS), AUTO)
     if ext not in formats:
         if ext in STORE_EXTENSIONS:
             raise BadRequestError(
@@ -135,7 +191,7 @@ def _parse_filename(filename: str, limits: Limits) -> tuple[str, str]:
             code="bad_format",
         )
     if bg.lower() == TRANSPARENT:
-        if ext not in ALPHA_EXTENSIONS:
+        if ext not in (*ALPHA_EXTENSIONS, AUTO):
             alpha = [e for e in ALPHA_EXTENSIONS if e in formats]
             raise BadRequestError(
                 f"{ext} has no transparency: use {', '.join(alpha[:-1])} or {alpha[-1]}, "

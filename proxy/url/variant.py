@@ -17,6 +17,8 @@ EXTENSIONS = ("jpg", "png", "webp")
 STORE_EXTENSIONS = (*EXTENSIONS, "avif")
 #: Formats that keep transparency (jpg always needs a background colour).
 ALPHA_EXTENSIONS = ("png", "webp", "avif")
+#: The best format the client's ``Accept`` allows (:mod:`proxy.serving.formats` picks it).
+AUTO = "auto"
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,9 +34,20 @@ class Variant:
     width: int
     height: int
     bg: str  # six lowercase hex digits, or "transparent"
-    ext: str  # jpg, png or webp (store mode: avif too)
+    ext: str  # jpg, png or webp (store mode: avif too), or auto (picked by Accept)
     fit: str = "contain"
     fit_named: bool = False  # the URL spells the fit: it is not the default one
+    #: A named preset (``/img/<image_id>/<preset>.<ext>``): its recipe is in the fields
+    #: above and below; None for a size URL.
+    preset: str | None = None
+    fill: float | None = None  # framing: the subject's box takes this share of the frame
+    anchor: str = "center"  # framing: where the subject sits (with fill)
+    quality: int | None = None  # the encoder's quality; None: the server's
+
+    @property
+    def framed(self) -> bool:
+        """Whether the subject is trimmed from its alpha and placed by fill and anchor."""
+        return self.fill is not None
 
     @property
     def size(self) -> str:
@@ -45,6 +58,8 @@ class Variant:
     @property
     def path(self) -> str:
         # Spelled out, not through ``size``: every redirect-mode hit builds its cache key here.
+        if self.preset is not None:
+            return f"/img/{self.image_id}/{self.preset}.{self.ext}"
         if self.fit_named:
             return (
                 f"/img/{self.image_id}/{self.width}x{self.height}-{self.fit}/{self.bg}.{self.ext}"
