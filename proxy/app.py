@@ -122,7 +122,7 @@ def create_app(
         store=store,
     )
     presets_api = PresetsAPI(settings, decider=decider)
-    srcset_api = SrcsetAPI(settings, registry=registry, decider=decider, clock=clock)
+    srcset_api = SrcsetAPI(settings, registry=registry, decider=decider, clock=clock, store=store)
     purge = Purge(
         settings.admin_token, services.images, registry, variants, services.purger, store=store
     )

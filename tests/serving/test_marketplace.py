@@ -292,3 +292,47 @@ async def test_the_json_placeholder_decodes_to_the_variants_aspect_ratio(
     colour = bytes.fromhex(shown["color"][1:])  # the product's blue, not the background
     assert all(abs(a - b) <= 4 for a, b in zip(colour, (30, 90, 200), strict=True)), colour
     assert await rig.minted() == before  # no mint for a placeholder
+
+
+# --- srcset ---------------------------------------------------------------------------------
+
+
+async def test_srcset_knows_auto_and_emits_placeholders_without_a_mint(rig: Rig) -> None:
+    await rig.upload("shoe", product((800, 600)))
+    before = await rig.minted()
+    answer = await rig.client.get(
+        "/srcset/shoe",
+        params={"widths": "320,640", "ext": "auto", "placeholder": "1"},
+        headers={"Accept": "application/json"},
+    )
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    assert [c["url"].rsplit("/", 2)[1:] for c in body["candidates"]] == [
+        ["320x320", "ffffff.auto"],
+        ["640x640", "ffffff.auto"],
+    ]
+    shown = body["placeholder"]
+    assert shown["aspect"] == 1.0 and shown["color"].startswith("#")
+    assert f'data-thumbhash="{shown["thumbhash"]}"' in body["html"]
+    assert f"background-color:{shown['color']}" in body["html"]
+    # Each candidate answers the browser's best format.
+    path = body["candidates"][0]["url"].removeprefix("http://127.0.0.1:8080")
+    webp = await rig.client.get(path, headers={"Accept": WEBP})
+    assert webp.headers["content-type"] == "image/webp"
+    assert await rig.minted() == before
+
+
+async def test_srcset_placeholders_never_mint_a_master(store_rig: MakeRig) -> None:
+    async with store_rig() as rig:
+        uploaded = await rig.upload("shoe", product((800, 600)))
+        await rig.register("twin", uploaded)  # no original kept here: no master either
+        before = await rig.minted()
+        body = (
+            await rig.client.get(
+                "/srcset/twin",
+                params={"widths": "320", "placeholder": "1"},
+                headers={"Accept": "application/json"},
+            )
+        ).json()
+        assert body["placeholder"] is None and "data-thumbhash" not in body["html"]
+        assert await rig.minted() == before
