@@ -31,7 +31,10 @@ from proxy.url.variant import (
 )
 
 IMAGE_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
-_SIZE = re.compile(r"(\d{1,9})x(\d{1,9})(?:-([A-Za-z]{1,16}))?(?:@([1-9])x)?")
+_SIZE = re.compile(
+    r"(\d{1,9})x(\d{1,9})(?:-([A-Za-z]{1,16}))?(?:-[fF](\d{1,3})(?:-([A-Za-z]{1,16}))?)?(?:@([1-9])x)?"
+)
+ANCHORS = ("center", "bottom", "top", "left", "right")
 _HEX = re.compile(r"[0-9A-Fa-f]{3}|[0-9A-Fa-f]{6}")
 _EXT_ALIASES = {"jpeg": "jpg"}
 MAX_DENSITY = 4
@@ -69,7 +72,7 @@ def check_image_id(image_id: str) -> str:
 def parse(image_id: str, size: str, filename: str, limits: Limits) -> Variant | Canonical:
     """Parse the three path segments after ``/img/``."""
     check_image_id(image_id)
-    width, height, fit, density = _parse_size(size, limits)
+    width, height, fit, density, fill, anchor = _parse_size(size, limits)
     bg, ext = _parse_filename(filename, limits)
     width, height = width * density, height * density
     if width > limits.max_width or height > limits.max_height:
@@ -83,7 +86,9 @@ def parse(image_id: str, size: str, filename: str, limits: Limits) -> Variant | 
             f"size {width}x{height} is over {limits.max_pixels:,} pixels", code="bad_size"
         )
     fit = fit or limits.default_fit
-    variant = Variant(image_id, width, height, bg, ext, fit, fit != limits.default_fit)
+    variant = Variant(
+        image_id, width, height, bg, ext, fit, fit != limits.default_fit, fill=fill, anchor=anchor
+    )
     if variant.path != f"/img/{image_id}/{size}/{filename}":
         return Canonical(variant.path, variant)
     return variant
@@ -135,23 +140,52 @@ def parse_preset(
     return variant
 
 
-def _parse_size(size: str, limits: Limits) -> tuple[int, int, str | None, int]:
+def _parse_size(size: str, limits: Limits) -> tuple[int, int, str | None, int, float | None, str]:
     match = _SIZE.fullmatch(size)
     if not match:
         raise BadRequestError(
-            f"size must look like 640x480 (optionally -cover, @2x), got {size[:40]!r}",
+            f"size must look like 640x480 (optionally -cover, -f85, -f85-bottom, @2x), "
+            f"got {size[:40]!r}",
             code="bad_size",
         )
     width, height = int(match[1]), int(match[2])
     fit = _parse_fit(match[3], limits)
-    density = int(match[4] or 1)
+    fill, anchor = _parse_framing(match[4], match[5], limits)
+    density = int(match[6] or 1)
     if width < 1 or height < 1:
         raise BadRequestError("width and height must be at least 1", code="bad_size")
     if density > MAX_DENSITY:
         raise BadRequestError(
             f"density must be 1x to {MAX_DENSITY}x, got {density}x", code="bad_size"
         )
-    return width, height, fit, density
+    return width, height, fit, density, fill, anchor
+
+
+def _parse_framing(
+    percent: str | None, anchor: str | None, limits: Limits
+) -> tuple[float | None, str]:
+    """``-f85`` (the subject's box takes 85% of the frame), ``-f85-bottom`` (and stands on
+    the bottom margin): framing from the alpha channel, store mode only."""
+    if percent is None:
+        return None, "center"
+    fill = int(percent)
+    if not 1 <= fill <= 100:
+        raise BadRequestError(
+            f"framing fill must be -f1 to -f100 (percent of the frame), got -f{percent}",
+            code="bad_fill",
+        )
+    where = (anchor or "center").lower()
+    if where not in ANCHORS:
+        raise BadRequestError(
+            f"anchor must be one of {', '.join(ANCHORS)}, got {anchor!r}", code="bad_anchor"
+        )
+    if not limits.store:
+        raise BadRequestError(
+            "the upstream cannot frame a product from its outline; framing (-f<fill>) needs "
+            "PROXY_MODE=store",
+            code="framing_needs_store_mode",
+        )
+    return fill / 100, where
 
 
 def _parse_fit(given: str | None, limits: Limits) -> str | None:

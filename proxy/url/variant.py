@@ -23,11 +23,13 @@ AUTO = "auto"
 
 @dataclass(frozen=True, slots=True)
 class Variant:
-    """A canonical variant request: ``/img/<image_id>/<width>x<height>[-<fit>]/<bg>.<ext>``.
+    """A canonical variant request: ``/img/<image_id>/<width>x<height>[-<fit>]/<bg>.<ext>``
+    (with framing ``...[-<fit>]-f<fill %>[-<anchor>]/...``), or a named preset's
+    ``/img/<image_id>/<preset>.<ext>``.
 
-    ``fit`` is how the subject fills the box (contain, pad, cover). The URL names it only
-    when it is not the effective default (``fit_named``), so every variant has one spelling:
-    ``640x640`` is the default fit, ``640x640-cover`` another one.
+        ``fit`` is how the subject fills the box (contain, pad, cover). The URL names it only
+        when it is not the effective default (``fit_named``), so every variant has one spelling:
+        ``640x640`` is the default fit, ``640x640-cover`` another one.
     """
 
     image_id: str
@@ -51,8 +53,13 @@ class Variant:
 
     @property
     def size(self) -> str:
-        """The size segment: ``640x480``, or ``640x480-cover`` when the fit is named."""
+        """The size segment: ``640x480``, ``640x480-cover`` when the fit is named, and the
+        framing after it: ``640x480-f85``, ``640x480-cover-f85-bottom``."""
         suffix = f"-{self.fit}" if self.fit_named else ""
+        if self.fill is not None:
+            suffix += f"-f{round(self.fill * 100)}"
+            if self.anchor != "center":
+                suffix += f"-{self.anchor}"
         return f"{self.width}x{self.height}{suffix}"
 
     @property
@@ -60,6 +67,8 @@ class Variant:
         # Spelled out, not through ``size``: every redirect-mode hit builds its cache key here.
         if self.preset is not None:
             return f"/img/{self.image_id}/{self.preset}.{self.ext}"
+        if self.fill is not None:  # framing from the URL (store mode only)
+            return f"/img/{self.image_id}/{self.size}/{self.bg}.{self.ext}"
         if self.fit_named:
             return (
                 f"/img/{self.image_id}/{self.width}x{self.height}-{self.fit}/{self.bg}.{self.ext}"

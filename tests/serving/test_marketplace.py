@@ -336,3 +336,44 @@ async def test_srcset_placeholders_never_mint_a_master(store_rig: MakeRig) -> No
         ).json()
         assert body["placeholder"] is None and "data-thumbhash" not in body["html"]
         assert await rig.minted() == before
+
+
+# --- framing from URLs ----------------------------------------------------------------------
+
+
+async def test_framing_from_a_url_is_the_presets_framing_spelled_once(
+    store_rig: MakeRig, presets_file: Path
+) -> None:
+    async with store_rig(presets_file=presets_file) as rig:
+        await rig.upload("shoe", product())
+        url = "/img/shoe/600x400-f80-bottom/f3efe8.png"
+        framed = await rig.client.get(url)
+        preset = await rig.client.get("/img/shoe/shelf.png")
+        assert framed.status_code == preset.status_code == 200, framed.text
+        assert framed.headers["etag"] == preset.headers["etag"]  # the same derivation
+        for other in (
+            "/img/shoe/600x400-F80-bottom/f3efe8.png",
+            "/img/shoe/600x400-f080-BOTTOM/f3efe8.png",
+        ):
+            moved = await rig.client.get(other)
+            assert moved.status_code == 308 and moved.headers["location"] == url
+        centred = await rig.client.get("/img/shoe/400x400-f85-center/ffffff.png")
+        assert centred.status_code == 308
+        assert centred.headers["location"] == "/img/shoe/400x400-f85/ffffff.png"
+        image = decoded(await rig.client.get("/img/shoe/400x400-f85/ffffff.png"))
+        left, top, right, bottom = subject_bbox(image)
+        assert abs(max(right - left, bottom - top) - 340) <= 2
+        for bad, code in (
+            ("/img/shoe/400x400-f0/ffffff.png", "bad_fill"),
+            ("/img/shoe/400x400-f101/ffffff.png", "bad_fill"),
+            ("/img/shoe/400x400-f85-middle/ffffff.png", "bad_anchor"),
+        ):
+            refused = await rig.client.get(bad)
+            assert (refused.status_code, refused.json()["error"]) == (400, code), bad
+
+
+async def test_redirect_mode_refuses_framing_urls(store_rig: MakeRig) -> None:
+    async with store_rig(mode="redirect") as rig:
+        refused = await rig.client.get("/img/shoe/400x400-f85/ffffff.jpg")
+        assert refused.status_code == 400
+        assert refused.json()["error"] == "framing_needs_store_mode"
