@@ -17,6 +17,7 @@ same libvips). ``python -m tests.bench bench_formats``; docs/marketplace.md reco
 
 from __future__ import annotations
 
+import functools
 import io
 
 import pyvips
@@ -32,6 +33,7 @@ SIZES = (320, 640, 1280)
 SAME_Q = 80
 
 
+@functools.cache
 def master(seed: int) -> derive.Master:
     """The demo photo of ``seed`` cut out as the upstream would: an RGBA PNG master."""
     photo = Image.open(io.BytesIO(product_photo(seed=seed))).convert("RGB")
@@ -41,12 +43,12 @@ def master(seed: int) -> derive.Master:
     return derive.decode_master(out.getvalue())
 
 
-def sizes(fmt_quality: dict[str, int], bg: str) -> dict[str, int]:
-    """Total bytes per format over every demo image and size."""
+def sizes(fmt_quality: dict[str, int], bg: str, sides: tuple[int, ...] = SIZES) -> dict[str, int]:
+    """Total bytes per format over every demo image at each of ``sides``."""
     masters = [master(seed) for seed in SEEDS]
     totals = dict.fromkeys(fmt_quality, 0)
     for found in masters:
-        for side in SIZES:
+        for side in sides:
             for fmt, quality in fmt_quality.items():
                 data = derive.derive(found, side, side, "pad", bg, fmt, quality)  # type: ignore[arg-type]
                 totals[fmt] += len(data)
@@ -81,6 +83,14 @@ def run() -> list[tuple[str, str, str]]:
             f"  server defaults (jpg/webp Q={q}, avif Q={aq}), on ffffff",
             sizes({"jpg": q, "webp": q, "avif": aq}, "ffffff"),
             "jpg",
+        ),
+        *(
+            _row(
+                f"  {side}x{side} alone, server defaults, on ffffff",
+                sizes({"jpg": q, "webp": q, "avif": aq}, "ffffff", (side,)),
+                "jpg",
+            )
+            for side in SIZES
         ),
         _row(
             f"  transparent (png lossless, webp Q={q}, avif Q={aq})",
