@@ -77,7 +77,10 @@ class Variant:
 
     @property
     def name(self) -> str:
-        """Deterministic upstream ``variant_name``: the same variant always has the same name."""
+        """Deterministic upstream ``variant_name``: the same variant always has the same name
+        (a preset's is its own, so a token may carry it beside the size it shares)."""
+        if self.preset is not None:
+            return f"{self.preset}_{self.ext}"
         return f"{self.width}x{self.height}_{self.bg}_{self.ext}"
 
     @property

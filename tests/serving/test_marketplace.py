@@ -40,7 +40,7 @@ fill = 1.0
 format = "png"
 
 [presets.plain]
-size = "320x320"
+size = "333x333"
 fit = "contain"
 bg = "ffffff"
 """
@@ -193,13 +193,25 @@ async def test_a_preset_warms_up_and_is_signed_like_any_url(
 async def test_redirect_mode_serves_what_the_upstream_can_and_refuses_the_rest(
     store_rig: MakeRig, presets_file: Path
 ) -> None:
-    async with store_rig(mode="redirect", presets_file=presets_file) as rig:
+    # A strict ladder: the preset's 333x333 is off it, and served all the same (the
+    # operator chose it); sizes off it are still refused.
+    async with store_rig(mode="redirect", presets_file=presets_file, ladder_policy="strict") as rig:
         await rig.upload("shoe", product((800, 600)))
         framed = await rig.client.get("/img/shoe/main.jpg")
         assert framed.status_code == 400
         assert framed.json()["error"] == "preset_needs_store_mode"
         plain = await rig.client.get("/img/shoe/plain.webp")
-        assert plain.status_code == 302  # contain, no framing: the upstream makes it
+        assert plain.status_code == 302, plain.text  # contain, no framing: the upstream can
+        off = await rig.client.get("/img/shoe/333x333/ffffff.webp")
+        assert off.status_code == 400
+        # A warm-up of the preset and a size in one token: two names, two outputs.
+        warmed = await rig.client.post(
+            "/images/shoe/warm",
+            json={"presets": ["plain"], "sizes": ["320x320"], "ext": "jpg"},
+            headers=AUTH,
+        )
+        assert warmed.status_code == 200, warmed.text
+        assert warmed.json()["tokens"] == 1 and len(warmed.json()["rendered"]) == 2
         listing = (await rig.client.get("/presets")).json()["presets"]
         assert {p["name"]: p["available"] for p in listing} == {
             "main": False,
@@ -377,3 +389,24 @@ async def test_redirect_mode_refuses_framing_urls(store_rig: MakeRig) -> None:
         refused = await rig.client.get("/img/shoe/400x400-f85/ffffff.jpg")
         assert refused.status_code == 400
         assert refused.json()["error"] == "framing_needs_store_mode"
+
+
+async def test_a_preset_and_its_size_share_a_token_under_their_own_names(
+    store_rig: MakeRig, presets_file: Path
+) -> None:
+    async with store_rig(mode="redirect", presets_file=presets_file) as rig:
+        await rig.upload("shoe", product((800, 600)))
+        warmed = await rig.client.post(
+            "/images/shoe/warm",
+            json={"presets": ["plain"], "sizes": ["333x333"], "ext": "jpg"},
+            headers=AUTH,
+        )
+        assert warmed.status_code == 200, warmed.text
+        assert sorted(warmed.json()["rendered"]) == [
+            "/img/shoe/333x333/ffffff.jpg",
+            "/img/shoe/plain.jpg",
+        ]
+        for path in warmed.json()["rendered"]:
+            answer = await rig.client.get(path)
+            assert answer.status_code == 302
+            assert (await rig.client.get(answer.headers["location"])).status_code == 200
