@@ -382,9 +382,11 @@ def warm_variants(image_id: str, body: Any, decider: Decider[Any]) -> list[Varia
 
 
 def with_fit(size: str, fit: str | None) -> str:
-    """A size segment with the fit suffix put in its place: ``320x320@2x`` with ``cover`` is
-    ``320x320-cover@2x`` (the grammar judges both, a default fit is spelled away)."""
+    """A size segment with the fit suffix put in its place, right after the box:
+    ``320x320@2x`` with ``cover`` is ``320x320-cover@2x``, ``400x400-f85`` is
+    ``400x400-cover-f85`` (the grammar judges them, a default fit is spelled away)."""
     if not fit:
         return size
     box, at, density = size.partition("@")
-    return f"{box}-{fit}{at}{density}"
+    wh, dash, framing = box.partition("-")
+    return f"{wh}-{fit}{dash}{framing}{at}{density}"

@@ -410,3 +410,17 @@ async def test_a_preset_and_its_size_share_a_token_under_their_own_names(
             answer = await rig.client.get(path)
             assert answer.status_code == 302
             assert (await rig.client.get(answer.headers["location"])).status_code == 200
+
+
+async def test_a_warm_up_frames_its_sizes_with_the_fit_in_its_place(rig: Rig) -> None:
+    await rig.upload("shoe", product((800, 600)))
+    warmed = await rig.client.post(
+        "/images/shoe/warm",
+        json={"sizes": ["400x400-f85", "200x200-f90-bottom@2x"], "fit": "cover", "ext": "png"},
+        headers=AUTH,
+    )
+    assert warmed.status_code == 200, warmed.text
+    assert sorted(warmed.json()["rendered"]) == [
+        "/img/shoe/400x400-cover-f85/ffffff.png",
+        "/img/shoe/400x400-cover-f90-bottom/ffffff.png",
+    ]
