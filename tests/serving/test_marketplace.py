@@ -245,6 +245,11 @@ async def test_auto_answers_avif_webp_or_jpeg_by_accept(rig: Rig) -> None:
         url, headers={"Accept": WEBP, "If-None-Match": answers[WEBP].headers["etag"]}
     )
     assert again.status_code == 304
+    # An app names the formats it decodes beside JSON: the JSON of that format.
+    described = await rig.client.get(url, headers={"Accept": "application/json, image/webp"})
+    body = described.json()
+    assert body["format"] == "webp" and body["etag"] == answers[WEBP].headers["etag"]
+    assert body["url"].endswith("/img/shoe/320x320/ffffff.webp")
 
 
 async def test_transparent_auto_keeps_alpha_where_accepted_else_png(rig: Rig) -> None:
