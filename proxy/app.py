@@ -33,6 +33,7 @@ from proxy.serving.demo_page import DemoPage
 from proxy.serving.hitpath import HitPath
 from proxy.serving.images_api import ImagesAPI
 from proxy.serving.negotiation import Negotiation
+from proxy.serving.presets_api import PresetsAPI
 from proxy.serving.purge import Purge
 from proxy.serving.srcset_api import SrcsetAPI
 from proxy.serving.variant_route import VariantEndpoint, describe
@@ -44,7 +45,7 @@ from proxy.stores.leases import DiskLease, Lease
 from proxy.stores.redis import RedisStore
 from proxy.stores.registry import DiskRegistry, Registry
 from proxy.upstream.client import UpstreamClient, UpstreamConfig
-from proxy.url.decision import ROUTE, Decider
+from proxy.url.decision import PRESET_ROUTE, ROUTE, Decider
 from proxy.url.variant import Variant
 from proxy.variants.service import VariantService
 
@@ -120,13 +121,16 @@ def create_app(
         clock=clock,
         store=store,
     )
-    srcset_api = SrcsetAPI(settings, registry=registry, decider=decider, clock=clock)
+    presets_api = PresetsAPI(settings, decider=decider)
+    srcset_api = SrcsetAPI(settings, registry=registry, decider=decider, clock=clock, store=store)
     purge = Purge(
         settings.admin_token, services.images, registry, variants, services.purger, store=store
     )
     costs = CostsAPI(settings.admin_token, variants.guards, store=store)
     routes: list[Route | Mount] = [
         Route(ROUTE, variant_endpoint, methods=["GET", "HEAD"]),
+        Route(PRESET_ROUTE, variant_endpoint, methods=["GET", "HEAD"]),
+        Route("/presets", presets_api.listing, methods=["GET", "HEAD"]),
         *images_api.routes(),
         Route("/images/{image_id}/variants", purge.delete_variants, methods=["DELETE"]),
         Route("/srcset/{image_id}", tagged(srcset_api.markup), methods=["GET", "HEAD"]),

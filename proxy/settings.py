@@ -142,6 +142,12 @@ class Settings:
         "PROXY_AVIF_QUALITY",
         "Store mode: AVIF encoder quality 1..100 (jpg and webp use PROXY_OUTPUT_COMPRESSION).",
     )
+    presets_file: Path | None = setting(
+        None,
+        "PROXY_PRESETS_FILE",
+        "A TOML file of named presets, served at /img/<id>/<preset>.<ext> (docs/marketplace.md); "
+        "checked at start.",
+    )
     client_derive_rate: str | None = setting(
         "300/minute",
         "PROXY_CLIENT_DERIVE_RATE",

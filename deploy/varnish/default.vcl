@@ -4,7 +4,9 @@ vcl 4.1;
 # - caches the proxy's 302s (and the JSON apps get) for as long as s-maxage/max-age say,
 #   which is never longer than the output URL they point at still lives; no grace, no
 #   keep: a stale redirect is a broken image;
-# - keeps one copy for browsers and one for apps: Accept is folded to json-or-not;
+# - keeps one copy for browsers and one for apps: Accept is folded to json-or-not, and for
+#   .auto URLs (the best format by Accept) to the formats it names, so at most one copy per
+#   format: AVIF, WebP, or neither (JPEG or PNG);
 # - never caches 5xx, 429 or anything marked no-store (the proxy marks each of those);
 # - `BAN /` with `Surrogate-Key: img-<id>` from a purger drops every answer about the
 #   image: what the proxy sends with PROXY_CDN_PURGE_URL=http://<varnish>/;
@@ -62,9 +64,18 @@ sub vcl_recv {
         return (pass);
     }
     if (req.url ~ "^/(img|srcset)/") {
-        # The proxy varies on Accept only as json-or-not: fold it so browsers share one copy.
+        # The proxy varies on Accept as json-or-not, and for .auto URLs by the image formats
+        # it names (AVIF, WebP): fold it to exactly that, so browsers share one copy each.
         if (req.http.Accept ~ "(?i)application/json" && req.http.Accept !~ "(?i)image/") {
             set req.http.Accept = "application/json";
+        } elsif (req.url ~ "^/img/[^?]*\.auto(\?|$)" && req.http.Accept ~ "(?i)image/(avif|webp)") {
+            if (req.http.Accept ~ "(?i)image/avif" && req.http.Accept ~ "(?i)image/webp") {
+                set req.http.Accept = "image/avif,image/webp";
+            } elsif (req.http.Accept ~ "(?i)image/avif") {
+                set req.http.Accept = "image/avif";
+            } else {
+                set req.http.Accept = "image/webp";
+            }
         } else {
             unset req.http.Accept;
         }

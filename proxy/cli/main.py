@@ -215,8 +215,12 @@ def app_from_environment() -> Starlette:
 
 
 def _load_settings() -> Settings:
+    from proxy.url.presets import from_settings as load_presets
+
     try:
-        return Settings.from_env(os.environ)
+        settings = Settings.from_env(os.environ)
+        load_presets(settings)  # PROXY_PRESETS_FILE: checked at start, like every setting
+        return settings
     except SettingsError as exc:
         _fail(f"invalid setting: {exc}")
         raise  # unreachable: _fail exits
@@ -229,6 +233,7 @@ def _fail(message: str) -> None:
 
 def _register_plugins() -> None:
     from proxy.cli import images as images_cli
+    from proxy.cli import presets as presets_cli
     from proxy.cli import sign as guards_cli
     from proxy.cli import srcset as srcset_cli
     from proxy.embedded import register_cli as register_engine_cli
@@ -237,6 +242,7 @@ def _register_plugins() -> None:
     images_cli.register(app)
     guards_cli.register(app)
     srcset_cli.register(app)
+    presets_cli.register(app)
 
 
 def main() -> None:

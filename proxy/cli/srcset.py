@@ -29,7 +29,10 @@ def srcset(
     ] = "320,640,1280",
     ratio: Annotated[str, typer.Option(help="Box aspect ratio W:H.")] = "1:1",
     bg: Annotated[str, typer.Option(help="Background: hex colour or transparent.")] = "ffffff",
-    ext: Annotated[str, typer.Option(help="Format: jpg, png or webp (store mode: avif).")] = "jpg",
+    ext: Annotated[
+        str,
+        typer.Option(help="Format: jpg, png or webp (store mode: avif); auto: the best by Accept."),
+    ] = "jpg",
     fit: Annotated[
         str | None,
         typer.Option(

@@ -136,9 +136,10 @@ class Minter:
         return dataclasses.replace(variant, width=size[0], height=size[1])
 
     def check(self, variants: Iterable[Variant]) -> None:
-        """Refuse (400) to mint any size the ladder does not offer."""
+        """Refuse (400) to mint any size the ladder does not offer (a named preset's size is
+        the operator's own: the ladder does not apply to it)."""
         for variant in variants:
-            if self.hold(variant) != variant:
+            if variant.preset is None and self.hold(variant) != variant:
                 raise BadRequestError(
                     f"size {variant.width}x{variant.height} is not offered "
                     f"(PROXY_LADDER_POLICY={self.policy})",

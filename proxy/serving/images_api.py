@@ -8,8 +8,9 @@
     GET    /images/{id}        metadata and the variants currently cached
     DELETE /images/{id}        mapping, cached variants, and the original unless shared
     POST   /images/{id}/warm   {"sizes": ["640x640", ...], "bg": "ffffff", "ext": "jpg",
-                                "fit": "cover"}  (store mode: the master minted if missing,
-                               the sizes derived)
+                                "fit": "cover", "presets": ["main"]}  (store mode: the
+                               master minted if missing, the sizes and presets derived;
+                               ext "auto": every format it may become)
 
 Bodies are read as a stream with a running count, refused with 413 the moment they pass the
 limit (and before reading, from Content-Length); nothing is stored before the image passes
@@ -18,6 +19,7 @@ every check.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
@@ -32,6 +34,7 @@ from starlette.routing import Route
 from proxy.errors import BadRequestError, NotFoundError, PayloadTooLargeError
 from proxy.images.checks import check_size, sha256_hex
 from proxy.images.service import ImageService, Stored
+from proxy.serving import formats
 from proxy.serving.admin import require_admin
 from proxy.serving.handlers import MAX_JSON_BODY, read_json, record_json, registration
 from proxy.settings import Settings
@@ -40,7 +43,7 @@ from proxy.stores.registry import ImageRecord, Registry, record_version
 from proxy.upstream.contract import estimate_credits
 from proxy.url import grammar
 from proxy.url.decision import Decider
-from proxy.url.variant import Variant, image_prefix, output_variant
+from proxy.url.variant import AUTO, TRANSPARENT, Variant, image_prefix, output_variant
 from proxy.variants.coalesce import holding
 from proxy.variants.service import VariantService
 
@@ -324,15 +327,25 @@ async def cached_variants(
 
 
 def warm_variants(image_id: str, body: Any, decider: Decider[Any]) -> list[Variant]:
-    """The body's sizes × bg × ext as the variants visitors' URLs of them are served: the
-    same decision (the grammar's limits, the size ladder), with no signature to check."""
+    """The body's sizes × bg × ext, and its named presets, as the variants visitors' URLs of
+    them are served: the same decision (the grammar's limits, the size ladder), with no
+    signature to check. ``auto`` stands for every format it may become."""
     if not isinstance(body, dict):
         raise BadRequestError("the body must be a JSON object", code="bad_body")
-    unknown = set(body) - {"sizes", "bg", "ext", "fit"}
+    unknown = set(body) - {"sizes", "bg", "ext", "fit", "presets"}
     if unknown:
         raise BadRequestError(f"unknown field(s): {', '.join(sorted(unknown))}", code="bad_body")
-    sizes = body.get("sizes")
-    if (
+    sizes, names = body.get("sizes"), body.get("presets")
+    if names is not None and (
+        not isinstance(names, list)
+        or not 1 <= len(names) <= MAX_WARM_SIZES
+        or not all(isinstance(n, str) for n in names)
+    ):
+        raise BadRequestError(
+            f'presets must be a list of 1 to {MAX_WARM_SIZES} preset names like "main"',
+            code="bad_presets",
+        )
+    if (names is None or sizes is not None) and (
         not isinstance(sizes, list)
         or not 1 <= len(sizes) <= MAX_WARM_SIZES
         or not all(isinstance(s, str) for s in sizes)
@@ -341,23 +354,40 @@ def warm_variants(image_id: str, body: Any, decider: Decider[Any]) -> list[Varia
             f'sizes must be a list of 1 to {MAX_WARM_SIZES} sizes like "640x640"',
             code="bad_sizes",
         )
-    bg, ext, fit = body.get("bg", "ffffff"), body.get("ext", "jpg"), body.get("fit")
-    if not isinstance(bg, str) or not isinstance(ext, str):
+    bg, ext, fit = body.get("bg", "ffffff"), body.get("ext"), body.get("fit")
+    if not isinstance(bg, str) or not isinstance(ext, str | None):
         raise BadRequestError("bg and ext must be strings", code="bad_body")
     if fit is not None and not isinstance(fit, str):
         raise BadRequestError("fit must be a string: contain, pad or cover", code="bad_body")
     variants: dict[str, Variant] = {}
-    for size in sizes:
+    for size in sizes or ():
         # As for a visitor's URL: the canonical spelling, the rung under snap, 400s alike.
-        variant = decider.variant(image_id, with_fit(size, fit), f"{bg}.{ext}")
+        variant = decider.variant(image_id, with_fit(size, fit), f"{bg}.{ext or 'jpg'}")
         variants[variant.path] = variant
-    return list(variants.values())
+    for name in names or ():
+        preset = decider.presets.get(name)
+        # No ext: the preset's own format, else its first (jpg, or png when transparent).
+        chosen = ext or (preset.formats[0] if preset is not None else "jpg")
+        variant = decider.preset(image_id, f"{name}.{chosen}")
+        variants[variant.path] = variant
+    store = decider.limits.store
+    return [
+        dataclasses.replace(variant, ext=fmt) if variant.ext == AUTO else variant
+        for variant in variants.values()
+        for fmt in (
+            formats.formats(transparent=variant.bg == TRANSPARENT, store=store)
+            if variant.ext == AUTO
+            else (variant.ext,)
+        )
+    ]
 
 
 def with_fit(size: str, fit: str | None) -> str:
-    """A size segment with the fit suffix put in its place: ``320x320@2x`` with ``cover`` is
-    ``320x320-cover@2x`` (the grammar judges both, a default fit is spelled away)."""
+    """A size segment with the fit suffix put in its place, right after the box:
+    ``320x320@2x`` with ``cover`` is ``320x320-cover@2x``, ``400x400-f85`` is
+    ``400x400-cover-f85`` (the grammar judges them, a default fit is spelled away)."""
     if not fit:
         return size
     box, at, density = size.partition("@")
-    return f"{box}-{fit}{at}{density}"
+    wh, dash, framing = box.partition("-")
+    return f"{wh}-{fit}{dash}{framing}{at}{density}"

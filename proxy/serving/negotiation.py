@@ -3,7 +3,9 @@
 
 Store mode (:meth:`Negotiation.stored`) answers the bytes themselves: ``200`` with their
 exact type and length and a strong ``ETag`` (``304`` when ``If-None-Match`` names it),
-or for apps JSON with the variant's URL, size, format, byte count and ETag.
+or for apps JSON with the variant's URL, size, format, byte count, ETag and placeholder
+(ThumbHash and dominant colour). An ``.auto`` URL is answered as the format
+:mod:`proxy.serving.formats` picks for the request's ``Accept``.
 
 Browsers (``<img>``, CSS, navigation) send ``image/*`` or ``*/*`` and get the 302. Apps that
 send ``Accept: application/json`` get ``200`` with where the output is, its pixel size, its
@@ -124,13 +126,16 @@ class Negotiation:
         if_none_match: bytes | None = None,
         head: bool = False,
         extra: RawHeaders = VARY_ACCEPT,
+        placeholder: dict[str, Any] | None = None,
     ) -> Response:
         """Store mode's answer: the bytes (``head``: their headers only), a 304 when
-        ``if_none_match`` names their ETag, or JSON about them for apps (``json``)."""
+        ``if_none_match`` names their ETag, or JSON about them for apps (``json``), with
+        the variant's ``placeholder`` when given."""
         if json:
-            return responses.stored_json(
-                stored_json(variant, stored, self.public_url), policy=self.policy, extra=extra
-            )
+            body = stored_json(variant, stored, self.public_url)
+            if placeholder is not None:
+                body["placeholder"] = placeholder
+            return responses.stored_json(body, policy=self.policy, extra=extra)
         if if_none_match is not None and etag_matches(if_none_match, stored.etag):
             headers = responses.not_modified_headers(stored, extra, policy=self.policy)
             return responses.raw_response(304, headers)

@@ -10,7 +10,9 @@ the proxy enforces:
 - background, format and fit are spelled canonically (``FFF`` → ``ffffff``, ``jpeg`` →
   ``jpg``, the default fit left out, another one as a suffix: ``640x640-cover``), so no
   candidate costs a 308;
-- with a :class:`~proxy.signing.Signer`, every URL is signed (optionally with an expiry).
+- with a :class:`~proxy.signing.Signer`, every URL is signed (optionally with an expiry);
+- ``ext="auto"``: one URL per width that answers AVIF, WebP or JPEG (PNG) by ``Accept``,
+  so one ``srcset`` serves every browser its best format (no ``<picture>`` needed).
 
 The renderer fits the image inside each box without upscaling, so with the original's size
 (``original=``) the ``w`` descriptors are the widths actually delivered and boxes that would
@@ -26,7 +28,7 @@ from __future__ import annotations
 import html
 import math
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -208,16 +210,28 @@ def fallback(found: Sequence[Candidate], width: int = 1024) -> Candidate:
 
 
 def img_tag(
-    found: Sequence[Candidate], *, sizes: str = "100vw", alt: str = "", loading: str = "lazy"
+    found: Sequence[Candidate],
+    *,
+    sizes: str = "100vw",
+    alt: str = "",
+    loading: str = "lazy",
+    placeholder: Mapping[str, Any] | None = None,
 ) -> str:
     """``<img>`` markup for ``found``: ``srcset``, ``sizes``, a ``src`` and its box size.
 
     ``width``/``height`` are the fallback's, so the browser reserves the right aspect ratio
-    before any byte arrives.
+    before any byte arrives. ``placeholder`` (``{"thumbhash", "color"}``, store mode): the
+    box is filled with the dominant colour until the image paints, and the ThumbHash is in
+    ``data-thumbhash`` for a script to draw a blurred preview from.
     """
     if not found:
         raise ValueError("no candidates")
     src = fallback(found)
+    extra: dict[str, str] = {}
+    if placeholder is not None:
+        if placeholder.get("color"):
+            extra["style"] = f"background-color:{placeholder['color']}"
+        extra["data-thumbhash"] = str(placeholder["thumbhash"])
     attrs = {
         "src": src.url,
         "srcset": ", ".join(c.descriptor for c in found),
@@ -227,6 +241,7 @@ def img_tag(
         "alt": alt,
         "loading": loading,
         "decoding": "async",
+        **extra,
     }
     body = " ".join(f'{name}="{html.escape(value, quote=True)}"' for name, value in attrs.items())
     return f"<img {body}>"

@@ -2,6 +2,10 @@
 
     GET /srcset/demo?widths=320,640,1280&ratio=1:1&bg=ffffff&ext=jpg&fit=cover&sizes=100vw&alt=Mug
 
+(``ext=auto``: each URL answers the browser's best format; ``placeholder=1``, store mode: the
+``<img>`` carries the dominant colour as its background and ``data-thumbhash``, and JSON a
+``placeholder``, computed from the kept master, never minting one.)
+
 answers the ``<img>`` element as ``text/html``, or with ``Accept: application/json`` an
 object with ``html``, ``srcset``, ``sizes``, ``src``, ``width``, ``height`` and the
 ``candidates``. Widths snap to the ladder and ``w`` descriptors are the widths actually
@@ -14,7 +18,7 @@ could otherwise mint signed URLs for every background colour.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
@@ -27,6 +31,9 @@ from proxy.settings import Settings
 from proxy.stores.registry import Registry
 from proxy.url import grammar
 from proxy.url.decision import Decider, wants_json
+
+if TYPE_CHECKING:  # imports pyvips: built in store mode only
+    from proxy.variants.store_mode import StoreVariants
 
 
 class SrcsetAPI:
@@ -41,11 +48,13 @@ class SrcsetAPI:
         registry: Registry,
         decider: Decider[Any],
         clock: Callable[[], float],
+        store: StoreVariants | None = None,
     ) -> None:
         self.settings = settings
         self.registry = registry
         self.decider = decider
         self.clock = clock
+        self.store = store
 
     async def markup(self, request: Request) -> Response:
         settings = self.settings
@@ -76,7 +85,13 @@ class SrcsetAPI:
         except ValueError as exc:
             raise BadRequestError(str(exc), code="bad_srcset") from None
         sizes = query.get("sizes") or "100vw"
-        markup = srcset.img_tag(found, sizes=sizes, alt=query.get("alt", ""))
+        shown = None
+        asked = query.get("placeholder") in ("1", "true")
+        if asked and self.store is not None:
+            from proxy.serving.placeholders import from_master  # store mode only: pyvips
+
+            shown = await from_master(self.store, record, srcset.fallback(found).variant)
+        markup = srcset.img_tag(found, sizes=sizes, alt=query.get("alt", ""), placeholder=shown)
         # Signed markup is for the admin who asked; unsigned markup changes only with the
         # image (and is tagged with it), so it may be kept as briefly as a 4xx.
         if signer is not None:
@@ -87,7 +102,7 @@ class SrcsetAPI:
         if not wants_json(request.headers.get("accept")):
             return HTMLResponse(markup + "\n", headers=headers)
         src = srcset.fallback(found)
-        body = {
+        body: dict[str, Any] = {
             "image_id": image_id,
             "html": markup,
             "srcset": ", ".join(c.descriptor for c in found),
@@ -105,4 +120,6 @@ class SrcsetAPI:
                 for c in found
             ],
         }
+        if asked:  # null: redirect mode, or no master kept yet
+            body["placeholder"] = shown
         return JSONResponse(body, headers=headers)

@@ -1,4 +1,5 @@
-"""The variant route, ``GET /img/{image_id}/{size}/{filename}``: the decision, then the answer.
+"""The variant routes, ``GET /img/{image_id}/{size}/{filename}`` and a named preset's
+``GET /img/{image_id}/{filename}``: the decision, then the answer.
 
 The hit path (:mod:`proxy.serving.hitpath`) answers memory hits before this runs; everything
 else comes here: misses, the 308s, JSON for apps, errors. Both ask the same
@@ -20,19 +21,20 @@ from starlette.types import Receive, Scope, Send
 
 from proxy.guards.clients import client_address
 from proxy.ops.accesslog import json_string
-from proxy.serving import cdn, responses
+from proxy.serving import cdn, formats, responses
 from proxy.serving.negotiation import Negotiation, variant_headers
 from proxy.serving.responses import RawHeaders
 from proxy.setting_values import IPNetwork
 from proxy.stores.cache import CachedOutput
-from proxy.url.decision import ROUTE, Decider, Redirect
+from proxy.url.decision import PRESET_ROUTE, ROUTE, Decider, Redirect
 from proxy.url.variant import Variant
 from proxy.variants.service import VariantService
 
 if TYPE_CHECKING:  # store mode's module imports pyvips: the app imports it in store mode only
+    from proxy.serving.placeholders import Placeholders
     from proxy.variants.store_mode import StoreVariants
 
-__all__ = ["ROUTE", "Described", "VariantEndpoint", "describe", "mark_fallback"]
+__all__ = ["PRESET_ROUTE", "ROUTE", "Described", "VariantEndpoint", "describe", "mark_fallback"]
 
 FALLBACK_HEADER = "X-Cutproxy-Fallback"
 
@@ -76,6 +78,11 @@ class VariantEndpoint:
         self.decider = decider
         self.variants = variants
         self.store = store
+        self.placeholders: Placeholders | None = None
+        if store is not None:
+            from proxy.serving.placeholders import Placeholders
+
+            self.placeholders = Placeholders(limiter=store.deriver.limiter)
         self.negotiation = negotiation
         self.trusted = tuple(trusted)
         self.fallback_max_age = fallback_max_age
@@ -91,7 +98,8 @@ class VariantEndpoint:
         path = signed = scope["path"]
         if scope.get("root_path"):  # the route's own path; the signature covers the whole
             params = request.path_params
-            path = f"/img/{params['image_id']}/{params['size']}/{params['filename']}"
+            size = f"{params['size']}/" if "size" in params else ""  # not for a preset
+            path = f"/img/{params['image_id']}/{size}{params['filename']}"
         accept = _first(scope["headers"], b"accept")
         decision = self.decider.decide(
             path, scope["query_string"], accept, self.clock(), signed=signed
@@ -99,7 +107,9 @@ class VariantEndpoint:
         assert decision is not None  # the router matched the route's shape
         if isinstance(decision, Redirect):
             return responses.canonical(decision.path, decision.query(), self.error_max_age)
-        variant, about = decision.variant, decision.about
+        about = decision.about
+        # .auto: the format this Accept gets (the answer varies on Accept, as every one does).
+        variant = formats.concrete(decision.variant, accept, store=self.store is not None)
         # Every answer from here on (errors too) is about this image: CDNs can purge it by key.
         cdn.tag(scope, about.tags)
         if self.store is not None:
@@ -133,6 +143,9 @@ class VariantEndpoint:
             variant, client=self.client(request)
         )
         scope.setdefault("state", {})["cache_tier"] = delivered.tier
+        placeholder = None
+        if json and self.placeholders is not None:
+            placeholder = await self.placeholders.of(delivered.variant, variant.bg)
         return self.negotiation.stored(
             variant,
             delivered.variant,
@@ -140,6 +153,7 @@ class VariantEndpoint:
             if_none_match=_first(scope["headers"], b"if-none-match"),
             head=scope["method"] == "HEAD",
             extra=about.headers,
+            placeholder=placeholder,
         )
 
     def client(self, request: Request) -> str:

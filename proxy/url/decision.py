@@ -30,19 +30,21 @@ signing canonical ladder sizes saves the extra hop.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Final, Generic, TypeVar
 from urllib.parse import parse_qsl, quote, urlencode
 
 from proxy.errors import BadRequestError, ProxyError
 from proxy.settings import Settings
-from proxy.url import grammar, ladder
+from proxy.url import grammar, ladder, presets
 from proxy.url.signing import EXPIRY_PARAM, SIGNATURE_PARAM, Signer
 from proxy.url.variant import Variant
 
 ROUTE: Final = "/img/{image_id}/{size}/{filename}"
 """The variant route's template: the app's route, the hit path's and the access log's label."""
+PRESET_ROUTE: Final = "/img/{image_id}/{filename}"
+"""A named preset's route (``/img/<image_id>/<preset>.<ext>``): two segments, never a size."""
 PREFIX: Final = "/img/"
 
 # The memo starts again past either bound (deciding again is cheap).
@@ -136,8 +138,10 @@ class Decider(Generic[About]):
         signer: Signer | None = None,
         size_ladder: ladder.Ladder | None = None,
         policy: str = "off",
+        named: Mapping[str, presets.Preset] = presets.NONE,
     ) -> None:
         self.limits = limits
+        self.presets = named
         self.signer = signer
         self.ladder = size_ladder
         self.policy = policy
@@ -161,6 +165,7 @@ class Decider(Generic[About]):
             signer=Signer.from_settings(settings),
             size_ladder=ladder.Ladder.from_settings(settings),
             policy=settings.ladder_policy,
+            named=presets.from_settings(settings),
         )
 
     def decide(
@@ -175,7 +180,8 @@ class Decider(Generic[About]):
     ) -> Serve[About] | Redirect | None:
         """What to answer a request of ``path`` (the route's path, percent-decoded).
 
-        None: ``path`` is not of the route's shape (``/img/`` and three non-empty segments).
+        None: ``path`` is not of a variant route's shape (``/img/`` and three non-empty
+        segments, or two for a preset).
         ``signed``: the path the signature covers, when not ``path`` (behind a root path);
         ``verify=False``: the admin side, which signs nothing. Raises :class:`ProxyError`.
         """
@@ -210,6 +216,14 @@ class Decider(Generic[About]):
             path = decision.path
         raise AssertionError(f"{path!r} redirects in a loop")  # a canonical rung is served
 
+    def preset(self, image_id: str, filename: str) -> Variant:
+        """The variant a visitor's ``/img/<image_id>/<preset>.<ext>`` is served, the
+        canonical spelling followed; 404 or 400 as :meth:`decide` would."""
+        parsed = grammar.parse_preset(image_id, filename, self.presets, self.limits)
+        variant = parsed if isinstance(parsed, Variant) else parsed.variant
+        assert variant is not None  # the grammar's Canonical carries what it means
+        return variant
+
     def _hold(self, path: str) -> _Held[About]:
         held = self._parse(path)
         if len(path) > MAX_KEPT_PATH:
@@ -226,12 +240,14 @@ class Decider(Generic[About]):
         if not path.startswith(PREFIX):
             return None
         parts = path[len(PREFIX) :].split("/")
-        if len(parts) != 3 or not all(parts):  # the route's three [^/]+ segments
+        if len(parts) not in (2, 3) or not all(parts):  # the routes' [^/]+ segments
             return None
-        image_id, size, filename = parts
         try:
-            parsed = grammar.parse(image_id, size, filename, self.limits)
-            held = self._on_ladder(parsed)
+            if len(parts) == 2:  # a named preset: the operator chose its size, no ladder
+                held = grammar.parse_preset(parts[0], parts[1], self.presets, self.limits)
+            else:
+                image_id, size, filename = parts
+                held = self._on_ladder(grammar.parse(image_id, size, filename, self.limits))
         except ProxyError as exc:
             return _Refused(type(exc), exc.message, exc.code)
         if isinstance(held, grammar.Canonical):

@@ -7,21 +7,34 @@ pixel size, ``-pad`` when pad is the default fit → no suffix), or raises
 
 What a mode allows (:class:`Limits`): redirect mode serves what the upstream makes, so only
 ``contain`` and jpg/png/webp (``pad``, ``cover`` and ``avif`` are a 400 naming store mode);
-store mode derives variants itself and takes every fit and avif too.
+store mode derives variants itself and takes every fit and avif too. ``auto`` (the best
+format the client's ``Accept`` allows) is a format of both modes.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from proxy.errors import BadRequestError
+from proxy.errors import BadRequestError, NotFoundError
 from proxy.setting_values import FITS
 from proxy.upstream.contract import MAX_RESOLUTION
-from proxy.url.variant import ALPHA_EXTENSIONS, EXTENSIONS, STORE_EXTENSIONS, TRANSPARENT, Variant
+from proxy.url.presets import Preset, resolve
+from proxy.url.variant import (
+    ALPHA_EXTENSIONS,
+    AUTO,
+    EXTENSIONS,
+    STORE_EXTENSIONS,
+    TRANSPARENT,
+    Variant,
+)
 
 IMAGE_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
-_SIZE = re.compile(r"(\d{1,9})x(\d{1,9})(?:-([A-Za-z]{1,16}))?(?:@([1-9])x)?")
+_SIZE = re.compile(
+    r"(\d{1,9})x(\d{1,9})(?:-([A-Za-z]{1,16}))?(?:-[fF](\d{1,3})(?:-([A-Za-z]{1,16}))?)?(?:@([1-9])x)?"
+)
+ANCHORS = ("center", "bottom", "top", "left", "right")
 _HEX = re.compile(r"[0-9A-Fa-f]{3}|[0-9A-Fa-f]{6}")
 _EXT_ALIASES = {"jpeg": "jpg"}
 MAX_DENSITY = 4
@@ -59,7 +72,7 @@ def check_image_id(image_id: str) -> str:
 def parse(image_id: str, size: str, filename: str, limits: Limits) -> Variant | Canonical:
     """Parse the three path segments after ``/img/``."""
     check_image_id(image_id)
-    width, height, fit, density = _parse_size(size, limits)
+    width, height, fit, density, fill, anchor = _parse_size(size, limits)
     bg, ext = _parse_filename(filename, limits)
     width, height = width * density, height * density
     if width > limits.max_width or height > limits.max_height:
@@ -73,29 +86,106 @@ def parse(image_id: str, size: str, filename: str, limits: Limits) -> Variant | 
             f"size {width}x{height} is over {limits.max_pixels:,} pixels", code="bad_size"
         )
     fit = fit or limits.default_fit
-    variant = Variant(image_id, width, height, bg, ext, fit, fit != limits.default_fit)
+    variant = Variant(
+        image_id, width, height, bg, ext, fit, fit != limits.default_fit, fill=fill, anchor=anchor
+    )
     if variant.path != f"/img/{image_id}/{size}/{filename}":
         return Canonical(variant.path, variant)
     return variant
 
 
-def _parse_size(size: str, limits: Limits) -> tuple[int, int, str | None, int]:
+def parse_preset(
+    image_id: str, filename: str, presets: Mapping[str, Preset], limits: Limits
+) -> Variant | Canonical:
+    """Parse the two path segments of ``/img/<image_id>/<preset>.<ext>``.
+
+    404 for a name no preset has; 400 for a format the preset does not serve, or (redirect
+    mode) a preset only store mode can make; a :class:`Canonical` for ``main.JPEG``.
+    """
+    check_image_id(image_id)
+    if "." not in filename.strip("."):  # /img/<id>/640x480: not a preset, no route
+        raise NotFoundError(
+            "no such route: variants live at /img/<image_id>/<w>x<h>/<bg>.<ext>, "
+            "presets at /img/<image_id>/<preset>.<ext>",
+            code="not_found",
+        )
+    chosen = resolve(presets, filename)
+    preset = chosen.preset
+    if not limits.store:
+        if chosen.fmt in STORE_EXTENSIONS and chosen.fmt not in EXTENSIONS:
+            raise BadRequestError(
+                f"the upstream makes no {chosen.fmt}: {chosen.fmt} variants need PROXY_MODE=store",
+                code="format_needs_store_mode",
+            )
+        if preset.needs_store:
+            raise BadRequestError(
+                f"preset {preset.name} frames, pads, crops or sets a quality, which the "
+                "upstream cannot do: presets like it need PROXY_MODE=store",
+                code="preset_needs_store_mode",
+            )
+    variant = Variant(
+        image_id,
+        preset.width,
+        preset.height,
+        preset.bg,
+        chosen.fmt,
+        preset.fit,
+        preset=preset.name,
+        fill=preset.fill,
+        anchor=preset.anchor,
+        quality=preset.quality,
+    )
+    if chosen.filename != filename:
+        return Canonical(variant.path, variant)
+    return variant
+
+
+def _parse_size(size: str, limits: Limits) -> tuple[int, int, str | None, int, float | None, str]:
     match = _SIZE.fullmatch(size)
     if not match:
         raise BadRequestError(
-            f"size must look like 640x480 (optionally -cover, @2x), got {size[:40]!r}",
+            f"size must look like 640x480 (optionally -cover, -f85, -f85-bottom, @2x), "
+            f"got {size[:40]!r}",
             code="bad_size",
         )
     width, height = int(match[1]), int(match[2])
     fit = _parse_fit(match[3], limits)
-    density = int(match[4] or 1)
+    fill, anchor = _parse_framing(match[4], match[5], limits)
+    density = int(match[6] or 1)
     if width < 1 or height < 1:
         raise BadRequestError("width and height must be at least 1", code="bad_size")
     if density > MAX_DENSITY:
         raise BadRequestError(
             f"density must be 1x to {MAX_DENSITY}x, got {density}x", code="bad_size"
         )
-    return width, height, fit, density
+    return width, height, fit, density, fill, anchor
+
+
+def _parse_framing(
+    percent: str | None, anchor: str | None, limits: Limits
+) -> tuple[float | None, str]:
+    """``-f85`` (the subject's box takes 85% of the frame), ``-f85-bottom`` (and stands on
+    the bottom margin): framing from the alpha channel, store mode only."""
+    if percent is None:
+        return None, "center"
+    fill = int(percent)
+    if not 1 <= fill <= 100:
+        raise BadRequestError(
+            f"framing fill must be -f1 to -f100 (percent of the frame), got -f{percent}",
+            code="bad_fill",
+        )
+    where = (anchor or "center").lower()
+    if where not in ANCHORS:
+        raise BadRequestError(
+            f"anchor must be one of {', '.join(ANCHORS)}, got {anchor!r}", code="bad_anchor"
+        )
+    if not limits.store:
+        raise BadRequestError(
+            "the upstream cannot frame a product from its outline; framing (-f<fill>) needs "
+            "PROXY_MODE=store",
+            code="framing_needs_store_mode",
+        )
+    return fill / 100, where
 
 
 def _parse_fit(given: str | None, limits: Limits) -> str | None:
@@ -123,7 +213,7 @@ def _parse_filename(filename: str, limits: Limits) -> tuple[str, str]:
         )
     ext = ext.lower()
     ext = _EXT_ALIASES.get(ext, ext)
-    formats = STORE_EXTENSIONS if limits.store else EXTENSIONS
+    formats = (*(STORE_EXTENSIONS if limits.store else EXTENSIONS), AUTO)
     if ext not in formats:
         if ext in STORE_EXTENSIONS:
             raise BadRequestError(
@@ -135,7 +225,7 @@ def _parse_filename(filename: str, limits: Limits) -> tuple[str, str]:
             code="bad_format",
         )
     if bg.lower() == TRANSPARENT:
-        if ext not in ALPHA_EXTENSIONS:
+        if ext not in (*ALPHA_EXTENSIONS, AUTO):
             alpha = [e for e in ALPHA_EXTENSIONS if e in formats]
             raise BadRequestError(
                 f"{ext} has no transparency: use {', '.join(alpha[:-1])} or {alpha[-1]}, "

@@ -36,6 +36,7 @@ from typing import Any
 
 from proxy.envconfig import SettingsError
 from proxy.errors import BadRequestError, NotFoundError
+from proxy.settings import Settings
 
 ENV = "PROXY_PRESETS_FILE"
 FITS = ("contain", "pad", "cover")
@@ -43,6 +44,7 @@ FORMATS = ("jpg", "png", "webp", "avif")
 ALPHA_FORMATS = ("png", "webp", "avif")
 ANCHORS = ("center", "bottom", "top", "left", "right")
 TRANSPARENT = "transparent"
+AUTO = "auto"
 KEYS = ("size", "fit", "bg", "fill", "anchor", "format", "quality")
 DEFAULT_FIT = "pad"
 DEFAULT_BG = "ffffff"
@@ -93,9 +95,23 @@ class Preset:
         """``/img/<image_id>/<name>.<fmt>``; ``fmt`` defaults to the preset's first format."""
         return f"/img/{image_id}/{self.name}.{fmt or self.formats[0]}"
 
+    @property
+    def needs_store(self) -> bool:
+        """Whether only store mode can make it: the upstream fits inside a box (contain)
+        at the server's quality, in jpg, png or webp, and knows nothing of framing."""
+        return (
+            self.fit != "contain"
+            or self.fill is not None
+            or self.quality is not None
+            or self.format == "avif"
+        )
+
     def output_format(self, ext: str) -> str:
-        """The format a request for ``<name>.<ext>`` gets, or a 400 saying which URL to use."""
+        """The format a request for ``<name>.<ext>`` gets, or a 400 saying which URL to use.
+        ``auto`` (the best format ``Accept`` allows) is one for presets without a format."""
         ext = _FORMAT_ALIASES.get(ext.lower(), ext.lower())
+        if ext == AUTO and self.format is None:
+            return AUTO
         if ext not in FORMATS:
             raise BadRequestError(
                 f"format must be one of {', '.join(FORMATS)} (or jpeg), got {ext[:10]!r}",
@@ -161,6 +177,23 @@ def resolve(presets: Mapping[str, Preset], filename: str) -> PresetVariant:
     if preset is None:
         raise NotFoundError(f"no preset named {name[:64]!r}", code="unknown_preset")
     return PresetVariant(preset, preset.output_format(ext))
+
+
+NONE: Mapping[str, Preset] = MappingProxyType({})
+
+
+def from_settings(settings: Settings) -> Mapping[str, Preset]:
+    """The presets of ``PROXY_PRESETS_FILE`` under the settings' size limits (none when it
+    is unset). The ground floor imports nothing from here, so the start (``cutproxy serve``,
+    ``cutproxy settings``, the app factory) checks the file through this function."""
+    if settings.presets_file is None:
+        return NONE
+    return load_presets(
+        settings.presets_file,
+        max_width=settings.max_width,
+        max_height=settings.max_height,
+        max_pixels=settings.max_pixels,
+    )
 
 
 def load_presets(

@@ -59,10 +59,12 @@ from proxy.variants.derive import (
     PNG_COMPRESSION,
     TRANSPARENT,
     WEBP_EFFORT,
+    Anchor,
     Fit,
     Format,
-    Master,
+    Framing,
     output_size,
+    placement,
 )
 from proxy.variants.derive import derive as derive_variant
 from proxy.variants.masters import MasterService, Render
@@ -72,7 +74,7 @@ from proxy.variants.masters import MasterService, Render
 PIPELINE = 1
 _HEX = re.compile(r"[0-9a-fA-F]{6}")
 
-DeriveFunction = Callable[[Master, int, int, Fit, str, Format, int], bytes]
+DeriveFunction = Callable[..., bytes]  # derive's: master, w, h, fit, bg, fmt, quality[, framing]
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,10 +91,27 @@ class DeriveSpec:
     bg: str
     fmt: Format
     quality: int
+    #: Framing (a preset's ``fill`` and ``anchor``): trim to the subject, then place it.
+    fill: float | None = None
+    anchor: Anchor = "center"
+
+    @property
+    def framing(self) -> Framing | None:
+        return None if self.fill is None else Framing(self.fill, self.anchor)
+
+    @property
+    def frame_part(self) -> str:
+        """The key's fit part: ``pad``, or with framing ``pad~0.85-bottom``."""
+        if self.fill is None:
+            return self.fit
+        return f"{self.fit}~{self.fill:g}-{self.anchor}"
 
     def check(self) -> None:
         """A 400 for anything :func:`proxy.variants.derive.derive` would refuse, checked
         before the master is looked up (a bad request never costs a mint)."""
+        framing = self.framing
+        if framing is not None:
+            framing.check()
         output_size((self.width, self.height), self.width, self.height, self.fit)  # box, fit
         if self.fmt not in FORMATS:
             raise BadRequestError(
@@ -131,7 +150,7 @@ def _profile(fmt: str, quality: int | None) -> str:
 def variant_key(image_id: str, spec: DeriveSpec, version: str, master_quality: str) -> str:
     """The variant's key in the tiers (the shape is in this module's docstring)."""
     return (
-        f"{image_prefix(image_id)}{spec.width}x{spec.height}/{spec.fit}/{spec.bg.lower()}."
+        f"{image_prefix(image_id)}{spec.width}x{spec.height}/{spec.frame_part}/{spec.bg.lower()}."
         f"{spec.fmt}#{encoder_profile(spec.fmt, spec.quality)}~{version}-{master_quality}"
     )
 
@@ -245,15 +264,29 @@ class Deriver:
             return kept
         master = await self.masters.get(record, self.master_quality, render=render)
 
-        def work() -> tuple[bytes, float]:
+        framing = spec.framing
+        # Framing is passed only when asked for: a derive function without it still fits.
+        options = {} if framing is None else {"framing": framing}
+
+        def work() -> tuple[bytes, tuple[int, int], float]:
             started = time.perf_counter()
             data = self.derive(
-                master, spec.width, spec.height, spec.fit, spec.bg.lower(), spec.fmt, spec.quality
+                master,
+                spec.width,
+                spec.height,
+                spec.fit,
+                spec.bg.lower(),
+                spec.fmt,
+                spec.quality,
+                **options,
             )
-            return data, time.perf_counter() - started
+            if framing is None:
+                size = output_size(master.size, spec.width, spec.height, spec.fit)
+            else:  # contain's frame depends on the subject's box
+                size = placement(master, spec.width, spec.height, spec.fit, framing).frame
+            return data, size, time.perf_counter() - started
 
-        data, seconds = await anyio.to_thread.run_sync(work, limiter=self.limiter)
-        width, height = output_size(master.size, spec.width, spec.height, spec.fit)
+        data, (width, height), seconds = await anyio.to_thread.run_sync(work, limiter=self.limiter)
         variant = StoredVariant.of(data, spec.content_type, width, height, self.clock())
         await self.tiers.put(key, variant)
         self.events.variant_derived(seconds)

@@ -47,7 +47,7 @@ from proxy.stores.registry import ImageRecord
 from proxy.upstream.client import ProcessResult
 from proxy.url.variant import Variant
 from proxy.variants.derivation import DeriveEvents, Deriver, DeriveSpec
-from proxy.variants.derive import Fit, Format, MasterCache, output_size
+from proxy.variants.derive import Anchor, Fit, Format, MasterCache, output_size
 from proxy.variants.masters import (
     MasterEvents,
     MasterService,
@@ -112,15 +112,36 @@ def variant_spec(variant: Variant, settings: Settings) -> DeriveSpec:
     """What to derive for ``variant``: its box, fit, background and format, and the
     encoder quality (``PROXY_AVIF_QUALITY`` for avif, else ``PROXY_OUTPUT_COMPRESSION``)."""
     quality = settings.avif_quality if variant.ext == "avif" else settings.output_compression
-    return _spec(variant.width, variant.height, variant.fit, variant.bg, variant.ext, quality)
+    if variant.quality is not None:  # a preset's own
+        quality = variant.quality
+    return _spec(
+        variant.width,
+        variant.height,
+        variant.fit,
+        variant.bg,
+        variant.ext,
+        quality,
+        variant.fill,
+        variant.anchor,
+    )
 
 
 @functools.lru_cache(maxsize=4096)
-def _spec(width: int, height: int, fit: str, bg: str, ext: str, quality: int) -> DeriveSpec:
+def _spec(
+    width: int,
+    height: int,
+    fit: str,
+    bg: str,
+    ext: str,
+    quality: int,
+    fill: float | None = None,
+    anchor: str = "center",
+) -> DeriveSpec:
     # One spec per variant URL, made once: the hit path asks for it on every request.
     fit_: Fit = fit  # type: ignore[assignment]  # the grammar allows only Fit's values
     fmt: Format = ext  # type: ignore[assignment]  # and only Format's
-    return DeriveSpec(width, height, fit_, bg, fmt, quality)
+    anchor_: Anchor = anchor  # type: ignore[assignment]  # presets allow only Anchor's
+    return DeriveSpec(width, height, fit_, bg, fmt, quality, fill, anchor_)
 
 
 def variant_size(
@@ -132,7 +153,7 @@ def variant_size(
     it, never upscaled."""
     if variant.fit != "contain":
         return variant.width, variant.height
-    if original is None:
+    if original is None or variant.framed:  # framed: contain's frame depends on the subject
         return None
     fit: Fit = "contain"
     return output_size(master_size(original, max_pixels), variant.width, variant.height, fit)

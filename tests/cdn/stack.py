@@ -126,3 +126,48 @@ def check_no_5xx_is_kept(stack: Stack) -> None:
     healed = httpx.get(stack.front + path, timeout=30)
     assert healed.status_code == 302
     assert stack.reached(path) == 4
+
+
+# What browsers send for images (the AVIF / WebP classes the caches fold Accept into).
+BROWSER_ACCEPTS = {
+    "image/avif": [  # Chrome, Edge, Firefox, Safari 16+: AVIF and WebP
+        "image/avif,image/webp,image/apng,image/svg+xml,image/*,*/*;q=0.8",
+        "image/avif,image/webp,image/png,image/svg+xml,image/*;q=0.8,*/*;q=0.5",
+        "image/webp,image/avif,image/jxl,image/heic,image/heic-sequence,video/*;q=0.8,"
+        "image/png,image/svg+xml,image/*;q=0.8,*/*;q=0.5",
+    ],
+    "image/webp": [  # older Safari and Firefox: WebP only
+        "image/webp,image/png,image/svg+xml,image/*;q=0.8,video/*;q=0.8,*/*;q=0.5",
+        "image/webp,*/*",
+    ],
+    "image/jpeg": [  # neither: curl, old browsers, no Accept at all
+        "*/*",
+        "image/png,image/svg+xml,image/*;q=0.8,*/*;q=0.5",
+        "",
+    ],
+}
+
+
+def check_one_copy_per_format(stack: Stack) -> None:
+    """A store-mode ``.auto`` URL behind the cache: every browser gets its format, and the
+    cache asks the proxy once per format (AVIF, WebP, JPEG), whatever the Accept strings."""
+    path = "/img/demo/320x320/ffffff.auto"
+    etags: dict[str, set[str]] = {}
+    for _round in range(2):
+        for kind, accepts in BROWSER_ACCEPTS.items():
+            for accept in accepts:
+                headers = {"Accept": accept} if accept else {}
+                answer = httpx.get(stack.front + path, headers=headers, timeout=60)
+                assert answer.status_code == 200, answer.text
+                assert answer.headers["content-type"] == kind, accept
+                assert answer.headers["vary"] == "Accept"
+                etags.setdefault(kind, set()).add(answer.headers["etag"])
+    assert all(len(tags) == 1 for tags in etags.values()), etags  # one copy each
+    assert len({next(iter(tags)) for tags in etags.values()}) == 3  # distinct per format
+    assert stack.reached(path) == 3  # one request per format reached the proxy
+    as_json = [
+        httpx.get(stack.front + path, headers={"Accept": "application/json"}, timeout=30)
+        for _ in range(2)
+    ]
+    assert [a.json()["format"] for a in as_json] == ["jpg", "jpg"]
+    assert stack.reached(path) == 4  # apps have their own copy

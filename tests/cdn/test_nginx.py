@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import subprocess
@@ -16,6 +17,7 @@ from tests.cdn.conftest import JSON
 from tests.cdn.stack import (
     Stack,
     check_no_5xx_is_kept,
+    check_one_copy_per_format,
     get_many,
     start_demo_proxy,
     stop,
@@ -74,11 +76,12 @@ def conf_for(nginx_port: int, proxy_port: int, directory: Path) -> Path:
     return top
 
 
-@pytest.fixture
-def stack(tmp_path: Path) -> Iterator[Stack]:
+@contextlib.contextmanager
+def running(tmp_path: Path, **env: str) -> Iterator[Stack]:
+    """The shipped config in a real nginx in front of ``cutproxy serve --demo`` (``env``)."""
     assert NGINX is not None
     # nginx sends no Age: docs/cdn.md asks for a short browser max-age behind it.
-    proxy = start_demo_proxy(tmp_path, PROXY_BROWSER_MAX_AGE=str(BROWSER_MAX_AGE))
+    proxy = start_demo_proxy(tmp_path, PROXY_BROWSER_MAX_AGE=str(BROWSER_MAX_AGE), **env)
     nginx_port = free_port()
     conf = conf_for(nginx_port, proxy.port, tmp_path)
     # -e: the error log nginx opens before it has read the config.
@@ -99,6 +102,17 @@ def stack(tmp_path: Path) -> Iterator[Stack]:
         if nginx is not None:
             stop(nginx)
         proxy.stop()
+
+
+@pytest.fixture
+def stack(tmp_path: Path) -> Iterator[Stack]:
+    with running(tmp_path) as made:
+        yield made
+
+
+def test_nginx_keeps_one_copy_per_format_of_an_auto_url(tmp_path: Path) -> None:
+    with running(tmp_path, PROXY_MODE="store") as store_stack:
+        check_one_copy_per_format(store_stack)
 
 
 def test_nginx_sends_one_request_per_variant_and_keeps_json_apart(stack: Stack) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,6 +15,7 @@ from tests.cdn.conftest import AUTH, JSON
 from tests.cdn.stack import (
     Stack,
     check_no_5xx_is_kept,
+    check_one_copy_per_format,
     get_many,
     start_demo_proxy,
     stop,
@@ -39,8 +41,9 @@ def vcl_for(port: int, directory: Path) -> Path:
     return path
 
 
-@pytest.fixture
-def stack(tmp_path: Path) -> Iterator[Stack]:
+@contextlib.contextmanager
+def running(tmp_path: Path, **env: str) -> Iterator[Stack]:
+    """The shipped VCL in a real varnishd in front of ``cutproxy serve --demo`` (``env``)."""
     assert VARNISHD is not None
     varnish_port = free_port()
     proxy = start_demo_proxy(
@@ -48,6 +51,7 @@ def stack(tmp_path: Path) -> Iterator[Stack]:
         PROXY_CDN_PURGE_URL=f"http://127.0.0.1:{varnish_port}/",
         # The purge's repeat comes this long after: later than these tests look.
         PROXY_IMAGE_VIEW_TTL="60",
+        **env,
     )
     varnish = subprocess.Popen(
         [
@@ -77,6 +81,17 @@ def stack(tmp_path: Path) -> Iterator[Stack]:
     finally:
         stop(varnish)
         proxy.stop()
+
+
+@pytest.fixture
+def stack(tmp_path: Path) -> Iterator[Stack]:
+    with running(tmp_path) as made:
+        yield made
+
+
+def test_varnish_keeps_one_copy_per_format_of_an_auto_url(tmp_path: Path) -> None:
+    with running(tmp_path, PROXY_MODE="store") as store_stack:
+        check_one_copy_per_format(store_stack)
 
 
 def test_varnish_keeps_redirects_as_long_as_allowed_and_drops_them_on_purge(

@@ -110,6 +110,7 @@ async def test_apps_get_json_about_the_bytes(rig: Rig) -> None:
     url = "/img/mug/400x400-contain/ffffff.webp"
     body = (await rig.client.get(url, headers={"Accept": "application/json"})).json()
     image = await rig.client.get(url)
+    assert set(body.pop("placeholder")) == {"thumbhash", "color", "aspect"}
     assert body == {
         "url": f"http://127.0.0.1:8080{url}",
         "width": 400,

@@ -297,7 +297,7 @@ def test_presets_import_only_the_ground_floor() -> None:
         for alias in node.names
     }
     ours = {name for name in imported if name and name.startswith("proxy")}
-    assert ours == {"proxy.envconfig", "proxy.errors"}
+    assert ours == {"proxy.envconfig", "proxy.errors", "proxy.settings"}
 
 
 # --- URLs --------------------------------------------------------------------------------

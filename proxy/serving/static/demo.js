@@ -1,5 +1,6 @@
 // The demo page: no framework, no build step. Data: GET /demo/images (cache state, cost),
-// GET /srcset/{id} (markup), GET /_engine/stats (the local engine's counters).
+// GET /srcset/{id} (markup), GET /presets (named presets), GET /_engine/stats (the local
+// engine's counters). Byte sizes come from the browser's own resource timing.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
@@ -79,7 +80,8 @@ function updateStatus(card, image) {
   }
   const out = image.output;
   q(".delivered").textContent = `${out.width}×${out.height}${out.exact ? "" : " (fits in)"}`;
-  q(".state").textContent = image.cached ? `cached, ${ago(image.expires_in)} left` : "not cached yet";
+  const kept = image.expires_in == null ? "kept" : `cached, ${ago(image.expires_in)} left`;
+  q(".state").textContent = image.cached ? kept : "not cached yet";
   q(".state").className = `state ${image.cached ? "hit" : "miss"}`;
   q(".cost").textContent = credits(image.credits);
   q(".count").textContent = image.variants_cached == null ? "n/a" : String(image.variants_cached);
@@ -125,13 +127,20 @@ function showCode(p, state) {
   const asked = first ? first.url : `/img/${id}/${state.pick.size}/${p.bg}.${p.ext}`;
   $("url").textContent = location.origin + asked;
   const canonical = first && first.canonical;
+  const store = state.mode === "store";
   $("canonical").textContent = canonical && canonical !== asked
     ? `The proxy answers 308 to the pixel size: ${canonical}`
-    : "Already canonical: the proxy answers 302 to the output.";
+    : store
+      ? "Already canonical: the proxy answers the image's bytes."
+      : "Already canonical: the proxy answers 302 to the output.";
+  const tail = store
+    ? `"bytes": ..., "etag": "...", "placeholder": {"thumbhash": "...", "color": "#..."}}`
+    : `"expires_at": "..."}`;
+  const format = p.ext === "auto" ? (p.bg === "transparent" ? "png" : "jpg") : p.ext;
   $("curl").textContent =
     `curl -s -H 'Accept: application/json' ${location.origin}${canonical || asked}\n` +
     `# → {"url": "...", "width": ${first && first.output ? first.output.width : "w"}, ` +
-    `"height": ${first && first.output ? first.output.height : "h"}, "format": "${p.ext}", "expires_at": "..."}`;
+    `"height": ${first && first.output ? first.output.height : "h"}, "format": "${format}", ${tail}`;
 }
 
 async function render() {
@@ -154,6 +163,88 @@ async function render() {
   if (!cards.length) $("gallery").textContent = "No images registered yet: PUT one to /images/{id}.";
   else $("gallery").replaceChildren(...cards);
   showEngine(state.embedded_engine);
+  compare(p, state);
+}
+
+const FORMATS = { store: ["jpg", "png", "webp", "avif", "auto"], redirect: ["jpg", "png", "webp", "auto"] };
+
+function kib(bytes) {
+  return bytes >= 1024 ? `${(bytes / 1024).toFixed(1)} KiB` : `${bytes} B`;
+}
+
+// What the browser received for an image (encoded body), from its resource timing entry.
+function received(img) {
+  const entries = performance.getEntriesByName(img.currentSrc || img.src);
+  const last = entries[entries.length - 1];
+  return last ? last.encodedBodySize || last.transferSize || 0 : 0;
+}
+
+function tile(name, path, target) {
+  const figure = $("tile").content.firstElementChild.cloneNode(true);
+  figure.dataset.name = name;
+  figure.querySelector(".name").textContent = name;
+  figure.querySelector(".path").textContent = path;
+  const img = new Image();
+  img.alt = name;
+  img.decoding = "async";
+  img.addEventListener("load", () => {
+    const bytes = received(img);
+    figure.dataset.bytes = String(bytes);
+    figure.querySelector(".bytes").textContent = bytes ? kib(bytes) : "loaded";
+    figure.dataset.loaded = "1";
+    nameAuto();
+  });
+  img.addEventListener("error", () => {
+    figure.dataset.loaded = "error";
+    figure.querySelector(".bytes").textContent = "failed to load";
+  });
+  img.src = path;
+  figure.querySelector(".frame").append(img);
+  target.append(figure);
+  return figure;
+}
+
+// auto's bytes are those of one of the explicit formats: say which one the browser got.
+function nameAuto() {
+  const auto = document.querySelector('#formats .tile[data-name="auto"]');
+  if (!auto || !auto.dataset.bytes) return;
+  const same = [...document.querySelectorAll("#formats .tile")].find(
+    (t) => t !== auto && t.dataset.bytes === auto.dataset.bytes,
+  );
+  if (same) auto.querySelector(".name").textContent = `auto → ${same.dataset.name}`;
+}
+
+async function compare(p, state) {
+  const first = state.images.find((image) => !image.error);
+  if (!first) return;
+  const id = encodeURIComponent(first.image_id);
+  const size = state.pick.size;
+  const bg = p.bg;
+  const formats = FORMATS[state.mode] || FORMATS.redirect;
+  $("formats").replaceChildren();
+  for (const ext of formats) {
+    if (bg === "transparent" && ext === "jpg") continue;
+    tile(ext, `/img/${id}/${size}/${bg}.${ext}`, $("formats"));
+  }
+  $("presets").replaceChildren();
+  try {
+    const listing = await getJSON("/presets");
+    const usable = listing.presets.filter((preset) => preset.available);
+    $("presets-note").hidden = false;
+    if (!usable.length) {
+      $("presets").textContent = listing.presets.length
+        ? "These presets need PROXY_MODE=store."
+        : "No presets: set PROXY_PRESETS_FILE (docs/presets.example.toml is an example).";
+    }
+    for (const preset of usable) {
+      const exts = preset.format ? [preset.format] : [preset.formats[0], "auto"];
+      for (const ext of exts) {
+        tile(`${preset.name}.${ext} (${preset.size})`, `/img/${id}/${preset.name}.${ext}`, $("presets"));
+      }
+    }
+  } catch (error) {
+    $("presets").textContent = error.message;
+  }
 }
 
 function scheduleRefresh() {
