@@ -172,7 +172,6 @@ class ObjectVariantTier:
         self._queue: dict[str, StoredVariant] = {}  # oldest first
         self._queued_bytes = 0
         self._sending: dict[str, _Sending] = {}
-        self._cancelled: set[str] = set()  # sending now, deleted meanwhile: never re-queued
         self._wake: asyncio.Event | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._resume_at = 0.0  # the loop's time: writers wait until then after a failure
@@ -352,7 +351,7 @@ class ObjectVariantTier:
         except ObjectStoreUnavailableError:
             self.write_failures += 1
             self._back_off()
-            if key not in self._cancelled and key not in self._queue:
+            if key not in self._queue:
                 self._queue[key] = variant  # to the back: retried after the others
                 self._queued_bytes += variant.nbytes
             if raise_errors:
@@ -386,16 +385,15 @@ class ObjectVariantTier:
         return variant
 
     async def _settle(self, prefix: str) -> None:
-        """Drop queued writes under ``prefix`` and wait for the ones in flight."""
-        sending = {k: s for k, s in self._sending.items() if k.startswith(prefix)}
-        self._cancelled |= sending.keys()
-        try:
+        """Drop queued writes under ``prefix`` and wait out the ones in flight (a failed one
+        queues itself again: dropped on the next round)."""
+        while True:
             self._drop_queued(prefix)
-            for item in sending.values():
+            sending = [s for k, s in self._sending.items() if k.startswith(prefix)]
+            if not sending:
+                return
+            for item in sending:
                 await item.done.wait()
-            self._drop_queued(prefix)
-        finally:
-            self._cancelled -= sending.keys()
 
     def _drop_queued(self, prefix: str) -> None:
         for key in [k for k in self._queue if k.startswith(prefix)]:
