@@ -379,7 +379,10 @@ class LayeredMasterStore:
             with contextlib.suppress(OSError):
                 path.parent.rmdir()  # only when empty
 
-        await anyio.to_thread.run_sync(remove)
+        try:
+            await anyio.to_thread.run_sync(remove)
+        except OSError as exc:  # a stale record costs one needless (write-once) send later
+            log.warning("could not clear the unsent record of %s (%s)", _name(key), exc)
 
     def _unrecord_image(self, image_id: str) -> None:
         shutil.rmtree(self.local.root / UNSENT / image_id, ignore_errors=True)
