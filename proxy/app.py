@@ -157,6 +157,8 @@ def create_app(
             if services.redis is not None:
                 memory, forget = variants.cache.memory, variants.forget
                 await stack.enter_async_context(services.redis.invalidations(memory, forget))
+            if store is not None:
+                await store.start()  # PROXY_STORE_URL: the bucket, unsent masters
             if settings.demo:
                 await stack.enter_async_context(demo_registered(services.images, registry))
             try:

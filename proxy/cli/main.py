@@ -24,6 +24,7 @@ from proxy.ops.accesslog import logging_config
 from proxy.ops.metrics import MULTIPROC_ENV, multiprocess_dir, reset_multiprocess_dir
 from proxy.serving.headlimit import protocol as head_limited_protocol
 from proxy.settings import Settings, SettingsError, settings_table
+from proxy.stores.objects_config import ObjectStoreConfig
 
 log = logging.getLogger("cutproxy")
 
@@ -216,7 +217,9 @@ def app_from_environment() -> Starlette:
 
 def _load_settings() -> Settings:
     try:
-        return Settings.from_env(os.environ)
+        settings = Settings.from_env(os.environ)
+        ObjectStoreConfig.from_settings(settings)  # PROXY_STORE_*: parsed (checked) here
+        return settings
     except SettingsError as exc:
         _fail(f"invalid setting: {exc}")
         raise  # unreachable: _fail exits
