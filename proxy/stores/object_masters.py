@@ -44,7 +44,7 @@ from typing import TypeVar
 import anyio.to_thread
 
 from proxy.errors import ProxyError, ServiceUnavailableError
-from proxy.stores.leases import Lease
+from proxy.stores.leases import Lease, holder_gone
 from proxy.stores.masters import DiskMasterStore, MasterKey
 from proxy.stores.objects import Breaker, ObjectStore, ObjectStoreUnavailableError
 
@@ -55,8 +55,7 @@ UNSENT = ".unsent"  # under the local masters' root: masters the store does not 
 RETRY_FIRST = 1.0  # seconds before the first retry of an unsent master
 RETRY_MAX = 60.0  # the backoff's ceiling
 MARKER_TTL = 600.0  # an unsent master's lease; renewed at every retry, so it outlives them
-_PROBE_TTL = 5.0
-_MARK_ATTEMPTS = 5  # another replica's probe may hold the marker for a moment
+_MARK_ATTEMPTS = 5  # another replica's marker may be on its way out
 
 T = TypeVar("T")
 
@@ -258,8 +257,8 @@ class LayeredMasterStore:
                 except ObjectStoreUnavailableError:
                     await self._renew_marker(key)
                     return False
+                self.written_later += 1  # before ``unsent`` empties: they agree at every await
                 await self._forget(key)
-            self.written_later += 1
             log.info("master %s is in the object store now", _name(key))
         return True
 
@@ -313,15 +312,16 @@ class LayeredMasterStore:
         """A 503 instead of a miss when another replica holds this master unsent."""
         if self.unsent_lease is None:
             return
-        token = await self.unsent_lease.acquire(_marker(key), _PROBE_TTL)
-        if token is None:
+        # A look, not an acquire: concurrent probes of the same miss (a burst of requests for
+        # a new image) must not take each other for a replica holding the master unsent.
+        holder = await self.unsent_lease.holder(_marker(key))
+        if holder is not None and not holder_gone(holder):
             raise ServiceUnavailableError(
                 "this image's master is kept by a replica that cannot reach the object store "
                 "yet; retry shortly",
                 code="master_unsent",
                 retry_after=self.breaker.cooldown,
             )
-        await self.unsent_lease.release(_marker(key), token)
 
     # --- markers (the fleet's) and records (this host's) ----------------------------------
 
@@ -333,7 +333,7 @@ class LayeredMasterStore:
                 token = await self.unsent_lease.acquire(_marker(key), self.marker_ttl)
                 if token is not None:
                     return token
-                await asyncio.sleep(0.05)  # another replica probing, for a round trip
+                await asyncio.sleep(0.05)
         except ProxyError as exc:  # the shared store is down too: the local copy still counts
             log.warning("could not mark master %s as unsent (%s)", _name(key), exc.code)
         return None

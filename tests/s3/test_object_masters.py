@@ -3,10 +3,17 @@
 Two ``LayeredMasterStore`` on one bucket, each with a local directory of its own, are two
 replicas; they share a lease store (diskcache, as the workers of one host would; Redis in a
 fleet: the same protocol) for the unsent-master markers.
+
+A put "while the store is down" is made with the replica's breaker open (it found the store
+down a moment before), so no request reaches the paused server: a PUT that times out against
+a paused server is still in its socket and lands when the server resumes, which would race
+with what the test checks next. (That late write is real: the orphan cleaner removes what
+it leaves of a deleted image.)
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -122,6 +129,7 @@ async def test_a_mint_while_the_store_is_down_is_kept_and_never_minted_again(
     minter, other = fragile.replica("a"), fragile.replica("b")
     s3.pause()
     try:
+        minter.breaker.failed()  # found down a moment ago: no PUT left in flight to land later
         await minter.put(KEY, MASTER)  # no error: the paid master is kept locally
         assert minter.unsent == [KEY] and minter.write_failures == 1
         assert await minter.get(KEY) == MASTER  # served from local disk meanwhile
@@ -147,6 +155,7 @@ async def test_a_lost_marker_would_let_another_replica_mint_again(
     minter, other = fragile.replica("a", lease=False), fragile.replica("b", lease=False)
     s3.pause()
     try:
+        minter.breaker.failed()  # found down a moment ago: no PUT left in flight to land later
         await minter.put(KEY, MASTER)
     finally:
         s3.resume()
@@ -160,6 +169,7 @@ async def test_unsent_masters_are_retried_in_the_background(
     minter = fragile.replica("a", retry_first=0.05, retry_max=0.2)
     s3.pause()
     try:
+        minter.breaker.failed()  # found down a moment ago: no PUT left in flight to land later
         await minter.put(KEY, MASTER)
         assert minter.unsent == [KEY]
     finally:
@@ -173,6 +183,7 @@ async def test_unsent_masters_survive_a_restart(fragile: Fleet, s3: SeaweedServe
     minter = fragile.replica("a")
     s3.pause()
     try:
+        minter.breaker.failed()  # found down a moment ago: no PUT left in flight to land later
         await minter.put(KEY, MASTER)
     finally:
         s3.resume()
@@ -198,6 +209,15 @@ async def test_a_put_records_the_master_before_trying_the_store(fleet: Fleet) ->
     assert await restarted.send_unsent() is True
     assert await fleet.store.get(object_key(KEY)) == MASTER
     assert not record.exists() and not orphan_record.exists()
+
+
+async def test_concurrent_misses_of_a_new_master_are_misses_not_master_unsent(
+    fleet: Fleet,
+) -> None:
+    # A burst of first requests for a new image: every one looks for an unsent marker at once,
+    # and none may take another's look for a replica holding the master unsent.
+    replica = fleet.replica("b")
+    assert await asyncio.gather(*(replica.get(KEY) for _ in range(40))) == [None] * 40
 
 
 async def test_while_the_store_is_down_local_masters_serve_and_misses_fail_fast(
@@ -231,6 +251,7 @@ async def test_deleting_an_image_removes_it_everywhere_and_no_retry_brings_it_ba
     await first.put(old, b"old master")
     s3.pause()
     try:
+        first.breaker.failed()  # found down a moment ago: no PUT left in flight to land later
         await first.put(KEY, MASTER)  # unsent
     finally:
         s3.resume()
