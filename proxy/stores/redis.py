@@ -138,7 +138,7 @@ class RedisStore:
             implementation="redispy",
             key_prefix=f"{self.prefix}limits",
             wrap_exceptions=True,
-            connection_pool=self.client.connection_pool,
+            connection_pool=self.client.connection_pool,  # type: ignore[arg-type]  # passed on to redis-py
         )
 
     def unavailable(self, operation: str, exc: BaseException) -> SharedStoreUnavailableError:
