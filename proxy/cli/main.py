@@ -234,12 +234,14 @@ def _register_plugins() -> None:
     from proxy.cli import images as images_cli
     from proxy.cli import sign as guards_cli
     from proxy.cli import srcset as srcset_cli
+    from proxy.cli import store as store_cli
     from proxy.embedded import register_cli as register_engine_cli
 
     register_engine_cli(app)
     images_cli.register(app)
     guards_cli.register(app)
     srcset_cli.register(app)
+    store_cli.register(app)
 
 
 def main() -> None:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
+import subprocess
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -18,12 +20,20 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.integration.conftest import Engine, product_png, register, start_engine
+from proxy.stores.objects import ObjectStore
+from proxy.stores.objects_config import ObjectStoreConfig
+from tests.integration.conftest import (
+    ADMIN,
+    Engine,
+    product_png,
+    register,
+    start_engine,
+)
 from tests.redis.replicas import start_replica
 from tests.redis.server import RedisServer, start_redis
 from tests.s3.conftest import new_bucket
 from tests.s3.server import ACCESS_KEY, REGION, SECRET_KEY, SeaweedServer
-from tests.servers import Server
+from tests.servers import Server, cutproxy
 from tests.store_mode.conftest import served_image
 
 pytestmark = pytest.mark.slow
@@ -148,11 +158,8 @@ def metric(base: str, name: str, labels: str = "") -> float:
     return 0.0
 
 
-def bucket_keys(fleet: Fleet, folder: str) -> list[str]:
-    """The keys under ``fleet/<folder>`` in the fleet's bucket, by a client of this test."""
-    from proxy.stores.objects import ObjectStore
-    from proxy.stores.objects_config import ObjectStoreConfig
-
+def bucket(fleet: Fleet) -> ObjectStore:
+    """A client of this test's own on the fleet's bucket and prefix."""
     config = ObjectStoreConfig.from_url(
         f"s3://{fleet.bucket}/fleet",
         endpoint=fleet.s3.endpoint,
@@ -160,9 +167,14 @@ def bucket_keys(fleet: Fleet, folder: str) -> list[str]:
         access_key=ACCESS_KEY,
         secret_key=SECRET_KEY,
     )
+    return ObjectStore(config)
+
+
+def bucket_keys(fleet: Fleet, folder: str) -> list[str]:
+    """The keys under ``fleet/<folder>`` in the fleet's bucket."""
 
     async def keys() -> list[str]:
-        async with ObjectStore(config) as store:
+        async with bucket(fleet) as store:
             return [key async for key in store.list(folder)]
 
     return asyncio.run(keys())
@@ -244,3 +256,73 @@ def test_a_store_outage_keeps_local_hits_and_answers_503_for_the_rest(fleet: Fle
     assert fleet.engine.minted() - before == 1
     wait_until(lambda: indexed(fleet, "kept") == len(warm) + len(derived_meanwhile), 90)
     assert len(bucket_keys(fleet, "masters/unmastered")) == 1
+
+
+def test_deleting_or_replacing_an_image_removes_its_objects(fleet: Fleet) -> None:
+    a, b = fleet.url("a"), fleet.url("b")
+    fleet.new_image("gone", (90, 90, 90))
+    fleet.new_image("changed", (10, 120, 220))
+    for image_id in ("gone", "changed"):
+        check_served(spread([a], variant_paths(image_id, SIZES[:1]), 8))  # one writer
+        wait_until(lambda image_id=image_id: indexed(fleet, image_id) == len(LOOKS))
+    old_master = bucket_keys(fleet, "masters/changed")
+    assert len(old_master) == 1
+
+    auth = {"Authorization": f"Bearer {ADMIN}"}
+    assert httpx.delete(f"{b}/images/gone", headers=auth, timeout=30).status_code == 200
+    assert bucket_keys(fleet, "masters/gone") == bucket_keys(fleet, "variants/gone") == []
+
+    # replaced (another upload under the same id): the old master and variants go, the next
+    # request mints the new version's master
+    fleet.new_image("changed", (230, 120, 10))
+    assert bucket_keys(fleet, "masters/changed") == bucket_keys(fleet, "variants/changed") == []
+    check_served(spread([a, b], variant_paths("changed", SIZES[:1]), 8))
+    new_master = bucket_keys(fleet, "masters/changed")
+    assert len(new_master) == 1 and new_master != old_master
+
+
+def test_orphans_are_reported_and_cleaned_by_the_cli(fleet: Fleet) -> None:
+    fleet.new_image("owned", (60, 60, 160))
+    check_served(spread([fleet.url("a")], variant_paths("owned", SIZES[:1]), 4))
+
+    async def leave_orphans() -> None:  # what a delete during an outage leaves behind
+        async with bucket(fleet) as store:
+            await store.put("masters/stray/0ld-medium.png", b"a master", "image/png")
+            await store.put("variants/stray/keys/0.json", b"{}", "application/json")
+
+    asyncio.run(leave_orphans())
+    env = {"CUTPROXY_URL": fleet.url("b"), "PROXY_ADMIN_TOKEN": ADMIN}
+
+    def store_orphans(*flags: str) -> str:
+        done = subprocess.run(
+            cutproxy("store", "orphans", "--grace", "0", *flags),
+            env={**os.environ, **env},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    report = store_orphans()
+    assert "1 orphan image(s) found" in report and "stray" in report and "owned" not in report
+    assert bucket_keys(fleet, "masters/stray") != []  # a report removes nothing
+    assert "1 orphan image(s) removed" in store_orphans("--clean")
+    assert bucket_keys(fleet, "masters/stray") == bucket_keys(fleet, "variants/stray") == []
+    assert bucket_keys(fleet, "masters/owned") != []
+
+    # the default grace (an hour) protects objects just written, like an upload's master
+    asyncio.run(leave_orphans())
+    young = httpx.get(
+        f"{fleet.url('a')}/admin/store/orphans",
+        headers={"Authorization": f"Bearer {ADMIN}"},
+        timeout=30,
+    )
+    assert young.status_code == 200 and young.json() == {"grace_seconds": 3600.0, "orphans": []}
+    bad = httpx.get(
+        f"{fleet.url('a')}/admin/store/orphans?grace=-1",
+        headers={"Authorization": f"Bearer {ADMIN}"},
+        timeout=30,
+    )
+    assert bad.status_code == 400 and bad.json()["error"] == "invalid_grace"
+    assert httpx.delete(f"{fleet.url('a')}/admin/store/orphans", timeout=30).status_code == 401
