@@ -326,3 +326,25 @@ def test_orphans_are_reported_and_cleaned_by_the_cli(fleet: Fleet) -> None:
     )
     assert bad.status_code == 400 and bad.json()["error"] == "invalid_grace"
     assert httpx.delete(f"{fleet.url('a')}/admin/store/orphans", timeout=30).status_code == 401
+
+
+def test_a_store_that_refuses_the_keys_stops_the_start_naming_the_settings(
+    s3: SeaweedServer, tmp_path: Path
+) -> None:
+    wrong = "not-the-secret-key-0123456789abcdef"
+    env = {
+        **os.environ,
+        "PROXY_MODE": "store",
+        "PROXY_DATA_DIR": str(tmp_path / "data"),
+        "PROXY_STORE_URL": f"s3://{new_bucket()}",
+        "PROXY_STORE_ENDPOINT": s3.endpoint,
+        "PROXY_STORE_ACCESS_KEY": ACCESS_KEY,
+        "PROXY_STORE_SECRET_KEY": wrong,
+    }
+    done = subprocess.run(
+        cutproxy("serve", "--port", "0"), env=env, capture_output=True, text=True, timeout=120
+    )
+    output = done.stdout + done.stderr
+    assert done.returncode != 0
+    assert "PROXY_STORE_SECRET_KEY" in output and "Application startup failed" in output
+    assert wrong not in output and ACCESS_KEY not in output
