@@ -187,6 +187,13 @@ class Settings:
         "PROXY_STORE_TIMEOUT",
         "Seconds one object store call may take, retries included (connecting: 2 s at most).",
     )
+    store_public_url: str | None = setting(
+        None,
+        "PROXY_STORE_PUBLIC_URL",
+        "Where PROXY_STORE_URL's prefix is readable by anyone (the bucket's public URL, or a "
+        "CDN in front of it). Set: a variant already in the object store is answered 302 to "
+        "its durable, content-addressed object there instead of with its bytes. Unset: bytes.",
+    )
     # --- cache ----------------------------------------------------------------------------
     data_dir: Path = setting(
         Path("data"), "PROXY_DATA_DIR", "Where the disk cache, registry and originals live."
@@ -631,7 +638,12 @@ class Settings:
         # What needs no parsing; the values themselves are checked where they are parsed,
         # proxy.stores.objects_config.ObjectStoreConfig.from_settings, when the CLI starts.
         if self.store_url is None:
-            for name in ("store_endpoint", "store_access_key", "store_secret_key"):
+            for name in (
+                "store_endpoint",
+                "store_access_key",
+                "store_secret_key",
+                "store_public_url",
+            ):
                 if getattr(self, name) is not None:
                     raise bad(name, "needs PROXY_STORE_URL (s3://bucket/prefix)")
             return
@@ -642,6 +654,12 @@ class Settings:
             )
         if self.store_timeout <= 0:
             raise bad("store_timeout", "must be greater than 0")
+        if self.store_public_url is not None:
+            parts = urlsplit(self.store_public_url)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise bad("store_public_url", "must be an absolute http(s) URL")
+            if parts.query or parts.fragment or "@" in parts.netloc:
+                raise bad("store_public_url", "must be a base URL without query or credentials")
 
     def _validate_cdn(self, bad: typing.Callable[[str, str], SettingsError]) -> None:
         for name in ("browser_max_age", "cdn_max_age"):

@@ -124,12 +124,20 @@ class Negotiation:
         if_none_match: bytes | None = None,
         head: bool = False,
         extra: RawHeaders = VARY_ACCEPT,
+        durable: str | None = None,
     ) -> Response:
         """Store mode's answer: the bytes (``head``: their headers only), a 304 when
-        ``if_none_match`` names their ETag, or JSON about them for apps (``json``)."""
+        ``if_none_match`` names their ETag, or JSON about them for apps (``json``).
+        ``durable`` (PROXY_STORE_PUBLIC_URL): the bytes' object URL, answered with a 302
+        instead of the bytes, and named by the JSON."""
         if json:
-            return responses.stored_json(
-                stored_json(variant, stored, self.public_url), policy=self.policy, extra=extra
+            body = stored_json(variant, stored, self.public_url)
+            if durable is not None:
+                body["url"] = durable
+            return responses.stored_json(body, policy=self.policy, extra=extra)
+        if durable is not None:
+            return responses.raw_response(
+                302, responses.durable_headers(durable, extra, policy=self.policy)
             )
         if if_none_match is not None and etag_matches(if_none_match, stored.etag):
             headers = responses.not_modified_headers(stored, extra, policy=self.policy)

@@ -140,6 +140,7 @@ class VariantEndpoint:
             if_none_match=_first(scope["headers"], b"if-none-match"),
             head=scope["method"] == "HEAD",
             extra=about.headers,
+            durable=self.store.durable_url(delivered.variant),
         )
 
     def client(self, request: Request) -> str:

@@ -43,6 +43,7 @@ import hashlib
 import json
 import logging
 import re
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
 from typing import TypeVar
@@ -64,6 +65,7 @@ MAX_QUEUED_BYTES = 64 * 1024 * 1024
 RETRY_FIRST = 1.0
 RETRY_MAX = 30.0
 CLOSE_FLUSH = 5.0  # seconds ``close`` spends sending what is still queued
+KNOWN = 100_000  # objects remembered as in the store (for redirects to them), newest kept
 _HASH_IN_THREAD = 256 * 1024  # bytes past which a SHA-256 leaves the event loop
 _EXTENSIONS = {"image/jpeg": "jpg", "image/png": "png", "image/webp": "webp", "image/avif": "avif"}
 _IMAGE_KEY = re.compile(r"/img/([A-Za-z0-9_-]{1,128})/")
@@ -178,6 +180,7 @@ class ObjectVariantTier:
         self._delay = retry_first
         self._failing = False
         self._full = False
+        self._known: OrderedDict[str, str] = OrderedDict()  # ETag -> its object's key
 
     @property
     def queued(self) -> int:
@@ -205,6 +208,7 @@ class ObjectVariantTier:
         if digest != entry.digest or len(data) != entry.size or entry.etag != _etag(digest):
             log.warning("object %s does not match its name: treated as a miss", entry.object_key)
             return None
+        self._remember(entry)
         return StoredVariant(
             data, entry.content_type, entry.etag, entry.width, entry.height, entry.created_at
         )
@@ -237,6 +241,7 @@ class ObjectVariantTier:
         await self._settle(prefix)
         removed = 0
         for image_id in images:
+            self._forget_image(image_id)  # no redirect to what is being deleted
             if whole:
                 removed += await self._delete_image(image_id)
             else:
@@ -302,7 +307,27 @@ class ObjectVariantTier:
             lambda: self.store.put(index_key(key), entry.to_json(), "application/json"),
             probe=True,
         )
+        self._remember(entry)
         return entry
+
+    def stored_as(self, etag: str) -> str | None:
+        """The key of the object holding the bytes with ``etag``, if this process wrote or
+        read it in the store (no I/O): a redirect may then send clients there."""
+        key = self._known.get(etag)
+        if key is not None:
+            self._known.move_to_end(etag)
+        return key
+
+    def _remember(self, entry: VariantObject) -> None:
+        self._known[entry.etag] = entry.object_key
+        self._known.move_to_end(entry.etag)
+        while len(self._known) > KNOWN:
+            self._known.popitem(last=False)
+
+    def _forget_image(self, image_id: str) -> None:
+        folder = f"{VARIANTS}/{image_id}/"
+        for etag in [e for e, key in self._known.items() if key.startswith(folder)]:
+            del self._known[etag]
 
     async def flush(self) -> None:
         """Send everything queued now and wait for the sends in flight; raises (keeping the

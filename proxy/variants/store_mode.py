@@ -44,6 +44,7 @@ from proxy.settings import Settings
 from proxy.stores.derived import DiskBytes, MemoryBytes, StoredVariant, TieredVariants
 from proxy.stores.masters import DiskMasterStore, MasterKey, MasterStore
 from proxy.stores.object_tiers import ObjectTiers
+from proxy.stores.object_variants import public_url
 from proxy.stores.registry import ImageRecord
 from proxy.upstream.client import ProcessResult
 from proxy.url.variant import Variant
@@ -391,6 +392,15 @@ class StoreVariants:
             "bytes_kept_by_tier": kept,
             "mode": "store",
         }
+
+    def durable_url(self, stored: StoredVariant) -> str | None:
+        """With PROXY_STORE_PUBLIC_URL: where anyone can fetch these bytes from the object
+        store, if they are known to be there; else None (the bytes are served)."""
+        base = self.settings.store_public_url
+        if base is None or self.objects is None:
+            return None
+        key = self.objects.variants.stored_as(stored.etag)
+        return None if key is None else public_url(base, key)
 
     async def start(self) -> None:
         """The lifespan's start: the object store's bucket and background work, if any."""

@@ -138,6 +138,12 @@ def test_the_settings_give_the_store_configuration() -> None:
         ({"PROXY_STORE_ENDPOINT": "http://127.0.0.1:8333"}, "PROXY_STORE_ENDPOINT", "needs"),
         ({"PROXY_STORE_ACCESS_KEY": ACCESS}, "PROXY_STORE_ACCESS_KEY", "PROXY_STORE_URL"),
         ({**STORE_ENV, "PROXY_STORE_TIMEOUT": "0"}, "PROXY_STORE_TIMEOUT", "greater than 0"),
+        ({"PROXY_STORE_PUBLIC_URL": "https://cdn.example"}, "PROXY_STORE_PUBLIC_URL", "needs"),
+        (
+            {**STORE_ENV, "PROXY_STORE_PUBLIC_URL": "cdn.example/images"},
+            "PROXY_STORE_PUBLIC_URL",
+            "absolute http(s) URL",
+        ),
     ],
 )
 def test_store_settings_that_cannot_work_are_refused_naming_the_variable(

@@ -32,7 +32,7 @@ from tests.integration.conftest import (
 from tests.redis.replicas import start_replica
 from tests.redis.server import RedisServer, start_redis
 from tests.s3.conftest import new_bucket
-from tests.s3.server import ACCESS_KEY, REGION, SECRET_KEY, SeaweedServer
+from tests.s3.server import ACCESS_KEY, PUBLIC_BUCKET, REGION, SECRET_KEY, SeaweedServer
 from tests.servers import Server, cutproxy
 from tests.store_mode.conftest import served_image
 
@@ -61,14 +61,14 @@ class Fleet:
     directory: Path
     replicas: dict[str, Server] = field(default_factory=dict)
 
-    def start(self, name: str) -> Server:
+    def start(self, name: str, bucket: str | None = None, **extra: str) -> Server:
         replica = start_replica(
             name,
             self.engine.url,
             self.redis.url,
             self.directory,
             PROXY_MODE="store",
-            PROXY_STORE_URL=f"s3://{self.bucket}/fleet",
+            PROXY_STORE_URL=f"s3://{bucket or self.bucket}/fleet",
             PROXY_STORE_ENDPOINT=self.s3.endpoint,
             PROXY_STORE_REGION=REGION,
             PROXY_STORE_ACCESS_KEY=ACCESS_KEY,
@@ -80,6 +80,7 @@ class Fleet:
             # one test client (127.0.0.1) sends them all; every request that misses memory
             # and disk counts against its derive rate, also while it waits or gets a 503
             PROXY_CLIENT_DERIVE_RATE="none",
+            **extra,
         )
         self.replicas[name] = replica
         return replica
@@ -158,10 +159,10 @@ def metric(base: str, name: str, labels: str = "") -> float:
     return 0.0
 
 
-def bucket(fleet: Fleet) -> ObjectStore:
-    """A client of this test's own on the fleet's bucket and prefix."""
+def bucket(fleet: Fleet, name: str | None = None) -> ObjectStore:
+    """A client of this test's own on the fleet's bucket (or ``name``) and prefix."""
     config = ObjectStoreConfig.from_url(
-        f"s3://{fleet.bucket}/fleet",
+        f"s3://{name or fleet.bucket}/fleet",
         endpoint=fleet.s3.endpoint,
         region=REGION,
         access_key=ACCESS_KEY,
@@ -170,11 +171,11 @@ def bucket(fleet: Fleet) -> ObjectStore:
     return ObjectStore(config)
 
 
-def bucket_keys(fleet: Fleet, folder: str) -> list[str]:
-    """The keys under ``fleet/<folder>`` in the fleet's bucket."""
+def bucket_keys(fleet: Fleet, folder: str, name: str | None = None) -> list[str]:
+    """The keys under ``fleet/<folder>`` in the fleet's bucket (or ``name``)."""
 
     async def keys() -> list[str]:
-        async with bucket(fleet) as store:
+        async with bucket(fleet, name) as store:
             return [key async for key in store.list(folder)]
 
     return asyncio.run(keys())
@@ -348,3 +349,36 @@ def test_a_store_that_refuses_the_keys_stops_the_start_naming_the_settings(
     assert done.returncode != 0
     assert "PROXY_STORE_SECRET_KEY" in output and "Application startup failed" in output
     assert wrong not in output and ACCESS_KEY not in output
+
+
+def test_a_public_store_url_answers_302_to_the_durable_object(fleet: Fleet) -> None:
+    base = f"{fleet.s3.endpoint}/{PUBLIC_BUCKET}/fleet"
+    public = fleet.start("public", bucket=PUBLIC_BUCKET, PROXY_STORE_PUBLIC_URL=base).url
+    fleet.new_image("durable", (150, 40, 90))
+    path = "/img/durable/320x240/ffffff.jpg"
+    first = httpx.get(f"{public}{path}", timeout=60)
+    served_image(first, "jpg")  # derived now, not in the store yet: the bytes
+
+    wait_until(lambda: len(bucket_keys(fleet, "variants/durable/keys", PUBLIC_BUCKET)) == 1)
+    moved = httpx.get(f"{public}{path}", timeout=30)
+    assert moved.status_code == 302 and moved.content == b""
+    location = moved.headers["location"]
+    digest = hashlib.sha256(first.content).hexdigest()
+    assert location == f"{base}/variants/durable/{digest}.jpg"  # content-addressed
+    assert "max-age=300" in moved.headers["cache-control"]
+    assert moved.headers["vary"] == "Accept" and "durable" in moved.headers["surrogate-key"]
+
+    fetched = httpx.get(location, timeout=30)  # anyone may: no credentials
+    assert fetched.status_code == 200 and fetched.content == first.content
+    assert fetched.headers["content-type"] == "image/jpeg"
+    about = httpx.get(f"{public}{path}", headers={"Accept": "application/json"}, timeout=30)
+    assert about.status_code == 200 and about.json()["url"] == location
+
+    # only that bucket is public: the fleet's own objects need the keys
+    async def keep_private() -> None:
+        async with bucket(fleet) as store:
+            await store.put("private/kept.jpg", first.content, "image/jpeg")
+
+    asyncio.run(keep_private())
+    private = f"{fleet.s3.endpoint}/{fleet.bucket}/fleet/private/kept.jpg"
+    assert httpx.get(private, timeout=30).status_code == 403
