@@ -22,7 +22,7 @@ Layout in the store, per image (so deleting an image is one folder)::
 - **Writes never hold up an answer.** ``put`` (what ``TieredVariants.put`` calls after a
   derivation) queues the variant, bounded by bytes (``max_queued_bytes``; past it new writes
   are dropped and counted: a variant can always be derived again) and ``writers`` background
-  tasks send it; a store that fails makes them back off (1 s doubling to 30 s) and retry.
+  tasks send it; a store that fails makes them back off (1 s doubling to 8 s) and retry.
   Until it is sent a variant is served from the queue by ``get``.
 - **A store that is down is a miss, quickly.** A read that fails raises
   :class:`~proxy.stores.objects.ObjectStoreUnavailableError` (``TieredVariants`` logs it and
@@ -63,7 +63,7 @@ READ_TIMEOUT = 2.0
 WRITERS = 4
 MAX_QUEUED_BYTES = 64 * 1024 * 1024
 RETRY_FIRST = 1.0
-RETRY_MAX = 30.0
+RETRY_MAX = 8.0  # a queued write is retried at least this often: a back store is found soon
 CLOSE_FLUSH = 5.0  # seconds ``close`` spends sending what is still queued
 KNOWN = 100_000  # objects remembered as in the store (for redirects to them), newest kept
 _HASH_IN_THREAD = 256 * 1024  # bytes past which a SHA-256 leaves the event loop
