@@ -114,3 +114,11 @@ async def test_a_hosts_local_masters_of_unregistered_images_are_removed(tmp_path
     assert await clean_local_masters(local, Registry("live")) == []  # young: spared
     assert await clean_local_masters(local, Registry("live"), clock=later) == ["gone"]
     assert await local.images() == ["live"]
+
+
+def test_the_admin_endpoint_defaults_to_the_same_grace() -> None:
+    # proxy.serving.store_admin keeps its own copy, so redirect mode never imports obstore
+    from proxy.serving import store_admin
+    from proxy.stores import orphans
+
+    assert store_admin.GRACE == orphans.GRACE
