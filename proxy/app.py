@@ -36,6 +36,7 @@ from proxy.serving.negotiation import Negotiation
 from proxy.serving.presets_api import PresetsAPI
 from proxy.serving.purge import Purge
 from proxy.serving.srcset_api import SrcsetAPI
+from proxy.serving.store_admin import StoreAdmin
 from proxy.serving.variant_route import VariantEndpoint, describe
 from proxy.setting_values import parse_networks
 from proxy.settings import Settings
@@ -127,6 +128,9 @@ def create_app(
         settings.admin_token, services.images, registry, variants, services.purger, store=store
     )
     costs = CostsAPI(settings.admin_token, variants.guards, store=store)
+    store_admin = StoreAdmin(
+        settings.admin_token, registry, store.objects if store is not None else None
+    )
     routes: list[Route | Mount] = [
         Route(ROUTE, variant_endpoint, methods=["GET", "HEAD"]),
         Route(PRESET_ROUTE, variant_endpoint, methods=["GET", "HEAD"]),
@@ -139,6 +143,7 @@ def create_app(
         Route("/health/ready", health.ready_endpoint(readiness), methods=["GET", "HEAD"]),
         Route("/metrics", metrics.endpoint, methods=["GET"]),
         Route("/admin/costs", costs.costs, methods=["GET"]),
+        Route("/admin/store/orphans", store_admin.orphans, methods=["GET", "DELETE"]),
     ]
     if engine is not None:
         routes.append(Mount("/_engine", app=engine.public_app(faults_key=settings.admin_token)))
@@ -161,6 +166,8 @@ def create_app(
             if services.redis is not None:
                 memory, forget = variants.cache.memory, variants.forget
                 await stack.enter_async_context(services.redis.invalidations(memory, forget))
+            if store is not None:
+                await store.start()  # PROXY_STORE_URL: the bucket, unsent masters
             if settings.demo:
                 await stack.enter_async_context(demo_registered(services.images, registry))
             try:

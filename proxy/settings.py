@@ -154,6 +154,52 @@ class Settings:
         "Store mode: derivations (not hits) one client may cause in a moving window; `none` "
         "turns it off.",
     )
+    # --- object store (store mode, several replicas) --------------------------------------
+    store_url: str | None = setting(
+        None,
+        "PROXY_STORE_URL",
+        "Store mode: s3://bucket/prefix of an S3-compatible object store where masters and "
+        "variants are kept for every replica (local disk becomes its cache; the bucket is "
+        "created when missing): docs/objectstore.md. Unset: local disk only.",
+    )
+    store_endpoint: str | None = setting(
+        None,
+        "PROXY_STORE_ENDPOINT",
+        "The object store's endpoint, e.g. http://127.0.0.1:8333 (SeaweedFS, MinIO). "
+        "Unset: AWS S3, from PROXY_STORE_REGION.",
+    )
+    store_region: str = setting("us-east-1", "PROXY_STORE_REGION", "The object store's region.")
+    store_access_key: str | None = setting(
+        None,
+        "PROXY_STORE_ACCESS_KEY",
+        "The object store's access key id (with PROXY_STORE_SECRET_KEY). Unset: the usual AWS "
+        "sources (environment, instance role).",
+        secret=True,
+    )
+    store_secret_key: str | None = setting(
+        None,
+        "PROXY_STORE_SECRET_KEY",
+        "The object store's secret access key (with PROXY_STORE_ACCESS_KEY).",
+        secret=True,
+    )
+    store_addressing: str | None = setting(
+        None,
+        "PROXY_STORE_ADDRESSING",
+        "path (http://endpoint/bucket/key) or virtual (http://bucket.endpoint/key). Unset: "
+        "path with PROXY_STORE_ENDPOINT, virtual on AWS.",
+    )
+    store_timeout: float = setting(
+        10.0,
+        "PROXY_STORE_TIMEOUT",
+        "Seconds one object store call may take, retries included (connecting: 2 s at most).",
+    )
+    store_public_url: str | None = setting(
+        None,
+        "PROXY_STORE_PUBLIC_URL",
+        "Where PROXY_STORE_URL's prefix is readable by anyone (the bucket's public URL, or a "
+        "CDN in front of it). Set: a variant already in the object store is answered 302 to "
+        "its durable, content-addressed object there instead of with its bytes. Unset: bytes.",
+    )
     # --- cache ----------------------------------------------------------------------------
     data_dir: Path = setting(
         Path("data"), "PROXY_DATA_DIR", "Where the disk cache, registry and originals live."
@@ -593,6 +639,34 @@ class Settings:
             raise bad("avif_quality", "must be between 1 and 100")
         if self.derive_rate is not None:
             parse_rate(self.derive_rate, "PROXY_CLIENT_DERIVE_RATE")
+        self._validate_object_store(bad)
+
+    def _validate_object_store(self, bad: typing.Callable[[str, str], SettingsError]) -> None:
+        # What needs no parsing; the values themselves are checked where they are parsed,
+        # proxy.stores.objects_config.ObjectStoreConfig.from_settings, when the CLI starts.
+        if self.store_url is None:
+            for name in (
+                "store_endpoint",
+                "store_access_key",
+                "store_secret_key",
+                "store_public_url",
+            ):
+                if getattr(self, name) is not None:
+                    raise bad(name, "needs PROXY_STORE_URL (s3://bucket/prefix)")
+            return
+        if not self.store_mode:
+            raise bad(
+                "store_url",
+                "needs PROXY_MODE=store (redirect mode keeps no masters or variants to store)",
+            )
+        if self.store_timeout <= 0:
+            raise bad("store_timeout", "must be greater than 0")
+        if self.store_public_url is not None:
+            parts = urlsplit(self.store_public_url)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise bad("store_public_url", "must be an absolute http(s) URL")
+            if parts.query or parts.fragment or "@" in parts.netloc:
+                raise bad("store_public_url", "must be a base URL without query or credentials")
 
     def _validate_cdn(self, bad: typing.Callable[[str, str], SettingsError]) -> None:
         for name in ("browser_max_age", "cdn_max_age"):

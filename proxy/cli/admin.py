@@ -8,6 +8,7 @@ change when the proxy is unreachable or refuses the token.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, TypeVar
 
@@ -111,6 +112,12 @@ class AdminClient:
             params["after"] = after
         return _ok(await self._call("GET", "/images", params=params))
 
+    async def orphans(self, clean: bool, grace: float | None) -> dict[str, Any]:
+        """The object store's orphans (``clean``: removed), older than ``grace`` seconds."""
+        params = {} if grace is None else {"grace": grace}
+        method = "DELETE" if clean else "GET"
+        return _ok(await self._call(method, "/admin/store/orphans", params=params))
+
     async def all_ids(self) -> list[str]:
         ids: list[str] = []
         after: str | None = None
@@ -151,3 +158,15 @@ def run(work: Callable[[AdminClient], Awaitable[T]], url: str, token: str | None
     except AdminError as exc:
         Console(stderr=True).print(f"cutproxy: {exc}")
         raise typer.Exit(2) from None
+
+
+def ago(timestamp: float | None) -> str:
+    """How long ago ``timestamp`` was, for a person (``?`` when unknown)."""
+    if not timestamp:
+        return "?"
+    seconds = max(0, int(time.time() - timestamp))
+    if seconds < 120:
+        return f"{seconds} s ago"
+    if seconds < 7200:
+        return f"{seconds // 60} min ago"
+    return f"{seconds // 3600} h ago"

@@ -4,9 +4,6 @@ Each command talks to a running proxy over HTTP (``--url``, ``--token``, through
 :mod:`proxy.cli.admin`), so it works the same against ``make serve`` on a laptop and a proxy
 on a server. Imports are safe to re-run: a file whose SHA-256 the proxy already holds under
 that id is not even sent.
-
-Why a little over 400 lines: the five image commands share their options, their bounded
-concurrency and their progress reports; the client they share is already apart.
 """
 
 from __future__ import annotations
@@ -41,6 +38,7 @@ from proxy.cli.admin import (
     FatalAdminError,
     TokenOption,
     UrlOption,
+    ago,
     run,
 )
 
@@ -289,7 +287,7 @@ def ls_command(
             (image["content_type"] or "?").removeprefix("image/"),
             str(image["size"] or "?"),
             "kept" if image["original_kept"] else "not kept",
-            _ago(image["uploaded_at"]),
+            ago(image["uploaded_at"]),
         )
     out.print(table)
     if page["next"]:
@@ -313,7 +311,7 @@ def show_command(
     for name in ("unique_filename", "content_type", "width", "height", "size", "sha256"):
         table.add_row(name, str(image[name]))
     table.add_row("original", "kept" if image["original_kept"] else "not kept")
-    table.add_row("uploaded", _ago(image["uploaded_at"]))
+    table.add_row("uploaded", ago(image["uploaded_at"]))
     out.print(table)
     variants = image.get("variants")
     if variants is None:
@@ -383,17 +381,6 @@ async def _bounded(
     with progress:
         task = progress.add_task(label, total=len(items))
         await asyncio.gather(*(one(item) for item in items))
-
-
-def _ago(timestamp: float | None) -> str:
-    if not timestamp:
-        return "?"
-    seconds = max(0, int(time.time() - timestamp))
-    if seconds < 120:
-        return f"{seconds} s ago"
-    if seconds < 7200:
-        return f"{seconds // 60} min ago"
-    return f"{seconds // 3600} h ago"
 
 
 def register(app: typer.Typer) -> None:

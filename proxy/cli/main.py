@@ -24,6 +24,7 @@ from proxy.ops.logs import logging_config
 from proxy.ops.metrics import MULTIPROC_ENV, multiprocess_dir, reset_multiprocess_dir
 from proxy.serving.headlimit import protocol as head_limited_protocol
 from proxy.settings import Settings, SettingsError, settings_table
+from proxy.stores.objects_config import ObjectStoreConfig
 
 log = logging.getLogger("cutproxy")
 
@@ -220,6 +221,7 @@ def _load_settings() -> Settings:
     try:
         settings = Settings.from_env(os.environ)
         load_presets(settings)  # PROXY_PRESETS_FILE: checked at start, like every setting
+        ObjectStoreConfig.from_settings(settings)  # PROXY_STORE_*: parsed (checked) here
         return settings
     except SettingsError as exc:
         _fail(f"invalid setting: {exc}")
@@ -236,6 +238,7 @@ def _register_plugins() -> None:
     from proxy.cli import presets as presets_cli
     from proxy.cli import sign as guards_cli
     from proxy.cli import srcset as srcset_cli
+    from proxy.cli import store as store_cli
     from proxy.embedded import register_cli as register_engine_cli
 
     register_engine_cli(app)
@@ -243,6 +246,7 @@ def _register_plugins() -> None:
     guards_cli.register(app)
     srcset_cli.register(app)
     presets_cli.register(app)
+    store_cli.register(app)
 
 
 def main() -> None:

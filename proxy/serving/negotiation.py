@@ -127,15 +127,23 @@ class Negotiation:
         head: bool = False,
         extra: RawHeaders = VARY_ACCEPT,
         placeholder: dict[str, Any] | None = None,
+        durable: str | None = None,
     ) -> Response:
         """Store mode's answer: the bytes (``head``: their headers only), a 304 when
         ``if_none_match`` names their ETag, or JSON about them for apps (``json``), with
-        the variant's ``placeholder`` when given."""
+        the variant's ``placeholder`` when given. ``durable`` (PROXY_STORE_PUBLIC_URL): the
+        bytes' object URL, answered with a 302 instead of the bytes, and named by the JSON."""
         if json:
             body = stored_json(variant, stored, self.public_url)
             if placeholder is not None:
                 body["placeholder"] = placeholder
+            if durable is not None:
+                body["url"] = durable
             return responses.stored_json(body, policy=self.policy, extra=extra)
+        if durable is not None:
+            return responses.raw_response(
+                302, responses.durable_headers(durable, extra, policy=self.policy)
+            )
         if if_none_match is not None and etag_matches(if_none_match, stored.etag):
             headers = responses.not_modified_headers(stored, extra, policy=self.policy)
             return responses.raw_response(304, headers)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
+import re
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 from urllib.parse import quote
@@ -105,6 +106,34 @@ def stored_headers(
         *_stored_raw(policy),
         *extra,
     ]
+
+
+DURABLE_BROWSER_MAX_AGE = 300  # seconds a browser keeps a 302 to a durable object
+
+
+def durable_headers(
+    location: str, extra: RawHeaders = (), *, policy: CachePolicy = DEFAULT_POLICY
+) -> list[tuple[bytes, bytes]]:
+    """A store-mode 302 to the bytes' durable object: the lifetimes of the bytes for shared
+    caches (purged by surrogate key when the image is replaced), but browsers keep it at most
+    five minutes, since a replaced image's old object is deleted."""
+    lifetimes = [
+        (name, _capped_max_age(value) if name == b"cache-control" else value)
+        for name, value in _stored_raw(policy)
+    ]
+    return [
+        (b"location", location.encode("latin-1")),
+        (b"content-length", b"0"),
+        *lifetimes,
+        *extra,
+    ]
+
+
+def _capped_max_age(value: bytes) -> bytes:
+    def cap(match: re.Match[bytes]) -> bytes:
+        return b"max-age=%d" % min(int(match[1]), DURABLE_BROWSER_MAX_AGE)
+
+    return re.sub(rb"(?<![-\w])max-age=(\d+)", cap, value)
 
 
 def not_modified_headers(

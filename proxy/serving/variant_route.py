@@ -154,6 +154,7 @@ class VariantEndpoint:
             head=scope["method"] == "HEAD",
             extra=about.headers,
             placeholder=placeholder,
+            durable=self.store.durable_url(delivered.variant),
         )
 
     def client(self, request: Request) -> str:

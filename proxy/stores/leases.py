@@ -48,6 +48,11 @@ class Lease(Protocol):
         """Push the expiry ``ttl`` seconds out if ``token`` still holds the lease."""
         ...
 
+    async def holder(self, key: str) -> str | None:
+        """Who holds the lease on ``key`` now (``host:pid:random``), if anyone: a look that
+        takes nothing (whether that holder is alive: :func:`holder_gone`)."""
+        ...
+
     async def close(self) -> None: ...
 
 
@@ -142,6 +147,10 @@ class DiskLease:
 
     async def extend(self, key: str, token: str, ttl: float) -> bool:
         return await anyio.to_thread.run_sync(self._extend, key, token, ttl)
+
+    async def holder(self, key: str) -> str | None:
+        current = await anyio.to_thread.run_sync(self._cache.get, key)
+        return None if current is None else str(current)
 
     async def close(self) -> None:
         await anyio.to_thread.run_sync(self._cache.close)

@@ -57,6 +57,17 @@ class MasterKey:
     def filename(self) -> str:
         return f"{self.version}-{self.quality}.png"
 
+    @classmethod
+    def parse(cls, image_id: str, filename: str) -> MasterKey | None:
+        """The key whose :attr:`filename` is ``filename``, or None for any other name."""
+        stem, dot, ext = filename.rpartition(".")
+        version, dash, quality = stem.rpartition("-")
+        if not (dot and dash and ext == "png" and quality in QUALITIES):
+            return None
+        if not (_IMAGE_ID.fullmatch(image_id) and _VERSION.fullmatch(version)):
+            return None
+        return cls(image_id, version, quality)
+
 
 class MasterStore(Protocol):
     """Durable masters: nothing here is ever evicted; only deleting an image removes them."""

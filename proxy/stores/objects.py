@@ -1,7 +1,10 @@
 """An S3-compatible object store, where store mode keeps image masters and derived variants.
 
-    ObjectStore              put / get / head / delete / delete_prefix / list / ensure_bucket
-                             over an ObjectStoreConfig (proxy.stores.objects_config)
+    ObjectStore              put / get / head / delete / delete_prefix / list / list_info /
+                             folders / ensure_bucket over an ObjectStoreConfig
+                             (proxy.stores.objects_config)
+    Breaker                  shared by the tiers built on a store: after a failure, reads that
+                             can do without the store skip it for a few seconds
 
     ServiceUnavailableError (proxy.errors)
     └── ObjectStoreUnavailableError  503  the store is down, slow or failing (Retry-After)
@@ -28,6 +31,7 @@ import asyncio
 import builtins
 import datetime
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Literal, TypeVar
@@ -111,11 +115,22 @@ class ObjectStore:
     # --- objects -----------------------------------------------------------------------
 
     async def put(
-        self, key: str, data: bytes, content_type: str, *, write_once: bool = False
+        self,
+        key: str,
+        data: bytes,
+        content_type: str,
+        *,
+        write_once: bool = False,
+        cache_control: str | None = None,
     ) -> bool:
         """Store ``data`` whole under ``key``: True. With ``write_once``, an object already
-        there is left as it is (``If-None-Match: *``) and the answer is False."""
+        there is left as it is (``If-None-Match: *``) and the answer is False.
+        ``cache_control`` is kept with the object and sent by the store with it (for objects
+        readers fetch from the store directly)."""
         _check_key(key)
+        attributes: dict[str, str] = {"Content-Type": content_type}
+        if cache_control is not None:
+            attributes["Cache-Control"] = cache_control
         try:
             await self._call(
                 "put",
@@ -123,7 +138,7 @@ class ObjectStore:
                     self._store,
                     key,
                     data,
-                    attributes={"Content-Type": content_type},
+                    attributes=attributes,
                     mode="create" if write_once else "overwrite",
                     use_multipart=False,  # one PUT: the object appears whole or not at all
                 ),
@@ -132,8 +147,9 @@ class ObjectStore:
             return False
         return True
 
-    async def get(self, key: str) -> bytes | None:
-        """The object's bytes, or None when there is no such object."""
+    async def get(self, key: str, *, timeout: float | None = None) -> bytes | None:
+        """The object's bytes, or None when there is no such object. ``timeout`` shortens
+        the deadline for a caller that has something better to do than wait (derive)."""
         _check_key(key)
 
         async def fetch() -> bytes:
@@ -141,7 +157,7 @@ class ObjectStore:
             return bytes(await result.bytes_async())
 
         try:
-            return await self._call("get", fetch)
+            return await self._call("get", fetch, timeout=timeout)
         except _NOT_FOUND:
             return None
 
@@ -176,6 +192,29 @@ class ObjectStore:
                 return
             for meta in page:
                 yield meta["path"]
+
+    async def list_info(self, prefix: str = "") -> AsyncIterator[ObjectInfo]:
+        """Like :meth:`list`, with each object's size, ETag and time (to judge its age)."""
+        if prefix:
+            _check_key(prefix)
+        pages = obstore.list(self._store, prefix or None, chunk_size=self._page_size)
+        while True:
+            try:
+                page = await self._call("list", lambda: anext(pages))
+            except StopAsyncIteration:
+                return
+            for meta in page:
+                yield ObjectInfo(meta["path"], meta["size"], meta["e_tag"], meta["last_modified"])
+
+    async def folders(self, prefix: str) -> builtins.list[str]:
+        """The names of the folders directly in the folder ``prefix`` (one delimited
+        listing: an image's thousand variants count once), sorted. A folder may be named
+        with nothing left in it: SeaweedFS keeps listing emptied folders (AWS does not)."""
+        _check_key(prefix)
+        result = await self._call(
+            "list", lambda: obstore.list_with_delimiter_async(self._store, prefix)
+        )
+        return sorted(path.rstrip("/").rpartition("/")[2] for path in result["common_prefixes"])
 
     async def delete_prefix(self, prefix: str) -> int:
         """Remove every object in the folder ``prefix``; the number removed."""
@@ -286,8 +325,11 @@ class ObjectStore:
 
     # --- the boundary ------------------------------------------------------------------
 
-    async def _call(self, operation: str, call: Callable[[], Awaitable[T]]) -> T:
-        """Run one client call within the deadline; translate what it raises.
+    async def _call(
+        self, operation: str, call: Callable[[], Awaitable[T]], *, timeout: float | None = None
+    ) -> T:
+        """Run one client call within the deadline (``timeout`` if shorter); translate what
+        it raises.
 
         Absent objects, a failed write-once, the end of a listing and malformed keys pass
         through for the caller; everything else becomes an ObjectStoreUnavailableError
@@ -297,7 +339,7 @@ class ObjectStore:
         if self._closed:
             raise RuntimeError("the object store client is closed")
         try:
-            async with asyncio.timeout(self.config.timeout):
+            async with asyncio.timeout(min(timeout or self.config.timeout, self.config.timeout)):
                 result = await call()
         except ValueError:
             raise  # a malformed key: the caller's mistake, nothing was sent
@@ -316,14 +358,17 @@ class ObjectStore:
                 "the object store refused the proxy's credentials", detail=self._scrub(str(exc))
             ) from None
         except (TimeoutError, obstore.exceptions.BaseError, OSError, httpx.HTTPError) as exc:
-            raise self._failed(operation, exc) from None
+            raise self._failed(operation, exc, timeout) from None
         self._succeeded()
         return result
 
-    def _failed(self, operation: str, exc: BaseException) -> ObjectStoreUnavailableError:
+    def _failed(
+        self, operation: str, exc: BaseException, timeout: float | None = None
+    ) -> ObjectStoreUnavailableError:
         self.failures += 1
         timed_out = isinstance(exc, TimeoutError | httpx.TimeoutException)
-        reason = f"did not answer within {self.config.timeout:g} s" if timed_out else "failed"
+        deadline = min(timeout or self.config.timeout, self.config.timeout)
+        reason = f"did not answer within {deadline:g} s" if timed_out else "failed"
         if self.reachable:
             self.reachable = False
             log.error(
@@ -357,6 +402,50 @@ class ObjectStore:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
+
+
+class Breaker:
+    """Fail fast while the store is known to be down.
+
+    The tiers built on one store share one breaker: after a call fails with
+    :class:`ObjectStoreUnavailableError`, ``open`` is true for ``cooldown`` seconds, and a
+    caller that can do without the store (a variant it can derive; a master a 503 will ask
+    for again) skips it instead of waiting for the call's deadline again. The first call after
+    the cooldown goes to the store: an answer closes the breaker, a failure opens it anew. So
+    a stalled store costs one deadline per cooldown, not one per request, and nothing needs a
+    restart when it is back.
+    """
+
+    def __init__(self, cooldown: float = RETRY_AFTER, clock: Callable[[], float] = time.monotonic):
+        self.cooldown = cooldown
+        self._clock = clock
+        self._failed_at: float | None = None
+        self.skipped = 0  # calls that did not try the store because the breaker was open
+
+    @property
+    def open(self) -> bool:
+        return self._failed_at is not None and self._clock() - self._failed_at < self.cooldown
+
+    def skip(self) -> bool:
+        """Whether to skip the store now (counted)."""
+        if self.open:
+            self.skipped += 1
+            return True
+        return False
+
+    def failed(self) -> None:
+        self._failed_at = self._clock()
+
+    def succeeded(self) -> None:
+        self._failed_at = None
+
+    def unavailable(self) -> ObjectStoreUnavailableError:
+        """What a caller that cannot do without the store raises while the breaker is open."""
+        remaining = 0.0 if self._failed_at is None else self._failed_at + self.cooldown
+        retry_after = max(1.0, remaining - self._clock()) if remaining else RETRY_AFTER
+        return ObjectStoreUnavailableError(
+            "the object store is unavailable; retry later", retry_after=retry_after
+        )
 
 
 def _check_key(key: str) -> None:

@@ -2,6 +2,7 @@
 
     ObjectStoreConfig        bucket, prefix, endpoint, region, keys, addressing style, timeout
     ObjectStoreConfigError   a PROXY_STORE_* value is malformed: the message names the variable
+                             (a SettingsError: the CLI reports it like any other setting)
 
 The client built from it is :class:`proxy.stores.objects.ObjectStore`. Keys are masked in
 ``repr``, so a configuration can be logged.
@@ -14,6 +15,8 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 from urllib.parse import urlsplit
+
+from proxy.settings import Settings, SettingsError
 
 if TYPE_CHECKING:
     from obstore.store import ClientConfig, RetryConfig
@@ -29,7 +32,7 @@ MAX_RETRIES = 2  # connection errors and 5xx, with object_store's jittered backo
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 
 
-class ObjectStoreConfigError(ValueError):
+class ObjectStoreConfigError(SettingsError):
     """A PROXY_STORE_* value is malformed or inconsistent; the message names the variable."""
 
 
@@ -117,6 +120,21 @@ class ObjectStoreConfig:
             secret_key=secret_key or None,
             addressing_style=addressing_style,  # type: ignore[arg-type]  # checked above
             timeout=timeout,
+        )
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ObjectStoreConfig | None:
+        """The store PROXY_STORE_* name, or None when PROXY_STORE_URL is unset."""
+        if settings.store_url is None:
+            return None
+        return cls.from_url(
+            settings.store_url,
+            endpoint=settings.store_endpoint,
+            region=settings.store_region,
+            access_key=settings.store_access_key,
+            secret_key=settings.store_secret_key,
+            addressing_style=settings.store_addressing,
+            timeout=settings.store_timeout,
         )
 
     @property

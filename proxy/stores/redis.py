@@ -127,7 +127,10 @@ class RedisStore:
         """A ``limits`` storage on the same Redis for :class:`proxy.guards.clients.ClientLimiter`.
 
         Its failures arrive as ``limits.errors.StorageError``: where the limiter is called,
-        turn them into the proxy's 503 with :meth:`unavailable`.
+        turn them into the proxy's 503 with :meth:`unavailable`. It draws on this client's
+        bounded, blocking pool (PROXY_REDIS_MAX_CONNECTIONS): a pool of its own would refuse
+        the 101st concurrent call (redis-py's MaxConnectionsError) instead of waiting, and
+        a burst of store-mode misses, each counted against the derive rate, would get 503s.
         """
         assert settings.redis_url is not None
         return limits.aio.storage.RedisStorage(
@@ -135,8 +138,7 @@ class RedisStore:
             implementation="redispy",
             key_prefix=f"{self.prefix}limits",
             wrap_exceptions=True,
-            socket_timeout=settings.redis_timeout,
-            socket_connect_timeout=settings.redis_timeout,
+            connection_pool=self.client.connection_pool,  # type: ignore[arg-type]  # passed on to redis-py
         )
 
     def unavailable(self, operation: str, exc: BaseException) -> SharedStoreUnavailableError:

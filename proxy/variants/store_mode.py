@@ -42,7 +42,9 @@ from proxy.errors import MissRefusedError, NotFoundError, ProxyError, ServiceUna
 from proxy.guards.budget import estimate_credits
 from proxy.settings import Settings
 from proxy.stores.derived import DiskBytes, MemoryBytes, StoredVariant, TieredVariants
-from proxy.stores.masters import DiskMasterStore, MasterKey
+from proxy.stores.masters import DiskMasterStore, MasterKey, MasterStore
+from proxy.stores.object_tiers import ObjectTiers
+from proxy.stores.object_variants import public_url
 from proxy.stores.registry import ImageRecord
 from proxy.upstream.client import ProcessResult
 from proxy.url.variant import Variant
@@ -168,6 +170,7 @@ class StoreVariants:
     settings: Settings
     disk: DiskBytes | None = None  # the disk tier, for the bytes kept (metrics, costs)
     events: StoreEvents = field(default_factory=NoStoreEvents)
+    objects: ObjectTiers | None = None  # PROXY_STORE_URL: masters and variants in a bucket
 
     @property
     def masters(self) -> MasterService:
@@ -411,12 +414,28 @@ class StoreVariants:
             "mode": "store",
         }
 
+    def durable_url(self, stored: StoredVariant) -> str | None:
+        """With PROXY_STORE_PUBLIC_URL: where anyone can fetch these bytes from the object
+        store, if they are known to be there; else None (the bytes are served)."""
+        base = self.settings.store_public_url
+        if base is None or self.objects is None:
+            return None
+        key = self.objects.variants.stored_as(stored.etag)
+        return None if key is None else public_url(base, key)
+
+    async def start(self) -> None:
+        """The lifespan's start: the object store's bucket and background work, if any."""
+        if self.objects is not None:
+            await self.objects.start()
+
     async def aclose(self) -> None:
         await self.masters.flight.drain(timeout=self.settings.coalesce_wait)
         await self.deriver.flight.drain(timeout=self.settings.coalesce_wait)
         await self.deriver.tiers.close()
         await self.masters.store.close()
         await self.masters.http.aclose()
+        if self.objects is not None:
+            await self.objects.close()
 
 
 class Events(MasterEvents, DeriveEvents, StoreEvents, Protocol):
@@ -444,13 +463,19 @@ def build(
         )
     disk = DiskBytes(settings.data_dir / "variants", settings.variant_disk_mb * mib)
     disk.create()
+    # PROXY_STORE_URL: masters in the bucket (local disk their cache), variants a third tier.
+    objects = ObjectTiers.from_settings(settings, settings.data_dir, service.lease)
+    master_store: MasterStore = (
+        DiskMasterStore.under(settings.data_dir) if objects is None else objects.masters
+    )
+    lower = (disk,) if objects is None else (disk, objects.variants)
     store: StoreVariants
 
     async def render(record: ImageRecord, specs: list[dict[str, Any]]) -> ProcessResult:
         return await store._mint_master(record, specs, None)  # a caller with no client
 
     masters = MasterService(
-        store=DiskMasterStore.under(settings.data_dir),
+        store=master_store,
         cache=MasterCache(settings.master_cache_mb * mib),
         lease=service.lease,
         http=http,
@@ -464,7 +489,7 @@ def build(
     options: dict[str, Any] = {} if limiter is None else {"limiter": limiter}
     deriver = Deriver(
         masters=masters,
-        tiers=TieredVariants(MemoryBytes(settings.variant_memory_mb * mib), disk),
+        tiers=TieredVariants(MemoryBytes(settings.variant_memory_mb * mib), *lower),
         master_quality=settings.quality,
         clock=service.clock,
         wait=settings.coalesce_wait,
@@ -473,5 +498,5 @@ def build(
     )
     if limiter is None:
         masters.limiter = deriver.limiter  # decodes count against the derivations' bound
-    store = StoreVariants(service, deriver, settings, disk=disk, events=events)
+    store = StoreVariants(service, deriver, settings, disk=disk, events=events, objects=objects)
     return store

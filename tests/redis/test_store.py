@@ -340,6 +340,21 @@ async def test_the_miss_rate_of_a_client_is_counted_across_replicas(
         await two.aclose()
 
 
+async def test_a_burst_of_rate_counted_calls_waits_for_the_pool_instead_of_failing(
+    redis_server: RedisServer,
+) -> None:
+    # 250 misses at once (a cold page on one replica), each counted against a client rate:
+    # the limiter's calls share the client's bounded pool and wait their turn for it.
+    settings = Settings.from_env({}, redis_url=redis_server.url, redis_max_connections=8)
+    store = make_store(redis_server, redis_max_connections=8)
+    try:
+        limiter = ClientLimiter("1000/minute", storage=store.limiter_storage(settings))
+        waits = await asyncio.gather(*(limiter.hit(f"198.51.100.{i % 50}") for i in range(250)))
+        assert waits == [None] * 250
+    finally:
+        await store.aclose()
+
+
 # --- outages ----------------------------------------------------------------------------------
 
 

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 
 import pytest
 
@@ -64,3 +65,13 @@ async def store(s3: SeaweedServer) -> AsyncIterator[ObjectStore]:
     async with ObjectStore(config_for(s3, new_bucket(), "cutproxy")) as client:
         await client.ensure_bucket()
         yield client
+
+
+async def until(condition: Callable[[], bool], timeout: float = 20.0) -> None:
+    """Poll until ``condition`` holds (what background work does is awaited, not timed:
+    the deadline only stops a test that would hang)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not condition():
+        assert loop.time() < deadline, "condition never became true"
+        await asyncio.sleep(0.02)

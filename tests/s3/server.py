@@ -29,6 +29,7 @@ SECRET_KEY = "cutproxy-test-secret-0123456789abcdef"
 READ_ONLY_ACCESS_KEY = "cutproxy-test-reader"
 READ_ONLY_SECRET_KEY = "cutproxy-test-reader-secret-0123456789"
 REGION = "us-east-1"
+PUBLIC_BUCKET = "public-test"  # anonymous read (the identity "anonymous"), no listing
 
 _SERVICES = ("master", "volume", "filer", "s3")
 
@@ -81,6 +82,9 @@ class SeaweedServer:
                 }
                 for name, access, secret, actions in identities
             ]
+            # Anyone may read the one bucket named PUBLIC_BUCKET (what PROXY_STORE_PUBLIC_URL
+            # needs: a bucket, or a CDN in front of it, that serves its objects to anyone).
+            + [{"name": "anonymous", "actions": [f"Read:{PUBLIC_BUCKET}"]}]
         }
         (self.root / "s3.json").write_text(json.dumps(config))
 

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+
 import pytest
 
+from proxy.settings import Settings, SettingsError
 from proxy.stores.objects import ObjectStore
 from proxy.stores.objects_config import ObjectStoreConfig, ObjectStoreConfigError
+from tests.servers import cutproxy
 
 ACCESS = "AKIAEXAMPLEACCESS0001"
 SECRET = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
@@ -104,3 +109,70 @@ def test_errors_drop_the_keys_even_when_the_server_quotes_them() -> None:
     assert "SignatureDoesNotMatch" in error.detail
     for text in (error.message, error.detail, str(error), repr(error)):
         assert ACCESS not in text and SECRET not in text
+
+
+# --- PROXY_STORE_* as settings ----------------------------------------------------------------
+
+STORE_ENV = {
+    "PROXY_MODE": "store",
+    "PROXY_STORE_URL": "s3://images/cutproxy",
+    "PROXY_STORE_ENDPOINT": "http://127.0.0.1:8333",
+    "PROXY_STORE_ACCESS_KEY": ACCESS,
+    "PROXY_STORE_SECRET_KEY": SECRET,
+}
+
+
+def test_the_settings_give_the_store_configuration() -> None:
+    settings = Settings.from_env({**STORE_ENV, "PROXY_STORE_ADDRESSING": "virtual"})
+    config = ObjectStoreConfig.from_settings(settings)
+    assert config is not None
+    assert (config.bucket, config.prefix, config.style) == ("images", "cutproxy", "virtual")
+    assert (config.access_key, config.secret_key, config.timeout) == (ACCESS, SECRET, 10.0)
+    assert ObjectStoreConfig.from_settings(Settings.from_env({"PROXY_MODE": "store"})) is None
+
+
+@pytest.mark.parametrize(
+    ("env", "variable", "fragment"),
+    [
+        ({"PROXY_STORE_URL": "s3://images"}, "PROXY_STORE_URL", "needs PROXY_MODE=store"),
+        ({"PROXY_STORE_ENDPOINT": "http://127.0.0.1:8333"}, "PROXY_STORE_ENDPOINT", "needs"),
+        ({"PROXY_STORE_ACCESS_KEY": ACCESS}, "PROXY_STORE_ACCESS_KEY", "PROXY_STORE_URL"),
+        ({**STORE_ENV, "PROXY_STORE_TIMEOUT": "0"}, "PROXY_STORE_TIMEOUT", "greater than 0"),
+        ({"PROXY_STORE_PUBLIC_URL": "https://cdn.example"}, "PROXY_STORE_PUBLIC_URL", "needs"),
+        (
+            {**STORE_ENV, "PROXY_STORE_PUBLIC_URL": "cdn.example/images"},
+            "PROXY_STORE_PUBLIC_URL",
+            "absolute http(s) URL",
+        ),
+    ],
+)
+def test_store_settings_that_cannot_work_are_refused_naming_the_variable(
+    env: dict[str, str], variable: str, fragment: str
+) -> None:
+    with pytest.raises(SettingsError) as caught:
+        Settings.from_env(env)
+    assert str(caught.value).startswith(variable) and fragment in str(caught.value)
+    assert ACCESS not in str(caught.value)
+
+
+def test_store_keys_are_masked_wherever_settings_are_shown() -> None:
+    shown = Settings.from_env(STORE_ENV).describe()
+    assert shown["PROXY_STORE_ACCESS_KEY"] == shown["PROXY_STORE_SECRET_KEY"] == "***"
+    assert shown["PROXY_STORE_URL"] == "s3://images/cutproxy"
+    done = subprocess.run(
+        cutproxy("settings"), env={**os.environ, **STORE_ENV}, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    assert "PROXY_STORE_ACCESS_KEY=***" in done.stdout
+    assert ACCESS not in done.stdout + done.stderr and SECRET not in done.stdout + done.stderr
+
+
+def test_serve_refuses_to_start_with_a_malformed_store_setting() -> None:
+    env = {**os.environ, **STORE_ENV, "PROXY_STORE_URL": "s3://Images/x"}
+    done = subprocess.run(
+        cutproxy("serve", "--port", "1"), env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 2
+    assert "invalid setting: PROXY_STORE_URL" in done.stderr
+    assert "not a valid S3 bucket name" in done.stderr
+    assert ACCESS not in done.stderr and SECRET not in done.stderr
