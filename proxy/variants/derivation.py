@@ -227,8 +227,10 @@ class Deriver:
         disk), ``derived`` (this request's derivation) or ``coalesced`` (an identical one
         in flight).
 
-        ``admit`` runs before a derivation this request would start (not for a tier hit,
-        nor for joining one in flight): the client's derive rate, raising to refuse.
+        ``admit`` runs in the derivation this request leads, once its master is in hand
+        (not for a tier hit, for joining one in flight, nor for a master that could not be
+        had): the client's derive rate, raising to refuse. Requests that joined get the
+        refusal too, naming the leader's client, so others lead anew.
         ``render`` mints the master if this request is the one that has to
         (:meth:`MasterService.get`).
         """
@@ -239,11 +241,8 @@ class Deriver:
             self.events.variant_found(hit.tier)
             return hit.variant, hit.tier
         joined = self.flight.joined(key)
-        if not joined and admit is not None:
-            await admit()
-            joined = self.flight.joined(key)  # one may have started while admit awaited
         variant = await self.flight.run(
-            key, lambda: self._derive(record, spec, key, render), wait=self.wait
+            key, lambda: self._derive(record, spec, key, render, admit), wait=self.wait
         )
         return variant, "coalesced" if joined else "derived"
 
@@ -256,13 +255,20 @@ class Deriver:
         return await self.tiers.delete_prefix(image_prefix(image_id))
 
     async def _derive(
-        self, record: ImageRecord, spec: DeriveSpec, key: str, render: Render | None = None
+        self,
+        record: ImageRecord,
+        spec: DeriveSpec,
+        key: str,
+        render: Render | None = None,
+        admit: Callable[[], Awaitable[None]] | None = None,
     ) -> StoredVariant:
         kept = self.tiers.peek(key)  # a flight that finished just before this one began
         if kept is not None:
             self.events.variant_found(self.tiers.memory.name)
             return kept
         master = await self.masters.get(record, self.master_quality, render=render)
+        if admit is not None:  # charged only to the leader, and only for work it can do
+            await admit()
 
         framing = spec.framing
         # Framing is passed only when asked for: a derive function without it still fits.

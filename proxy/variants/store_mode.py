@@ -15,14 +15,15 @@ source of versions), the guards and the one minter, and the re-upload of origina
 upstream forgot. The master is minted through that re-upload path
 (:meth:`proxy.variants.reupload.Reuploads.process`), admitted like a redirect-mode miss: the
 client's miss rate, then the credit budget at the master's price. Derivations cost CPU, not
-credits: they are limited per client by ``PROXY_CLIENT_DERIVE_RATE`` (429), and hits and
-waits for an identical derivation in flight are free.
+credits: they are limited per client by ``PROXY_CLIENT_DERIVE_RATE`` (429), charged to the
+request that leads one once its master is in hand; hits and waits for an identical
+derivation in flight are free.
 
 The order of a request::
 
-    view (record) → memory tier (no I/O) → disk tier → derive rate → single flight
+    view (record) → memory tier (no I/O) → disk tier → single flight
       → master: memory → disk → lease → miss rate → budget → mint (+ re-upload) → download
-      → derive (worker thread, limiter) → tiers
+      → the leader's derive rate → derive (worker thread, limiter) → tiers
 
 pyvips is imported with this module only: the app imports it in store mode alone.
 """

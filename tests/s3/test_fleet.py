@@ -77,9 +77,6 @@ class Fleet:
             # 500 connections opened at once on a shared 2-core machine hold a replica's
             # event loop for longer than the default 0.5 s a Redis call may take
             PROXY_REDIS_TIMEOUT="5",
-            # one test client (127.0.0.1) sends them all; every request that misses memory
-            # and disk counts against its derive rate, also while it waits or gets a 503
-            PROXY_CLIENT_DERIVE_RATE="none",
             **extra,
         )
         self.replicas[name] = replica

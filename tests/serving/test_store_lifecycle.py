@@ -114,6 +114,34 @@ async def test_a_client_over_its_derive_rate_gets_a_429_and_hits_still_work(
         assert again.status_code == 200
 
 
+async def test_a_burst_for_one_new_variant_charges_one_derivation(store_rig: MakeRig) -> None:
+    # A page (or a CDN edge) asks for a new size many times at once: one derivation is made,
+    # and it is the one the client is charged for.
+    async with store_rig(client_derive_rate="2/minute", **TRUSTED) as rig:
+        await rig.upload("mug", photo())
+
+        def ask() -> object:
+            return rig.client.get("/img/mug/300x300/ffffff.jpg", headers=by("10.0.0.1"))
+
+        answers = await gather(*[ask] * 20)
+        assert [a.status_code for a in answers] == [200] * 20
+        second = await rig.client.get("/img/mug/400x400/ffffff.jpg", headers=by("10.0.0.1"))
+        assert second.status_code == 200  # the burst cost one derivation of two
+
+
+async def test_a_derivation_that_cannot_start_is_not_charged(store_rig: MakeRig) -> None:
+    async with store_rig(client_derive_rate="2/minute", **TRUSTED) as rig:
+        uploaded = await rig.upload("mug", photo())
+        await rig.register("two", uploaded)  # no master yet: the first miss mints it
+        await rig.engine_down()
+        for _ in range(3):
+            failed = await rig.client.get("/img/two/100x100/ffffff.jpg", headers=by("10.0.0.1"))
+            assert failed.status_code in (502, 503, 504)
+        await rig.engine_down(False)
+        served = await rig.client.get("/img/two/100x100/ffffff.jpg", headers=by("10.0.0.1"))
+        assert served.status_code == 200
+
+
 async def test_the_client_miss_rate_counts_master_mints_not_derivations(
     store_rig: MakeRig,
 ) -> None:
