@@ -39,13 +39,12 @@ from proxy.serving.variant_route import VariantEndpoint, describe
 from proxy.setting_values import parse_networks
 from proxy.settings import Settings
 from proxy.stores.blobs import DirectoryBlobStore
-from proxy.stores.cache import CachedOutput, DiskTier, MemoryTier, SharedTier, TwoTierCache
+from proxy.stores.cache import DiskTier, MemoryTier, SharedTier, TwoTierCache
 from proxy.stores.leases import DiskLease, Lease
 from proxy.stores.redis import RedisStore
 from proxy.stores.registry import DiskRegistry, Registry
 from proxy.upstream.client import UpstreamClient, UpstreamConfig
 from proxy.url.decision import ROUTE, Decider
-from proxy.url.variant import Variant
 from proxy.variants.service import VariantService
 
 if TYPE_CHECKING:  # imports pyvips: loaded in store mode only (see _store_mode)
@@ -169,8 +168,9 @@ def create_app(
         return HitPath(
             app,
             decider=decider,
-            # Store mode's answers are bytes: the full stack serves them (memory hits too).
-            hit_output=variants.hit_output if store is None else _no_redirects,
+            # Memory hits: redirect mode's 302s, or store mode's bytes (and 304s).
+            hit_output=variants.hit_output if store is None else None,
+            hit_bytes=store.hit_bytes if store is not None else None,
             policy=policy,
             clock=clock,
             metrics=metrics,
@@ -190,10 +190,6 @@ def create_app(
     # absolute, built from the request's Host header, so it could send clients anywhere.
     app.router.redirect_slashes = False
     return app
-
-
-def _no_redirects(variant: Variant) -> CachedOutput | None:
-    return None
 
 
 class ProxyApp(Starlette):

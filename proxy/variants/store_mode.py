@@ -2,6 +2,7 @@
 
     StoreVariants.peek(variant)              the hit path: memory only, no I/O, no await
     StoreVariants.hit(variant)               the same, counted as a memory hit
+    StoreVariants.hit_bytes(variant)         hit's bytes alone: the raw-ASGI hit path's
     StoreVariants.resolve(variant, client)   memory → disk → derived (→ the master: minted once)
     StoreVariants.warm(record, variants)     the master minted if missing, the variants derived
     StoreVariants.upload_spec / adopt_upload / adopt_twin / retire / remove
@@ -172,11 +173,15 @@ class StoreVariants:
 
     def hit(self, variant: Variant) -> Delivered | None:
         """:meth:`peek`, counted as a memory hit; None on a miss (nothing counted)."""
+        stored = self.hit_bytes(variant)
+        return None if stored is None else Delivered(stored, "memory")
+
+    def hit_bytes(self, variant: Variant) -> StoredVariant | None:
+        """:meth:`hit`'s bytes alone, for the hit path (:mod:`proxy.serving.hitpath`)."""
         stored = self.peek(variant)
-        if stored is None:
-            return None
-        self.events.resolved("memory")
-        return Delivered(stored, "memory")
+        if stored is not None:
+            self.events.resolved("memory")
+        return stored
 
     # --- a request ------------------------------------------------------------------------
 
