@@ -30,7 +30,6 @@ pyvips is imported with this module only: the app imports it in store mode alone
 
 from __future__ import annotations
 
-import functools
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -48,16 +47,16 @@ from proxy.stores.registry import ImageRecord
 from proxy.upstream.client import ProcessResult
 from proxy.url.variant import Variant
 from proxy.variants.derivation import DeriveEvents, Deriver, DeriveSpec
-from proxy.variants.derive import Fit, Format, MasterCache, output_size
+from proxy.variants.derive import MasterCache
 from proxy.variants.masters import (
     MasterEvents,
     MasterService,
     Render,
     content_version,
-    master_size,
     master_spec,
 )
 from proxy.variants.service import VariantService
+from proxy.variants.store_specs import variant_spec
 
 log = logging.getLogger("cutproxy.store")
 
@@ -107,36 +106,6 @@ class NoStoreEvents:
 
     def bytes_kept(self, tier: str, nbytes: int) -> None:
         pass
-
-
-def variant_spec(variant: Variant, settings: Settings) -> DeriveSpec:
-    """What to derive for ``variant``: its box, fit, background and format, and the
-    encoder quality (``PROXY_AVIF_QUALITY`` for avif, else ``PROXY_OUTPUT_COMPRESSION``)."""
-    quality = settings.avif_quality if variant.ext == "avif" else settings.output_compression
-    return _spec(variant.width, variant.height, variant.fit, variant.bg, variant.ext, quality)
-
-
-@functools.lru_cache(maxsize=4096)
-def _spec(width: int, height: int, fit: str, bg: str, ext: str, quality: int) -> DeriveSpec:
-    # One spec per variant URL, made once: the hit path asks for it on every request.
-    fit_: Fit = fit  # type: ignore[assignment]  # the grammar allows only Fit's values
-    fmt: Format = ext  # type: ignore[assignment]  # and only Format's
-    return DeriveSpec(width, height, fit_, bg, fmt, quality)
-
-
-def variant_size(
-    variant: Variant, original: tuple[int, int] | None, max_pixels: int
-) -> tuple[int, int] | None:
-    """The pixel size store mode serves for ``variant`` of an original of ``original``
-    (None when the original's size is unknown and the fit is contain): pad and cover are
-    exactly the box; contain fits the master (the original capped at ``max_pixels``) inside
-    it, never upscaled."""
-    if variant.fit != "contain":
-        return variant.width, variant.height
-    if original is None:
-        return None
-    fit: Fit = "contain"
-    return output_size(master_size(original, max_pixels), variant.width, variant.height, fit)
 
 
 @dataclass
