@@ -331,13 +331,13 @@ def _store_mode(
     settings: Settings, variants: VariantService, engine: LocalEngine | None, metrics: Metrics
 ) -> StoreVariants:
     """Store mode's services; imported here only, so redirect mode never loads libvips."""
-    from proxy.variants import store_mode
+    from proxy.variants import store_build
 
     # Masters are downloaded from the upstream's output host (the embedded engine's files
     # are answered in this process); redirects are not followed past the host checked.
     transport = engine.output_transport() if engine is not None else None
     http = httpx.AsyncClient(transport=transport, follow_redirects=False)
-    return store_mode.build(variants, settings, http=http, events=metrics)
+    return store_build.build(variants, settings, http=http, events=metrics)
 
 
 def _on_change(forget: Callable[[str], None], purger: Purger | None) -> Callable[[str], None]:

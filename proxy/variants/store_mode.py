@@ -35,21 +35,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-import anyio
-import httpx
-
 from proxy.errors import MissRefusedError, NotFoundError, ProxyError, ServiceUnavailableError
 from proxy.guards.budget import estimate_credits
 from proxy.settings import Settings
-from proxy.stores.derived import DiskBytes, MemoryBytes, StoredVariant, TieredVariants
-from proxy.stores.masters import DiskMasterStore, MasterKey
+from proxy.stores.derived import DiskBytes, StoredVariant
+from proxy.stores.masters import MasterKey
 from proxy.stores.registry import ImageRecord
 from proxy.upstream.client import ProcessResult
 from proxy.url.variant import Variant
-from proxy.variants.derivation import DeriveEvents, Deriver, DeriveSpec
-from proxy.variants.derive import MasterCache
+from proxy.variants.derivation import Deriver, DeriveSpec
 from proxy.variants.masters import (
-    MasterEvents,
     MasterService,
     Render,
     content_version,
@@ -370,61 +365,3 @@ class StoreVariants:
         await self.deriver.tiers.close()
         await self.masters.store.close()
         await self.masters.http.aclose()
-
-
-class Events(MasterEvents, DeriveEvents, StoreEvents, Protocol):
-    """Everything store mode reports (:class:`proxy.ops.metrics.Metrics` listens)."""
-
-
-def build(
-    service: VariantService,
-    settings: Settings,
-    *,
-    http: httpx.AsyncClient,
-    events: Events,
-    limiter: anyio.CapacityLimiter | None = None,
-) -> StoreVariants:
-    """Store mode's services on ``PROXY_DATA_DIR``: masters under ``masters/``, variants'
-    disk tier under ``variants/``, the memory tiers per the ``PROXY_*_MB`` settings; the
-    master minted through ``service``'s guarded, re-uploading mint. ``events`` listens to
-    all of them (the app's metrics). ``limiter`` bounds derivations and decodes together."""
-    mib = 1024 * 1024
-    if limiter is None:
-        limiter = (
-            anyio.CapacityLimiter(settings.derive_concurrency)
-            if settings.derive_concurrency
-            else None
-        )
-    disk = DiskBytes(settings.data_dir / "variants", settings.variant_disk_mb * mib)
-    disk.create()
-    store: StoreVariants
-
-    async def render(record: ImageRecord, specs: list[dict[str, Any]]) -> ProcessResult:
-        return await store._mint_master(record, specs, None)  # a caller with no client
-
-    masters = MasterService(
-        store=DiskMasterStore.under(settings.data_dir),
-        cache=MasterCache(settings.master_cache_mb * mib),
-        lease=service.lease,
-        http=http,
-        render=render,
-        max_pixels=settings.master_max_pixels,
-        lease_ttl=settings.lease_ttl,
-        wait=settings.coalesce_wait,
-        limiter=limiter,
-        events=events,
-    )
-    options: dict[str, Any] = {} if limiter is None else {"limiter": limiter}
-    deriver = Deriver(
-        masters=masters,
-        tiers=TieredVariants(MemoryBytes(settings.variant_memory_mb * mib), disk),
-        master_quality=settings.quality,
-        clock=service.clock,
-        wait=settings.coalesce_wait,
-        events=events,
-        **options,
-    )
-    if limiter is None:
-        masters.limiter = deriver.limiter  # decodes count against the derivations' bound
-    store = StoreVariants(service, deriver, settings, disk=disk, events=events)
-    return store
