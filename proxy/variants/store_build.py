@@ -52,7 +52,7 @@ def build(
     store: StoreVariants
 
     async def render(record: ImageRecord, specs: list[dict[str, Any]]) -> ProcessResult:
-        return await store._mint_master(record, specs, None)  # a caller with no client
+        return await store.mint_master(record, specs, None)  # a caller with no client
 
     masters = MasterService(
         store=DiskMasterStore.under(settings.data_dir),

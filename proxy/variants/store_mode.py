@@ -25,7 +25,9 @@ The order of a request::
       → master: memory → disk → lease → miss rate → budget → mint (+ re-upload) → download
       → derive (worker thread, limiter) → tiers
 
-pyvips is imported with this module only: the app imports it in store mode alone.
+What a URL asks for (its spec, the size served) is :mod:`proxy.variants.store_specs`; the
+services' assembly on ``PROXY_DATA_DIR`` is :mod:`proxy.variants.store_build`. pyvips is
+imported with these modules only: the app imports them in store mode alone.
 """
 
 from __future__ import annotations
@@ -191,11 +193,11 @@ class StoreVariants:
 
     def _render_for(self, client: str | None) -> Render:
         async def render(record: ImageRecord, specs: list[dict[str, Any]]) -> ProcessResult:
-            return await self._mint_master(record, specs, client)
+            return await self.mint_master(record, specs, client)
 
         return render
 
-    async def _mint_master(
+    async def mint_master(
         self, record: ImageRecord, specs: list[dict[str, Any]], client: str | None
     ) -> ProcessResult:
         """The master's token: admitted (the client's miss rate, the budget at its price),
@@ -249,7 +251,7 @@ class StoreVariants:
 
         async def render(current: ImageRecord, specs: list[dict[str, Any]]) -> ProcessResult:
             nonlocal minted, credits
-            result = await self._mint_master(current, specs, None)
+            result = await self.mint_master(current, specs, None)
             minted, credits = True, estimate_credits(specs)
             return result
 
