@@ -61,6 +61,8 @@ log = logging.getLogger("cutproxy.store")
 # the image was a replacement behind reads it again: a few times at most.
 _JOIN_ATTEMPTS = 3
 IMAGE_CHANGED = "image_changed"
+#: Tier keys the hit path remembers per variant (and the image's record it was built for).
+KEYS_KEPT = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +116,8 @@ class StoreVariants:
     settings: Settings
     disk: DiskBytes | None = None  # the disk tier, for the bytes kept (metrics, costs)
     events: StoreEvents = field(default_factory=NoStoreEvents)
+    # id(variant) -> (variant, record, tier key): both held, so neither id is reused meanwhile
+    _keys: dict[int, tuple[Variant, ImageRecord, str]] = field(default_factory=dict, repr=False)
 
     @property
     def masters(self) -> MasterService:
@@ -135,7 +139,17 @@ class StoreVariants:
         record = self.service.view(variant.image_id)
         if record is None:
             return None
-        return self.deriver.tiers.peek(self.deriver.key(record, self.spec(variant)))
+        # The decider hands the hit path one Variant per path, and the view one record per
+        # image version: while both are the same objects, so is the key (a third of a hit).
+        memo = self._keys.get(id(variant))
+        if memo is not None and memo[0] is variant and memo[1] is record:
+            key = memo[2]
+        else:
+            key = self.deriver.key(record, self.spec(variant))
+            if len(self._keys) >= KEYS_KEPT:
+                self._keys.clear()
+            self._keys[id(variant)] = (variant, record, key)
+        return self.deriver.tiers.peek(key)
 
     def hit(self, variant: Variant) -> Delivered | None:
         """:meth:`peek`, counted as a memory hit; None on a miss (nothing counted)."""
