@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from tests.ops.conftest import scrape
-from tests.serving.conftest import AUTH, BASE, Rig, photo
+from tests.serving.conftest import AUTH, BASE, MakeRig, Rig, photo
 
 URL = "/img/mug/640x640/ffffff.jpg"
 PREFIX = "/cdn"
@@ -99,6 +99,17 @@ async def test_what_needs_more_than_the_memory_tier_goes_down_the_stack(rig: Rig
     assert as_json.status_code == 200 and as_json.json()["etag"]
     assert spelled.status_code == 308
     assert other.status_code == 200
+
+
+async def test_a_disk_tier_hit_is_the_full_stacks(store_rig: MakeRig) -> None:
+    async with store_rig(variant_memory_mb=0) as rig:  # nothing kept in memory
+        await rig.upload("mug", photo())
+        derived = await rig.client.get(URL)
+        again = await rig.client.get(URL)  # read off the disk tier
+        assert await answered_by_hit_path(rig) == 0
+        assert await rig.disk_keys("/img/mug/") != []
+    assert again.status_code == 200 and again.content == derived.content
+    assert headers(again) == headers(derived)
 
 
 async def test_a_replaced_or_deleted_image_is_never_answered_from_the_hit_path(
