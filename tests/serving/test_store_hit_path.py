@@ -8,12 +8,13 @@ alone. The full stack's answer to the same request is taken behind a path prefix
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 
 import httpx
 import pytest
 
-from tests.ops.conftest import scrape
+from tests.ops.conftest import JsonLines, scrape
 from tests.serving.conftest import AUTH, BASE, MakeRig, Rig, photo
 
 URL = "/img/mug/640x640/ffffff.jpg"
@@ -134,3 +135,22 @@ async def test_a_replaced_or_deleted_image_is_never_answered_from_the_hit_path(
     gone = await rig.client.get(URL)
     assert gone.status_code == 404 and gone.json()["error"]
     assert await answered_by_hit_path(rig) == 2
+
+
+async def test_the_hit_paths_access_lines_name_the_status_and_the_memory_tier(
+    rig: Rig, log_lines: JsonLines
+) -> None:
+    await rig.upload("mug", photo())
+    etag = (await rig.client.get(URL)).headers["etag"]
+    log_lines.lines.clear()
+    hit = await rig.client.get(URL)
+    await rig.client.head(URL, headers={"If-None-Match": etag})
+    assert await answered_by_hit_path(rig) == 2
+    lines = [json.loads(line) for line in log_lines.lines]
+    requests = [line for line in lines if line["msg"] == "request" and line["path"] == URL]
+    assert [(r["method"], r["status"], r["cache_tier"]) for r in requests] == [
+        ("GET", 200, "memory"),
+        ("HEAD", 304, "memory"),
+    ]
+    assert requests[0]["route"] == "/img/{image_id}/{size}/{filename}"
+    assert requests[0]["request_id"] == hit.headers["x-request-id"]
