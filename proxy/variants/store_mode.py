@@ -117,7 +117,9 @@ class StoreVariants:
     disk: DiskBytes | None = None  # the disk tier, for the bytes kept (metrics, costs)
     events: StoreEvents = field(default_factory=NoStoreEvents)
     # id(variant) -> (variant, record, tier key): both held, so neither id is reused meanwhile
-    _keys: dict[int, tuple[Variant, ImageRecord, str]] = field(default_factory=dict, repr=False)
+    _keys: dict[int, tuple[Variant, ImageRecord, str]] = field(
+        default_factory=dict, init=False, repr=False
+    )
 
     @property
     def masters(self) -> MasterService:
