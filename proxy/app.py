@@ -41,13 +41,12 @@ from proxy.serving.variant_route import VariantEndpoint, describe
 from proxy.setting_values import parse_networks
 from proxy.settings import Settings
 from proxy.stores.blobs import DirectoryBlobStore
-from proxy.stores.cache import CachedOutput, DiskTier, MemoryTier, SharedTier, TwoTierCache
+from proxy.stores.cache import DiskTier, MemoryTier, SharedTier, TwoTierCache
 from proxy.stores.leases import DiskLease, Lease
 from proxy.stores.redis import RedisStore
 from proxy.stores.registry import DiskRegistry, Registry
 from proxy.upstream.client import UpstreamClient, UpstreamConfig
 from proxy.url.decision import PRESET_ROUTE, ROUTE, Decider
-from proxy.url.variant import Variant
 from proxy.variants.service import VariantService
 
 if TYPE_CHECKING:  # imports pyvips: loaded in store mode only (see _store_mode)
@@ -180,8 +179,9 @@ def create_app(
         return HitPath(
             app,
             decider=decider,
-            # Store mode's answers are bytes: the full stack serves them (memory hits too).
-            hit_output=variants.hit_output if store is None else _no_redirects,
+            # Memory hits: redirect mode's 302s, or store mode's bytes (and 304s).
+            hit_output=variants.hit_output if store is None else None,
+            hit_bytes=store.hit_bytes if store is not None else None,
             policy=policy,
             clock=clock,
             metrics=metrics,
@@ -201,10 +201,6 @@ def create_app(
     # absolute, built from the request's Host header, so it could send clients anywhere.
     app.router.redirect_slashes = False
     return app
-
-
-def _no_redirects(variant: Variant) -> CachedOutput | None:
-    return None
 
 
 class ProxyApp(Starlette):
@@ -346,13 +342,13 @@ def _store_mode(
     settings: Settings, variants: VariantService, engine: LocalEngine | None, metrics: Metrics
 ) -> StoreVariants:
     """Store mode's services; imported here only, so redirect mode never loads libvips."""
-    from proxy.variants import store_mode
+    from proxy.variants import store_build
 
     # Masters are downloaded from the upstream's output host (the embedded engine's files
     # are answered in this process); redirects are not followed past the host checked.
     transport = engine.output_transport() if engine is not None else None
     http = httpx.AsyncClient(transport=transport, follow_redirects=False)
-    return store_mode.build(variants, settings, http=http, events=metrics)
+    return store_build.build(variants, settings, http=http, events=metrics)
 
 
 def _on_change(forget: Callable[[str], None], purger: Purger | None) -> Callable[[str], None]:

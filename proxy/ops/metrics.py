@@ -118,13 +118,19 @@ class Tally:
     """
 
     def __init__(
-        self, requests: Counter, request_seconds: Histogram, cache_results: Counter
+        self,
+        requests: Counter,
+        request_seconds: Histogram,
+        cache_results: Counter,
+        hit_path_answers: Counter | None = None,
     ) -> None:
         self._requests_metric = requests
         self._seconds_metric = request_seconds
         self._tiers_metric = cache_results
+        self._hit_path_metric = hit_path_answers
         self._requests: dict[tuple[str, str, int], _Pending] = {}
         self._tiers: dict[str, int] = {}
+        self._hit_path = 0
         self._scheduled = False
 
     def request(self, route: str, method: str, status: int, seconds: float) -> None:
@@ -143,6 +149,11 @@ class Tally:
         if not self._scheduled:
             self._schedule()
 
+    def hit_path(self, route: str, method: str, status: int, seconds: float) -> None:
+        """:meth:`request`, answered by the hit path alone."""
+        self._hit_path += 1
+        self.request(route, method, status, seconds)
+
     def _schedule(self) -> None:
         self._scheduled = True
         try:
@@ -155,6 +166,9 @@ class Tally:
         self._scheduled = False
         requests, self._requests = self._requests, {}
         tiers, self._tiers = self._tiers, {}
+        hit_path, self._hit_path = self._hit_path, 0
+        if hit_path and self._hit_path_metric is not None:
+            self._hit_path_metric.inc(hit_path)
         for (route, method, status), pending in requests.items():
             self._requests_metric.labels(route, method, str(status)).inc(pending.count)
             histogram = self._seconds_metric.labels(route)
@@ -292,6 +306,13 @@ class Metrics:
             "with a count) and passed to the full stack, which answered them.",
             registry=r,
         )
+        self.hit_path_answers = Counter(
+            "cutproxy_hit_path_answers",
+            "Requests the hit path answered by itself, in front of the full stack (memory "
+            "hits: redirect mode's 302s, store mode's 200s and 304s); also counted in "
+            "cutproxy_http_requests_total.",
+            registry=r,
+        )
         # --- guards: what misses cost and what was not spent --------------------------------
         self.credits_saved = Counter(
             "cutproxy_credits_saved",
@@ -319,7 +340,9 @@ class Metrics:
             self.credits_saved.labels(by)
         for tier in ("memory", shared_tier, "miss", "coalesced"):
             self.cache_results.labels(tier)
-        self.tally = Tally(self.requests, self.request_seconds, self.cache_results)
+        self.tally = Tally(
+            self.requests, self.request_seconds, self.cache_results, self.hit_path_answers
+        )
         self.store_mode = store_mode
         if store_mode:
             self._store_metrics(r)
@@ -441,6 +464,10 @@ class Metrics:
     def request_done(self, route: str, method: str, status: int, seconds: float) -> None:
         # Some servers (h11) pass any token as a method: label only the ones HTTP defines.
         self.tally.request(route, method if method in _METHODS else "other", status, seconds)
+
+    def hit_path_answered(self, route: str, method: str, status: int, seconds: float) -> None:
+        """:meth:`request_done` for a request the hit path answered by itself."""
+        self.tally.hit_path(route, method, status, seconds)
 
     # -- exposition ------------------------------------------------------------------------
     def exposition(self) -> bytes:

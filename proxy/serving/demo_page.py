@@ -123,7 +123,7 @@ class DemoPage:
     ) -> dict[str, Any]:
         """Store mode: whether the variant is kept (memory or disk), and what it costs: 0
         once the image's master is kept, else the master's mint."""
-        from proxy.variants.store_mode import variant_size  # store mode only: pyvips
+        from proxy.variants.store_specs import variant_size  # store mode only: pyvips
 
         kept = await store.deriver.tiers.get(store.deriver.key(record, store.spec(variant)))
         mastered = await store.masters.store.exists(store.masters.key(record, store.quality))

@@ -30,7 +30,7 @@ from starlette.responses import Response
 
 from proxy.serving import responses
 from proxy.serving.cdn import CachePolicy, tag_raw
-from proxy.serving.responses import RawHeaders
+from proxy.serving.responses import RawHeaders, StoredWire
 from proxy.stores.cache import CachedOutput
 from proxy.stores.derived import StoredVariant
 from proxy.stores.registry import ImageRecord, Registry
@@ -144,11 +144,20 @@ class Negotiation:
             return responses.raw_response(
                 302, responses.durable_headers(durable, extra, policy=self.policy)
             )
-        if if_none_match is not None and etag_matches(if_none_match, stored.etag):
-            headers = responses.not_modified_headers(stored, extra, policy=self.policy)
-            return responses.raw_response(304, headers)
-        headers = responses.stored_headers(stored, extra, policy=self.policy)
-        return responses.bytes_response(200, headers, b"" if head else stored.data)
+        wire = responses.stored_wire(stored, extra, policy=self.policy)
+        status, headers, data = stored_bytes(stored, wire, if_none_match=if_none_match, head=head)
+        return responses.bytes_response(status, list(headers), data)
+
+
+def stored_bytes(
+    stored: StoredVariant, wire: StoredWire, *, if_none_match: bytes | None, head: bool
+) -> tuple[int, RawHeaders, bytes]:
+    """A store-mode answer that is not JSON: its status, headers and body. A 304 when
+    ``if_none_match`` names the ETag, else a 200 with the bytes (``head``: none). The full
+    stack and the hit path (:mod:`proxy.serving.hitpath`) both answer with this."""
+    if if_none_match is not None and etag_matches(if_none_match, stored.etag):
+        return 304, wire.not_modified, b""
+    return 200, wire.ok, b"" if head else stored.data
 
 
 def stored_json(variant: Variant, stored: StoredVariant, public_url: str) -> dict[str, Any]:

@@ -8,6 +8,7 @@ import logging
 import math
 import re
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
@@ -94,18 +95,44 @@ def output_json(
     return response
 
 
-def stored_headers(
+@dataclass(frozen=True, slots=True)
+class StoredWire:
+    """A kept variant's answers as raw ASGI headers, encoded once: the 200's (GET and HEAD
+    alike) and the 304's. The one place store mode's headers are built: the full stack
+    (:meth:`proxy.serving.negotiation.Negotiation.stored`) and the hit path both use it."""
+
+    ok: tuple[tuple[bytes, bytes], ...]
+    not_modified: tuple[tuple[bytes, bytes], ...]
+
+
+def stored_wire(
     stored: StoredVariant, extra: RawHeaders = (), *, policy: CachePolicy = DEFAULT_POLICY
-) -> list[tuple[bytes, bytes]]:
-    """A store-mode 200's headers: the exact type and length, the strong ETag, the
-    lifetimes of :meth:`CachePolicy.stored`, then ``extra`` (Vary, surrogate keys)."""
-    return [
-        (b"content-type", stored.content_type.encode("latin-1")),
-        (b"content-length", str(len(stored.data)).encode("latin-1")),
-        (b"etag", stored.etag.encode("latin-1")),
-        *_stored_raw(policy),
+) -> StoredWire:
+    """``stored``'s answers with ``extra`` (Vary, surrogate keys) last: the 200 has the exact
+    type and length, the strong ETag and the lifetimes of :meth:`CachePolicy.stored`; the
+    304 the ETag, the lifetimes and ``extra``, no body. Built once per kept variant and path
+    (its ETag names its bytes), then a lookup."""
+    return _wire(stored.content_type, len(stored.data), stored.etag, tuple(extra), policy)
+
+
+@functools.lru_cache(maxsize=4096)
+def _wire(
+    content_type: str,
+    nbytes: int,
+    etag: str,
+    extra: tuple[tuple[bytes, bytes], ...],
+    policy: CachePolicy,
+) -> StoredWire:
+    tag = (b"etag", etag.encode("latin-1"))
+    lifetimes = raw_headers(policy.stored())
+    ok = (
+        (b"content-type", content_type.encode("latin-1")),
+        (b"content-length", str(nbytes).encode("latin-1")),
+        tag,
+        *lifetimes,
         *extra,
-    ]
+    )
+    return StoredWire(ok, (tag, *lifetimes, *extra))
 
 
 DURABLE_BROWSER_MAX_AGE = 300  # seconds a browser keeps a 302 to a durable object
@@ -119,7 +146,7 @@ def durable_headers(
     five minutes, since a replaced image's old object is deleted."""
     lifetimes = [
         (name, _capped_max_age(value) if name == b"cache-control" else value)
-        for name, value in _stored_raw(policy)
+        for name, value in raw_headers(policy.stored())
     ]
     return [
         (b"location", location.encode("latin-1")),
@@ -136,23 +163,11 @@ def _capped_max_age(value: bytes) -> bytes:
     return re.sub(rb"(?<![-\w])max-age=(\d+)", cap, value)
 
 
-def not_modified_headers(
-    stored: StoredVariant, extra: RawHeaders = (), *, policy: CachePolicy = DEFAULT_POLICY
-) -> list[tuple[bytes, bytes]]:
-    """A 304's headers: the ETag and the same lifetimes and extras as the 200, no body."""
-    return [(b"etag", stored.etag.encode("latin-1")), *_stored_raw(policy), *extra]
-
-
 def bytes_response(status_code: int, headers: list[tuple[bytes, bytes]], body: bytes) -> Response:
     """An answer with ``body`` and exactly ``headers`` (which carry its length)."""
     response = Response(content=body, status_code=status_code)
     response.raw_headers = headers
     return response
-
-
-@functools.lru_cache(maxsize=64)
-def _stored_raw(policy: CachePolicy) -> tuple[tuple[bytes, bytes], ...]:
-    return raw_headers(policy.stored())
 
 
 def stored_json(

@@ -164,7 +164,7 @@ def delivered_size(
     mode; in store mode the derivation's (exactly the box for pad and cover)."""
     if not settings.store_mode:
         return output_size(variant, original, autocrop=settings.autocrop)
-    from proxy.variants.store_mode import variant_size  # imports pyvips: store mode only
+    from proxy.variants.store_specs import variant_size  # imports pyvips: store mode only
 
     size = variant_size(variant, original, settings.master_max_pixels)
     if size is None:

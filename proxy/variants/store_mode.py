@@ -2,6 +2,7 @@
 
     StoreVariants.peek(variant)              the hit path: memory only, no I/O, no await
     StoreVariants.hit(variant)               the same, counted as a memory hit
+    StoreVariants.hit_bytes(variant)         hit's bytes alone: the raw-ASGI hit path's
     StoreVariants.resolve(variant, client)   memory → disk → derived (→ the master: minted once)
     StoreVariants.warm(record, variants)     the master minted if missing, the variants derived
     StoreVariants.upload_spec / adopt_upload / adopt_twin / retire / remove
@@ -25,41 +26,37 @@ The order of a request::
       → master: memory → disk → lease → miss rate → budget → mint (+ re-upload) → download
       → the leader's derive rate → derive (worker thread, limiter) → tiers
 
-pyvips is imported with this module only: the app imports it in store mode alone.
+What a URL asks for (its spec, the size served) is :mod:`proxy.variants.store_specs`; the
+services' assembly on ``PROXY_DATA_DIR`` is :mod:`proxy.variants.store_build`. pyvips is
+imported with these modules only: the app imports them in store mode alone.
 """
 
 from __future__ import annotations
 
-import functools
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-import anyio
-import httpx
-
 from proxy.errors import MissRefusedError, NotFoundError, ProxyError, ServiceUnavailableError
 from proxy.guards.budget import estimate_credits
 from proxy.settings import Settings
-from proxy.stores.derived import DiskBytes, MemoryBytes, StoredVariant, TieredVariants
-from proxy.stores.masters import DiskMasterStore, MasterKey, MasterStore
+from proxy.stores.derived import DiskBytes, StoredVariant
+from proxy.stores.masters import MasterKey
 from proxy.stores.object_tiers import ObjectTiers
 from proxy.stores.object_variants import public_url
 from proxy.stores.registry import ImageRecord
 from proxy.upstream.client import ProcessResult
 from proxy.url.variant import Variant
-from proxy.variants.derivation import DeriveEvents, Deriver, DeriveSpec
-from proxy.variants.derive import Anchor, Fit, Format, MasterCache, output_size
+from proxy.variants.derivation import Deriver, DeriveSpec
 from proxy.variants.masters import (
-    MasterEvents,
     MasterService,
     Render,
     content_version,
-    master_size,
     master_spec,
 )
 from proxy.variants.service import VariantService
+from proxy.variants.store_specs import variant_spec
 
 log = logging.getLogger("cutproxy.store")
 
@@ -67,6 +64,8 @@ log = logging.getLogger("cutproxy.store")
 # the image was a replacement behind reads it again: a few times at most.
 _JOIN_ATTEMPTS = 3
 IMAGE_CHANGED = "image_changed"
+#: Tier keys the hit path remembers per variant (and the image's record it was built for).
+KEYS_KEPT = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,57 +110,6 @@ class NoStoreEvents:
         pass
 
 
-def variant_spec(variant: Variant, settings: Settings) -> DeriveSpec:
-    """What to derive for ``variant``: its box, fit, background and format, and the
-    encoder quality (``PROXY_AVIF_QUALITY`` for avif, else ``PROXY_OUTPUT_COMPRESSION``)."""
-    quality = settings.avif_quality if variant.ext == "avif" else settings.output_compression
-    if variant.quality is not None:  # a preset's own
-        quality = variant.quality
-    return _spec(
-        variant.width,
-        variant.height,
-        variant.fit,
-        variant.bg,
-        variant.ext,
-        quality,
-        variant.fill,
-        variant.anchor,
-    )
-
-
-@functools.lru_cache(maxsize=4096)
-def _spec(
-    width: int,
-    height: int,
-    fit: str,
-    bg: str,
-    ext: str,
-    quality: int,
-    fill: float | None = None,
-    anchor: str = "center",
-) -> DeriveSpec:
-    # One spec per variant URL, made once: the hit path asks for it on every request.
-    fit_: Fit = fit  # type: ignore[assignment]  # the grammar allows only Fit's values
-    fmt: Format = ext  # type: ignore[assignment]  # and only Format's
-    anchor_: Anchor = anchor  # type: ignore[assignment]  # presets allow only Anchor's
-    return DeriveSpec(width, height, fit_, bg, fmt, quality, fill, anchor_)
-
-
-def variant_size(
-    variant: Variant, original: tuple[int, int] | None, max_pixels: int
-) -> tuple[int, int] | None:
-    """The pixel size store mode serves for ``variant`` of an original of ``original``
-    (None when the original's size is unknown and the fit is contain): pad and cover are
-    exactly the box; contain fits the master (the original capped at ``max_pixels``) inside
-    it, never upscaled."""
-    if variant.fit != "contain":
-        return variant.width, variant.height
-    if original is None or variant.framed:  # framed: contain's frame depends on the subject
-        return None
-    fit: Fit = "contain"
-    return output_size(master_size(original, max_pixels), variant.width, variant.height, fit)
-
-
 @dataclass
 class StoreVariants:
     """Variants' bytes in store mode (see the module's docstring for the order)."""
@@ -172,6 +120,10 @@ class StoreVariants:
     disk: DiskBytes | None = None  # the disk tier, for the bytes kept (metrics, costs)
     events: StoreEvents = field(default_factory=NoStoreEvents)
     objects: ObjectTiers | None = None  # PROXY_STORE_URL: masters and variants in a bucket
+    # id(variant) -> (variant, record, tier key): both held, so neither id is reused meanwhile
+    _keys: dict[int, tuple[Variant, ImageRecord, str]] = field(
+        default_factory=dict, init=False, repr=False
+    )
 
     @property
     def masters(self) -> MasterService:
@@ -193,15 +145,31 @@ class StoreVariants:
         record = self.service.view(variant.image_id)
         if record is None:
             return None
-        return self.deriver.tiers.peek(self.deriver.key(record, self.spec(variant)))
+        # The decider hands the hit path one Variant per path, and the view one record per
+        # image version: while both are the same objects, so is the key (a third of a hit).
+        memo = self._keys.get(id(variant))
+        if memo is not None and memo[0] is variant and memo[1] is record:
+            key = memo[2]
+        else:
+            key = self.deriver.key(record, self.spec(variant))
+            if len(self._keys) >= KEYS_KEPT:
+                self._keys.clear()
+            self._keys[id(variant)] = (variant, record, key)
+        return self.deriver.tiers.peek(key)
 
     def hit(self, variant: Variant) -> Delivered | None:
         """:meth:`peek`, counted as a memory hit; None on a miss (nothing counted)."""
+        stored = self.hit_bytes(variant)
+        return None if stored is None else Delivered(stored, "memory")
+
+    def hit_bytes(self, variant: Variant) -> StoredVariant | None:
+        """:meth:`hit`'s bytes alone, for the hit path (:mod:`proxy.serving.hitpath`); None
+        also when the answer is a redirect to the bytes' durable copy (the stack's)."""
         stored = self.peek(variant)
-        if stored is None:
+        if stored is None or (self.objects is not None and self.durable_url(stored)):
             return None
         self.events.resolved("memory")
-        return Delivered(stored, "memory")
+        return stored
 
     # --- a request ------------------------------------------------------------------------
 
@@ -247,11 +215,11 @@ class StoreVariants:
 
     def _render_for(self, client: str | None) -> Render:
         async def render(record: ImageRecord, specs: list[dict[str, Any]]) -> ProcessResult:
-            return await self._mint_master(record, specs, client)
+            return await self.mint_master(record, specs, client)
 
         return render
 
-    async def _mint_master(
+    async def mint_master(
         self, record: ImageRecord, specs: list[dict[str, Any]], client: str | None
     ) -> ProcessResult:
         """The master's token: admitted (the client's miss rate, the budget at its price),
@@ -305,7 +273,7 @@ class StoreVariants:
 
         async def render(current: ImageRecord, specs: list[dict[str, Any]]) -> ProcessResult:
             nonlocal minted, credits
-            result = await self._mint_master(current, specs, None)
+            result = await self.mint_master(current, specs, None)
             minted, credits = True, estimate_credits(specs)
             return result
 
@@ -437,67 +405,3 @@ class StoreVariants:
         await self.masters.http.aclose()
         if self.objects is not None:
             await self.objects.close()
-
-
-class Events(MasterEvents, DeriveEvents, StoreEvents, Protocol):
-    """Everything store mode reports (:class:`proxy.ops.metrics.Metrics` listens)."""
-
-
-def build(
-    service: VariantService,
-    settings: Settings,
-    *,
-    http: httpx.AsyncClient,
-    events: Events,
-    limiter: anyio.CapacityLimiter | None = None,
-) -> StoreVariants:
-    """Store mode's services on ``PROXY_DATA_DIR``: masters under ``masters/``, variants'
-    disk tier under ``variants/``, the memory tiers per the ``PROXY_*_MB`` settings; the
-    master minted through ``service``'s guarded, re-uploading mint. ``events`` listens to
-    all of them (the app's metrics). ``limiter`` bounds derivations and decodes together."""
-    mib = 1024 * 1024
-    if limiter is None:
-        limiter = (
-            anyio.CapacityLimiter(settings.derive_concurrency)
-            if settings.derive_concurrency
-            else None
-        )
-    disk = DiskBytes(settings.data_dir / "variants", settings.variant_disk_mb * mib)
-    disk.create()
-    # PROXY_STORE_URL: masters in the bucket (local disk their cache), variants a third tier.
-    objects = ObjectTiers.from_settings(settings, settings.data_dir, service.lease)
-    master_store: MasterStore = (
-        DiskMasterStore.under(settings.data_dir) if objects is None else objects.masters
-    )
-    lower = (disk,) if objects is None else (disk, objects.variants)
-    store: StoreVariants
-
-    async def render(record: ImageRecord, specs: list[dict[str, Any]]) -> ProcessResult:
-        return await store._mint_master(record, specs, None)  # a caller with no client
-
-    masters = MasterService(
-        store=master_store,
-        cache=MasterCache(settings.master_cache_mb * mib),
-        lease=service.lease,
-        http=http,
-        render=render,
-        max_pixels=settings.master_max_pixels,
-        lease_ttl=settings.lease_ttl,
-        wait=settings.coalesce_wait,
-        limiter=limiter,
-        events=events,
-    )
-    options: dict[str, Any] = {} if limiter is None else {"limiter": limiter}
-    deriver = Deriver(
-        masters=masters,
-        tiers=TieredVariants(MemoryBytes(settings.variant_memory_mb * mib), *lower),
-        master_quality=settings.quality,
-        clock=service.clock,
-        wait=settings.coalesce_wait,
-        events=events,
-        **options,
-    )
-    if limiter is None:
-        masters.limiter = deriver.limiter  # decodes count against the derivations' bound
-    store = StoreVariants(service, deriver, settings, disk=disk, events=events, objects=objects)
-    return store

@@ -1,14 +1,21 @@
-"""The baseline: a bare Starlette app that only redirects, served exactly like the proxy.
+"""The baselines: bare Starlette apps, served exactly like the proxy.
 
-``python -m tests.bench.bare PROTOCOL PORT WORKERS`` serves it under uvicorn's plain
-``httptools`` protocol, ``h11`` (with its bound on the head), or ``bounded``: the protocol
-``cutproxy serve`` runs (:mod:`proxy.headlimit`); the bench compares what each costs.
+``app`` only redirects (redirect mode's hits). ``python -m tests.bench.bare PROTOCOL PORT
+WORKERS`` serves it under uvicorn's plain ``httptools`` protocol, ``h11`` (with its bound on
+the head), or ``bounded``: the protocol ``cutproxy serve`` runs (:mod:`proxy.headlimit`); the
+bench compares what each costs.
+
+``bytes_app`` answers every variant URL with the bytes of the file named by
+``BENCH_BYTES_FILE``, read once at start and kept in memory (store mode's memory hits).
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import os
 import sys
+from pathlib import Path
 
 import uvicorn
 from starlette.applications import Starlette
@@ -27,6 +34,22 @@ async def redirect(request: Request) -> Response:
 
 
 app = Starlette(routes=[Route("/img/{image_id}/{size}/{filename}", redirect)])
+
+
+def _bytes_app(path: str | None) -> Starlette:
+    data = Path(path).read_bytes() if path else b""
+    headers = {
+        "ETag": f'"{hashlib.sha256(data).hexdigest()[:32]}"',
+        "Cache-Control": "public, max-age=86400, s-maxage=31536000",
+    }
+
+    async def image(request: Request) -> Response:
+        return Response(data, media_type="image/jpeg", headers=headers)
+
+    return Starlette(routes=[Route("/img/{image_id}/{size}/{filename}", image)])
+
+
+bytes_app = _bytes_app(os.environ.get("BENCH_BYTES_FILE"))
 
 
 def main(kind: str, port: int, workers: int) -> None:

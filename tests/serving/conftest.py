@@ -23,6 +23,7 @@ from proxy.settings import Settings
 from proxy.stores.derived import DiskBytes
 from tests.clock import Clock
 from tests.images.conftest import photo
+from tests.ops.conftest import log_lines  # noqa: F401  (the access log's lines, as JSON)
 
 ADMIN = "admin-token-for-tests-0123456789"
 AUTH = {"Authorization": f"Bearer {ADMIN}"}

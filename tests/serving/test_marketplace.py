@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 from pathlib import Path
 
 import httpx
@@ -16,7 +17,8 @@ from PIL import Image, ImageDraw
 from thash import thumb_hash_to_approximate_aspect_ratio, thumb_hash_to_rgba
 
 from proxy.url.signing import Signer
-from tests.serving.conftest import AUTH, MakeRig, Rig
+from tests.ops.conftest import JsonLines, scrape
+from tests.serving.conftest import AUTH, MakeRig, Rig, photo
 
 PRESETS = """
 [presets.main]
@@ -429,3 +431,21 @@ async def test_a_warm_up_frames_its_sizes_with_the_fit_in_its_place(rig: Rig) ->
         "/img/shoe/400x400-cover-f85/ffffff.png",
         "/img/shoe/400x400-cover-f90-bottom/ffffff.png",
     ]
+
+
+async def test_a_presets_memory_hit_is_logged_and_counted_under_the_preset_route(
+    store_rig: MakeRig, presets_file: Path, log_lines: JsonLines
+) -> None:
+    async with store_rig(presets_file=presets_file) as rig:
+        await rig.upload("mug", photo())
+        assert (await rig.client.get("/img/mug/main.jpg")).status_code == 200  # derived
+        log_lines.lines.clear()
+        assert (await rig.client.get("/img/mug/main.jpg")).status_code == 200  # the hit path
+        lines = [json.loads(line) for line in log_lines.lines]
+        hits = [line for line in lines if line["msg"] == "request"]
+        assert [(h["route"], h["cache_tier"]) for h in hits] == [
+            ("/img/{image_id}/{filename}", "memory")
+        ]
+        metrics = await scrape(rig.client)
+        route = "/img/{image_id}/{filename}"
+        assert metrics.value("cutproxy_http_requests_total", route=route, status="200") == 2

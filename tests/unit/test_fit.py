@@ -15,7 +15,7 @@ from proxy.url.decision import Decider, Redirect, Serve, plain
 from proxy.url.signing import Signer
 from proxy.url.variant import Variant, cache_key
 from proxy.variants.derivation import variant_key
-from proxy.variants.store_mode import variant_size, variant_spec
+from proxy.variants.store_specs import variant_size, variant_spec
 
 STORE = grammar.Limits(4000, 4000, store=True, default_fit="pad")
 REDIRECT = grammar.Limits(4000, 4000)
