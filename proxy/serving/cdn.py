@@ -76,12 +76,7 @@ class CachePolicy:
         if browser <= 0 and shared <= 0:
             return no_store()
         if shared <= 0:
-            # Browsers may keep it; no shared cache may (PROXY_CDN_MAX_AGE=0).
-            return {
-                "Cache-Control": f"private, max-age={browser}",
-                "CDN-Cache-Control": NO_STORE,
-                "Surrogate-Control": NO_STORE,
-            }
+            return browsers_only(browser)
         cache_control = f"public, max-age={browser}"
         if shared != browser:
             cache_control += f", s-maxage={shared}"
@@ -106,11 +101,7 @@ class CachePolicy:
         if browser <= 0 and shared <= 0:
             return no_store()
         if shared <= 0:
-            return {
-                "Cache-Control": f"private, max-age={browser}",
-                "CDN-Cache-Control": NO_STORE,
-                "Surrogate-Control": NO_STORE,
-            }
+            return browsers_only(browser)
         return {
             "Cache-Control": f"public, max-age={browser}, s-maxage={shared}, "
             f"stale-if-error={STALE_IF_ERROR}",
@@ -129,6 +120,15 @@ class CachePolicy:
 def _policy(browser: int | None, shared: int | None, error: int) -> CachePolicy:
     # Frozen, so one instance per setting combination serves every request.
     return CachePolicy(browser, shared, error)
+
+
+def browsers_only(max_age: int) -> dict[str, str]:
+    """Browsers may keep it ``max_age`` seconds; no shared cache may (PROXY_CDN_MAX_AGE=0)."""
+    return {
+        "Cache-Control": f"private, max-age={max_age}",
+        "CDN-Cache-Control": NO_STORE,
+        "Surrogate-Control": NO_STORE,
+    }
 
 
 def no_store() -> dict[str, str]:
