@@ -1,4 +1,8 @@
-"""The app factory: assembles routes, error handlers and a lifespan. It decides nothing."""
+"""The app factory: assembles routes, error handlers and a lifespan. It decides nothing.
+
+Why a little over 400 lines: it assembles both modes (redirect and store, each with or
+without Redis and an object store) and registers the demo image.
+"""
 
 from __future__ import annotations
 

@@ -33,6 +33,9 @@ Layout in the store, per image (so deleting an image is one folder)::
   the ones in flight, then removes the image's folder: a write in flight never brings a
   deleted variant back. A longer prefix removes the matching index objects and the bytes no
   other index names. A failure raises.
+
+Why over 400 lines: the object tier and its background writers keep one promise together
+(an index never names bytes that are not there).
 """
 
 from __future__ import annotations

@@ -23,6 +23,9 @@ Objects are written whole, in one PUT (never multipart), so a reader sees the ol
 new one or none, never a part. Keys are the proxy's own, relative to the configured prefix,
 and ``/``-separated; a prefix in ``list``/``delete_prefix`` is a whole folder (``"a"`` covers
 ``a/x`` but not ``ab/x``).
+
+Why over 400 lines: it is the one module that talks to the object store; its errors,
+deadlines, retries and breaker are read together.
 """
 
 from __future__ import annotations

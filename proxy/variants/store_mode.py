@@ -29,6 +29,9 @@ The order of a request::
 What a URL asks for (its spec, the size served) is :mod:`proxy.variants.store_specs`; the
 services' assembly on ``PROXY_DATA_DIR`` is :mod:`proxy.variants.store_build`. pyvips is
 imported with these modules only: the app imports them in store mode alone.
+
+Why a little over 400 lines: the order of a request above, with its retries when an image
+changes or another client's mint is refused, is read in one place.
 """
 
 from __future__ import annotations
