@@ -99,11 +99,23 @@ class AdminClient:
         return _ok(response)
 
     async def warm(
-        self, image_id: str, sizes: list[str], bg: str, ext: str, fit: str | None = None
+        self,
+        image_id: str,
+        sizes: list[str],
+        bg: str,
+        ext: str | None,
+        fit: str | None = None,
+        presets: list[str] | None = None,
     ) -> dict[str, Any]:
-        body: dict[str, Any] = {"sizes": sizes, "bg": bg, "ext": ext}
+        body: dict[str, Any] = {"bg": bg}
+        if sizes:
+            body["sizes"] = sizes
+        if ext:  # none: jpg for sizes, each preset's own format for presets
+            body["ext"] = ext
         if fit:
             body["fit"] = fit
+        if presets:
+            body["presets"] = presets
         return _ok(await self._call("POST", f"/images/{image_id}/warm", json=body))
 
     async def list_images(self, after: str | None, limit: int) -> dict[str, Any]:

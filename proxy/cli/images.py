@@ -47,6 +47,7 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp"}
 LOCAL_MAX_BYTES = 64 * 1024 * 1024
 _NOT_ID = re.compile(r"[^A-Za-z0-9_-]+")
 
+DEFAULT_WARM_SIZES = "320x320,640x640,1280x1280"
 T = TypeVar("T")
 out = Console()
 err = Console(stderr=True)
@@ -206,13 +207,26 @@ def warm_command(
         list[str] | None, typer.Argument(help="Images to warm (default: every image).")
     ] = None,
     sizes: Annotated[
-        str, typer.Option(help="Comma-separated sizes, e.g. 320x320,640x640,1280x1280.")
-    ] = "320x320,640x640,1280x1280",
+        str | None,
+        typer.Option(
+            help="Comma-separated sizes (default 320x320,640x640,1280x1280, none with --presets)."
+        ),
+    ] = None,
     bg: Annotated[str, typer.Option(help="Background: hex colour or 'transparent'.")] = "ffffff",
-    ext: Annotated[str, typer.Option(help="Format: jpg, png or webp (store mode: avif).")] = "jpg",
+    ext: Annotated[
+        str | None,
+        typer.Option(
+            help="Format: jpg, png, webp, auto (store mode: avif); default jpg, and each "
+            "preset's own for presets."
+        ),
+    ] = None,
     fit: Annotated[
         str | None,
         typer.Option(help="contain, pad or cover (default: the proxy's PROXY_FIT)."),
+    ] = None,
+    presets: Annotated[
+        str | None,
+        typer.Option(help="Comma-separated named presets (PROXY_PRESETS_FILE), e.g. main,grid."),
     ] = None,
     url: UrlOption = DEFAULT_URL,
     token: TokenOption = None,
@@ -220,9 +234,12 @@ def warm_command(
 ) -> None:
     """Pre-render variants into the cache: one token per image; cached ones are skipped.
     In store mode: the image's master minted if missing, the sizes derived from it."""
+    names = [p.strip() for p in (presets or "").split(",") if p.strip()]
+    if sizes is None:
+        sizes = "" if names else DEFAULT_WARM_SIZES
     wanted = [s.strip() for s in sizes.split(",") if s.strip()]
-    if not wanted:
-        raise typer.BadParameter("give at least one size", param_hint="--sizes")
+    if not wanted and not names:
+        raise typer.BadParameter("give at least one size or preset", param_hint="--sizes")
     report = Report()
     totals: Counter[str] = Counter()
     credits = 0.0
@@ -230,7 +247,7 @@ def warm_command(
     async def work(client: AdminClient, image_id: str) -> None:
         nonlocal credits
         try:
-            answer = await client.warm(image_id, wanted, bg, ext, fit)
+            answer = await client.warm(image_id, wanted, bg, ext, fit, names)
         except FatalAdminError:
             raise
         except AdminError as exc:
@@ -249,7 +266,12 @@ def warm_command(
 
     count = run(everything, url, token)
     shape = f", {fit}" if fit else ""
-    out.print(f"warm: {count} image(s) x {len(wanted)} size(s), background {bg}, {ext}{shape}")
+    asked = f"{len(wanted)} size(s), background {bg}, {ext or 'jpg'}{shape}"
+    if names:
+        asked = (
+            f"{asked} + preset(s) {', '.join(names)}" if wanted else f"preset(s) {', '.join(names)}"
+        )
+    out.print(f"warm: {count} image(s) x {asked}")
     table = Table()
     table.add_column("")
     table.add_column("count", justify="right")

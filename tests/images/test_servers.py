@@ -176,3 +176,23 @@ def test_workers_share_one_reupload_when_the_engine_forgot(tmp_path: Path) -> No
         assert stats(server)["uploads"] == before + 1
     finally:
         server.stop()
+
+
+def test_warm_takes_named_presets_in_store_mode(tmp_path: Path) -> None:
+    presets = Path(__file__).parents[2] / "docs" / "presets.example.toml"
+    server = serve(tmp_path, workers=1, PROXY_MODE="store", PROXY_PRESETS_FILE=str(presets))
+    try:
+        put = {**AUTH, "Content-Type": "image/png"}
+        assert httpx.put(f"{server.url}/images/mug", content=photo(3), headers=put).is_success
+        minted = stats(server)["tokens_minted"]  # the upload carried the master
+        warmed = run_cli(server, "warm", "--presets", "main,grid", "mug")
+        assert warmed.returncode == 0, warmed.stdout + warmed.stderr
+        assert "preset(s) main, grid" in warmed.stdout
+        assert summary(warmed.stdout)["variants rendered"] == 2  # main.jpg, grid.jpg
+        again = run_cli(server, "warm", "--presets", "main", "--sizes", "320x320", "mug")
+        assert summary(again.stdout)["already cached"] == 1
+        assert summary(again.stdout)["variants rendered"] == 1
+        assert stats(server)["tokens_minted"] == minted  # derived from the master: no mint
+        assert httpx.get(f"{server.url}/img/mug/main.jpg", timeout=30).status_code == 200
+    finally:
+        server.stop()
