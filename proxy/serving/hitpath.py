@@ -37,7 +37,7 @@ from proxy.errors import ProxyError
 from proxy.ops.accesslog import FixedLine, access_log, given_request_id, new_request_id
 from proxy.ops.logs import flush_lines
 from proxy.ops.metrics import Metrics
-from proxy.serving import responses
+from proxy.serving import formats, responses
 from proxy.serving.cdn import CachePolicy
 from proxy.serving.negotiation import stored_bytes
 from proxy.serving.responses import RawHeaders
@@ -141,8 +141,11 @@ class HitPath:
         if type(decision) is not Serve or decision.json:  # a 308, JSON, not a variant URL
             return None
         about = decision.about
+        store = self.hit_bytes is not None
+        # .auto: the format this Accept gets, as the route picks it
+        variant = formats.concrete(decision.variant, accept, store=store)
         if self.hit_bytes is not None:  # store mode
-            stored = self.hit_bytes(decision.variant)
+            stored = self.hit_bytes(variant)
             if stored is None:
                 return None
             wire = responses.stored_wire(stored, about.headers, policy=self.policy)
@@ -151,7 +154,7 @@ class HitPath:
             headers = list(raw)
         else:
             assert self.hit_output is not None
-            output = self.hit_output(decision.variant)
+            output = self.hit_output(variant)
             if output is None:
                 return None
             status, body = 302, b""

@@ -39,6 +39,25 @@ async def test_a_memory_hit_answers_exactly_as_the_miss_before_it(
     assert metrics.value("cutproxy_http_requests_total", route=IMG, status="302") == 3
 
 
+async def test_an_auto_urls_hit_redirects_to_the_format_its_accept_gets(
+    tmp_path: Path, clock: Clock
+) -> None:
+    url = "/img/demo/320x240/ffffff.auto"
+    webp, plain = {"Accept": "image/webp,*/*"}, {"Accept": "*/*"}
+    async with running(settings(tmp_path, demo=True), clock) as (_app, client):
+        miss = await client.get(url, headers=webp)
+        hit = await client.get(url, headers=webp)
+        other = await client.get(url, headers=plain)  # jpg: not minted yet
+        metrics = await scrape(client)
+
+    assert miss.status_code == hit.status_code == other.status_code == 302
+    assert hit.headers["location"] == miss.headers["location"]
+    assert hit.headers["location"].endswith(".webp") and other.headers["location"].endswith(".jpg")
+    assert hit.headers["vary"] == "Accept"
+    assert metrics.value("cutproxy_hit_path_answers_total") == 1
+    assert metrics.value("cutproxy_cache_results_total", tier="memory") == 1
+
+
 async def test_hits_that_need_more_than_a_redirect_are_answered_in_full(
     tmp_path: Path, clock: Clock
 ) -> None:

@@ -156,13 +156,22 @@ async def test_the_hit_paths_access_lines_name_the_status_and_the_memory_tier(
     assert requests[0]["request_id"] == hit.headers["x-request-id"]
 
 
-async def test_an_auto_url_is_left_to_the_stack_without_a_hit_path_error(rig: Rig) -> None:
-    # Which bytes .auto names depends on Accept: the stack negotiates it, every time.
+async def test_an_auto_urls_hit_is_the_format_its_accept_gets(rig: Rig) -> None:
     await rig.upload("mug", photo())
     url = "/img/mug/320x320/ffffff.auto"
-    for _ in range(2):
-        answer = await rig.client.get(url, headers={"Accept": "image/webp,*/*"})
-        assert answer.status_code == 200 and answer.headers["content-type"] == "image/webp"
+    webp = {"Accept": "image/webp,*/*"}
+    derived = await rig.client.get(url, headers=webp)  # the stack picks webp and derives it
+    hit = await rig.client.get(url, headers=webp)
+    assert await answered_by_hit_path(rig) == 1
+    assert hit.headers["content-type"] == "image/webp" and hit.content == derived.content
+    assert headers(hit) == headers(derived) and hit.headers["vary"] == "Accept"
+    # Another Accept names another format: not kept yet, so the stack derives it
+    avif = await rig.client.get(url, headers={"Accept": "image/avif,image/webp,*/*"})
+    plain = await rig.client.get(url, headers={"Accept": "*/*"})
+    assert avif.headers["content-type"] == "image/avif"
+    assert plain.headers["content-type"] == "image/jpeg"
+    assert await answered_by_hit_path(rig) == 1
+    again = await rig.client.get(url, headers={"Accept": "image/avif,image/webp,*/*"})
+    assert again.content == avif.content and await answered_by_hit_path(rig) == 2
     metrics = await scrape(rig.client)
     assert metrics.value("cutproxy_hit_path_errors_total") == 0
-    assert metrics.value("cutproxy_hit_path_answers_total") == 0
