@@ -22,10 +22,11 @@ an operator has one place to read what a dashboard can show.
 from __future__ import annotations
 
 import asyncio
+import glob
 import os
 import shutil
 from bisect import bisect_left
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,7 @@ from prometheus_client import (
     Counter,
     Gauge,
     Histogram,
+    Metric,
     generate_latest,
     multiprocess,
 )
@@ -98,6 +100,22 @@ def reset_multiprocess_dir(directory: Path) -> None:
 _METHODS = frozenset(
     ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT")
 )
+
+
+class _WorkerFiles(multiprocess.MultiProcessCollector):
+    """Every worker's metrics files added up, but those still empty: prometheus_client
+    creates a file before it sizes it, and reading one in that moment (or one a worker
+    killed in it left behind) fails the whole scrape (prometheus/client_python#1199)."""
+
+    def collect(self) -> Iterable[Metric]:
+        files = []
+        for name in glob.glob(os.path.join(self._path, "*.db")):
+            try:
+                if os.path.getsize(name) > 0:
+                    files.append(name)
+            except OSError:  # gone since the glob: a worker's files removed as it stopped
+                pass
+        return self.merge(files, accumulate=True)
 
 
 class _Pending:
@@ -483,7 +501,7 @@ class Metrics:
         if self.multiprocess_path is None:
             return generate_latest(self.registry)
         registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry, path=str(self.multiprocess_path))
+        _WorkerFiles(registry, path=str(self.multiprocess_path))
         return generate_latest(registry)
 
     def process_exited(self) -> None:

@@ -6,6 +6,7 @@ import asyncio
 from pathlib import Path
 
 import httpx
+from prometheus_client.mmap_dict import MmapedDict, mmap_key
 
 from proxy.ops.metrics import FLUSH_SECONDS, Metrics
 from tests.ops.conftest import (
@@ -194,3 +195,15 @@ async def test_a_method_no_one_defined_is_counted_as_other() -> None:
     }
     assert methods == {"GET", "other"}
     assert scraped.value("cutproxy_http_requests_total", method="other") == 50
+
+
+def test_a_scrape_reads_past_a_workers_metrics_file_being_created(tmp_path: Path) -> None:
+    # prometheus_client creates a worker's file before it sizes it (its issue #1199): a scrape
+    # in that moment, or after a worker killed in it, must still add up everyone else's.
+    other = MmapedDict(str(tmp_path / "counter_4242.db"))
+    key = mmap_key("cutproxy_demo_total", "cutproxy_demo_total", [], [], "demo")
+    other.write_value(key, 3.0, 0.0)
+    other.close()
+    (tmp_path / "counter_4243.db").touch()  # the worker that is being born (or died being)
+    scraped = Scrape(Metrics(multiprocess_path=tmp_path).exposition().decode())
+    assert scraped.value("cutproxy_demo_total") == 3
