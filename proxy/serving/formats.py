@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 
+from proxy.url.decision import media_range_of
 from proxy.url.variant import AUTO, TRANSPARENT, Variant
 
 __all__ = ["AUTO", "best_format", "concrete"]
@@ -63,17 +64,5 @@ def _best(accept: bytes, transparent: bool, store: bool) -> str:
 
 def _accepted(accept: str) -> set[str]:
     """The media types ``accept`` names with a q above 0."""
-    named = set()
-    for media_range in accept.split(","):
-        kind, *params = (part.strip() for part in media_range.split(";"))
-        q = 1.0
-        for param in params:
-            name, _, value = param.partition("=")
-            if name.strip().lower() == "q":
-                try:
-                    q = float(value)
-                except ValueError:
-                    q = 0.0
-        if q > 0:
-            named.add(kind.lower())
-    return named
+    ranges = (media_range_of(media_range) for media_range in accept.split(","))
+    return {kind for kind, q in ranges if q > 0}

@@ -40,9 +40,7 @@ import contextlib
 import logging
 import os
 import shutil
-from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TypeVar
 
 import anyio.to_thread
 
@@ -59,8 +57,6 @@ RETRY_FIRST = 1.0  # seconds before the first retry of an unsent master
 RETRY_MAX = 60.0  # the backoff's ceiling
 MARKER_TTL = 600.0  # an unsent master's lease; renewed at every retry, so it outlives them
 _MARK_ATTEMPTS = 5  # another replica's marker may be on its way out
-
-T = TypeVar("T")
 
 
 def object_key(key: MasterKey) -> str:
@@ -171,7 +167,7 @@ class LayeredMasterStore:
         data = await self.local.get(key)
         if data is not None:
             return data
-        data = await self._remote(lambda: self.remote.get(key))
+        data = await self.breaker.call(lambda: self.remote.get(key))
         if data is not None:
             await self._keep_locally(key, data)
             return data
@@ -185,10 +181,10 @@ class LayeredMasterStore:
         except OSError as exc:  # a full or failing disk: the store alone must have it
             log.error("could not keep master %s locally (%s)", _name(key), type(exc).__name__)
             await self._unrecord(key)
-            await self._remote(lambda: self._send(key, data))
+            await self.breaker.call(lambda: self._send(key, data))
             return
         try:
-            await self._remote(lambda: self._send(key, data))
+            await self.breaker.call(lambda: self._send(key, data))
         except ObjectStoreUnavailableError:
             self.write_failures += 1
             self._unsent[key] = await self._take_marker(key)
@@ -203,28 +199,28 @@ class LayeredMasterStore:
     async def exists(self, key: MasterKey) -> bool:
         if await self.local.exists(key):
             return True
-        return await self._remote(lambda: self.remote.exists(key))
+        return await self.breaker.call(lambda: self.remote.exists(key))
 
     async def delete(self, key: MasterKey) -> bool:
         async with self._lock:
-            there = await self._remote(lambda: self.remote.delete(key))
+            there = await self.breaker.call(lambda: self.remote.delete(key))
             await self._forget(key)
             return await self.local.delete(key) or there
 
     async def delete_image(self, image_id: str) -> int:
         async with self._lock:
-            removed = await self._remote(lambda: self.remote.delete_image(image_id))
+            removed = await self.breaker.call(lambda: self.remote.delete_image(image_id))
             for key in [k for k in self._unsent if k.image_id == image_id]:
                 await self._forget(key)
             await anyio.to_thread.run_sync(self._unrecord_image, image_id)
             return max(removed, await self.local.delete_image(image_id))
 
     async def images(self) -> list[str]:
-        remote = await self._remote(self.remote.images)
+        remote = await self.breaker.call(self.remote.images)
         return sorted(set(remote) | set(await self.local.images()))
 
     async def versions(self, image_id: str) -> list[MasterKey]:
-        remote = await self._remote(lambda: self.remote.versions(image_id))
+        remote = await self.breaker.call(lambda: self.remote.versions(image_id))
         keys = set(remote) | set(await self.local.versions(image_id))
         return sorted(keys, key=lambda k: k.filename)
 
@@ -256,7 +252,7 @@ class LayeredMasterStore:
                     await self._forget(key)
                     continue
                 try:
-                    await self._remote(lambda: self._send(key, data), probe=True)  # noqa: B023
+                    await self.breaker.call(lambda: self._send(key, data), probe=True)  # noqa: B023
                 except ObjectStoreUnavailableError:
                     await self._renew_marker(key)
                     return False
@@ -291,19 +287,6 @@ class LayeredMasterStore:
         if theirs is not None and theirs != data:
             log.warning("master %s was in the object store already: using that one", _name(key))
             await self._keep_locally(key, theirs)
-
-    async def _remote(self, call: Callable[[], Awaitable[T]], *, probe: bool = False) -> T:
-        """One call to the store, through the breaker: while it is open, fail at once
-        (``probe``: the background retry, which is what finds the store back)."""
-        if not probe and self.breaker.skip():
-            raise self.breaker.unavailable()
-        try:
-            result = await call()
-        except ObjectStoreUnavailableError:
-            self.breaker.failed()
-            raise
-        self.breaker.succeeded()
-        return result
 
     async def _keep_locally(self, key: MasterKey, data: bytes) -> None:
         try:

@@ -47,9 +47,7 @@ import json
 import logging
 import re
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
-from typing import TypeVar
 from urllib.parse import quote
 
 import anyio.to_thread
@@ -73,8 +71,6 @@ _HASH_IN_THREAD = 256 * 1024  # bytes past which a SHA-256 leaves the event loop
 _EXTENSIONS = {"image/jpeg": "jpg", "image/png": "png", "image/webp": "webp", "image/avif": "avif"}
 _IMAGE_KEY = re.compile(r"/img/([A-Za-z0-9_-]{1,128})/")
 _OBJECT = re.compile(r"[0-9a-f]{64}\.[a-z]{3,4}")
-
-T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -239,7 +235,7 @@ class ObjectVariantTier:
         if match is not None:
             images, whole = [match[1]], prefix == match[0]
         else:  # shorter than one image's prefix ("" is every variant)
-            folders = await self._call(lambda: self.store.folders(VARIANTS))
+            folders = await self.breaker.call(lambda: self.store.folders(VARIANTS))
             images, whole = [i for i in folders if f"/img/{i}/".startswith(prefix)], True
         await self._settle(prefix)
         removed = 0
@@ -296,7 +292,7 @@ class ObjectVariantTier:
             size=variant.nbytes,
         )
         # Write-once: the same bytes under the same name, whoever derived them.
-        await self._call(
+        await self.breaker.call(
             lambda: self.store.put(
                 entry.object_key,
                 variant.data,
@@ -306,7 +302,7 @@ class ObjectVariantTier:
             ),
             probe=True,
         )
-        await self._call(
+        await self.breaker.call(
             lambda: self.store.put(index_key(key), entry.to_json(), "application/json"),
             probe=True,
         )
@@ -432,8 +428,8 @@ class ObjectVariantTier:
     async def _delete_image(self, image_id: str) -> int:
         folder = f"{VARIANTS}/{image_id}"
         marker = f"{folder}/{INDEX}/"
-        keys = await self._call(lambda: _collect(self.store, folder))
-        await self._call(lambda: self.store.delete_prefix(folder))
+        keys = await self.breaker.call(lambda: _collect(self.store, folder))
+        await self.breaker.call(lambda: self.store.delete_prefix(folder))
         return sum(1 for key in keys if key.startswith(marker))
 
     async def _delete_matching(self, image_id: str, prefix: str) -> int:
@@ -441,8 +437,8 @@ class ObjectVariantTier:
         kept: set[str] = set()
         doomed: set[str] = set()
         removed = 0
-        for name in await self._call(lambda: _collect(self.store, folder)):
-            raw = await self._call(lambda: self.store.get(name))  # noqa: B023
+        for name in await self.breaker.call(lambda: _collect(self.store, folder)):
+            raw = await self.breaker.call(lambda: self.store.get(name))  # noqa: B023
             try:
                 entry = None if raw is None else VariantObject.from_json(raw)
             except ValueError:
@@ -450,13 +446,13 @@ class ObjectVariantTier:
             if entry is None:
                 continue
             if entry.key.startswith(prefix):
-                await self._call(lambda: self.store.delete(name))  # noqa: B023
+                await self.breaker.call(lambda: self.store.delete(name))  # noqa: B023
                 doomed.add(entry.object_key)
                 removed += 1
             else:
                 kept.add(entry.object_key)
         for object_key in doomed - kept:
-            await self._call(lambda: self.store.delete(object_key))  # noqa: B023
+            await self.breaker.call(lambda: self.store.delete(object_key))  # noqa: B023
         return removed
 
     # --- the store, through the breaker ---------------------------------------------------
@@ -464,20 +460,9 @@ class ObjectVariantTier:
     async def _read(self, object_key: str) -> bytes | None:
         if self.breaker.skip():
             return None  # a miss: the caller derives
-        return await self._call(
+        return await self.breaker.call(
             lambda: self.store.get(object_key, timeout=self.read_timeout), probe=True
         )
-
-    async def _call(self, call: Callable[[], Awaitable[T]], *, probe: bool = False) -> T:
-        if not probe and self.breaker.skip():
-            raise self.breaker.unavailable()
-        try:
-            result = await call()
-        except ObjectStoreUnavailableError:
-            self.breaker.failed()
-            raise
-        self.breaker.succeeded()
-        return result
 
 
 async def _collect(store: ObjectStore, folder: str) -> list[str]:

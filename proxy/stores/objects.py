@@ -442,6 +442,20 @@ class Breaker:
     def succeeded(self) -> None:
         self._failed_at = None
 
+    async def call(self, call: Callable[[], Awaitable[T]], *, probe: bool = False) -> T:
+        """One call to the store through the breaker: while it is open, fail at once
+        (``probe``: a call that is how the store is found back, such as a background retry
+        or a read that can do without it, goes through anyway)."""
+        if not probe and self.skip():
+            raise self.unavailable()
+        try:
+            result = await call()
+        except ObjectStoreUnavailableError:
+            self.failed()
+            raise
+        self.succeeded()
+        return result
+
     def unavailable(self) -> ObjectStoreUnavailableError:
         """What a caller that cannot do without the store raises while the breaker is open."""
         remaining = 0.0 if self._failed_at is None else self._failed_at + self.cooldown

@@ -286,7 +286,7 @@ def wants_json(accept: str | None) -> bool:
     json_q: float | None = None
     image_q = 0.0
     for media_range in accept.split(","):
-        kind, q = _range(media_range)
+        kind, q = media_range_of(media_range)
         if kind == "application/json":
             json_q = max(json_q or 0.0, q)
         elif kind.startswith("image/"):
@@ -305,7 +305,8 @@ def _kept_wants_json(accept: bytes) -> bool:
     return wants_json(accept.decode("latin-1"))
 
 
-def _range(media_range: str) -> tuple[str, float]:
+def media_range_of(media_range: str) -> tuple[str, float]:
+    """One ``Accept`` entry's media type (lower case) and its q (1 when unsaid, 0 when bad)."""
     kind, *params = (part.strip() for part in media_range.split(";"))
     q = 1.0
     for param in params:
