@@ -41,14 +41,6 @@ def store_proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         server.stop()
 
 
-@pytest.fixture(scope="module")
-def playwright() -> Iterator[Any]:
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        yield p
-
-
 def test_the_demo_page_shows_formats_and_presets_and_auto_decodes(
     store_proxy: Server, playwright: Any, tmp_path: Path
 ) -> None:

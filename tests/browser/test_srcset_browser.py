@@ -52,14 +52,6 @@ def proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         server.stop()
 
 
-@pytest.fixture(scope="module")
-def playwright() -> Iterator[Any]:
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        yield p
-
-
 def open_browser(playwright: Any, profile: Path, dpr: int) -> Any:
     return playwright.chromium.launch_persistent_context(
         str(profile),
