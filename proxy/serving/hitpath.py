@@ -1,7 +1,8 @@
 """The hit path: a variant in the memory tier is answered before anything else runs.
 
 :class:`HitPath` is the app's outermost layer, in front of even Starlette's error layer. A GET
-or HEAD of ``/img/<id>/<size>/<file>`` whose answer comes from this worker's memory tier is
+or HEAD of ``/img/<id>/<size>/<file>`` (or a preset's ``/img/<id>/<file>``; for ``.auto``,
+the format its ``Accept`` gets) whose answer comes from this worker's memory tier is
 sent from here in raw ASGI, with the headers, request id, metrics and access-log line any
 request gets: in redirect mode the 302 (``hit_output``), in store mode the bytes themselves,
 or a 304 when ``If-None-Match`` names their ETag (``hit_bytes``; no disk is touched). Their
@@ -51,8 +52,8 @@ _READS = frozenset({"GET", "HEAD"})
 ERROR_LOG_EVERY = 60.0  # seconds between two log lines about hit-path failures
 
 log = logging.getLogger("cutproxy.hitpath")
-# Every hit's access line, by status: 302 (redirect mode), 200 and 304 (store mode).
-# The access lines of hits, by route template (a size's or a preset's) and status.
+# Every hit's access line, by route template (a size's or a preset's) and status: 302
+# (redirect mode), 200 and 304 (store mode).
 _LINES = {
     (route, status): FixedLine(route, status, "memory")
     for route in (ROUTE, PRESET_ROUTE)
