@@ -39,6 +39,13 @@ def concrete(variant: Variant, accept: bytes | None, *, store: bool) -> Variant:
     if variant.ext != AUTO:
         return variant
     fmt = best_format(accept, transparent=variant.bg == TRANSPARENT, store=store)
+    return _with_format(variant, fmt)
+
+
+@functools.lru_cache(maxsize=1024)
+def _with_format(variant: Variant, fmt: str) -> Variant:
+    # The same object for every request of a variant in a format: the memos keyed by a
+    # variant (the store's tier keys on the hit path) keep working for .auto URLs.
     return dataclasses.replace(variant, ext=fmt)
 
 

@@ -35,7 +35,6 @@ forgotten (the 404 path) and spends through the one guarded minter (budget, ledg
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -49,6 +48,7 @@ from proxy.guards.minter import Minter
 from proxy.stores.leases import Lease
 from proxy.stores.masters import MasterKey, MasterStore
 from proxy.stores.registry import VARIANTS_GENERATION, ImageRecord, record_version
+from proxy.upstream import contract
 from proxy.upstream.client import ProcessResult
 from proxy.variants.coalesce import SingleFlight, lead_or_follow
 from proxy.variants.derive import MAX_MASTER_PIXELS, Master, MasterCache
@@ -104,25 +104,9 @@ def content_version(record: ImageRecord) -> str:
 def master_size(original: tuple[int, int], max_pixels: int) -> tuple[int, int]:
     """The size of the master the upstream returns for a ``max_pixels`` budget: the largest
     with the original's aspect ratio and at most ``max_pixels`` pixels, never above the
-    original. The upstream's pixel-budget rule, as the local engine plays it
-    (``proxy.engine.render.fit``; the proxy does not import the engine); the check allows
-    :data:`proxy.variants.fetch.SIZE_SLACK` for the upstream's own rounding."""
-    width, height = original
-    if width * height <= max_pixels:
-        return original
-    scale = math.sqrt(max_pixels / (width * height))
-    new_width = max(1, math.floor(width * scale))
-    new_height = max(1, math.floor(height * scale))
-    if new_width == 1:
-        new_height = min(new_height, max_pixels)
-    if new_height == 1:
-        new_width = min(new_width, max_pixels)
-    while new_width * new_height > max_pixels:  # float rounding only: a step or two
-        if new_width >= new_height:
-            new_width -= 1
-        else:
-            new_height -= 1
-    return new_width, new_height
+    original (the contract's pixel-budget rule, :func:`proxy.upstream.contract.fit`); the
+    check allows :data:`proxy.variants.fetch.SIZE_SLACK` for the upstream's own rounding."""
+    return contract.fit(original, max_pixels)
 
 
 def master_spec(

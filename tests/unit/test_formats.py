@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from proxy.serving import formats
 from proxy.serving.formats import best_format
+from proxy.url.variant import Variant
 
 CHROME = b"image/avif,image/webp,image/apng,image/svg+xml,image/*,*/*;q=0.8"
 
@@ -29,3 +31,14 @@ def test_the_best_format_the_accept_names(
     accept: bytes | None, transparent: bool, store: bool, expected: str
 ) -> None:
     assert best_format(accept, transparent=transparent, store=store) == expected
+
+
+def test_an_auto_variant_becomes_the_same_object_for_every_request_of_a_format() -> None:
+    # Memos keyed by the variant object (the store's tier keys on the hit path) hold for
+    # .auto URLs only if every request of one format gets the one object.
+    auto = Variant("mug", 320, 320, "ffffff", "auto")
+    webp = b"image/webp,*/*"
+    first = formats.concrete(auto, webp, store=True)
+    assert first.ext == "webp"
+    assert formats.concrete(auto, webp, store=True) is first
+    assert formats.concrete(auto, b"*/*", store=True).ext == "jpg"
